@@ -1,0 +1,1 @@
+"""vldd_jax: vision-language dataset distillation in JAX."""

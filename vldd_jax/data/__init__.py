@@ -1,0 +1,1 @@
+"""Datasets (TFDS builders), input pipeline and caption-embedding cache."""

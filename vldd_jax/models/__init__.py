@@ -1,0 +1,1 @@
+"""Image towers, LoRA adapters and the dual encoder."""

@@ -1,0 +1,34 @@
+r"""Any Karpathy-format image-caption set (Flickr30K, COCO, your own).
+
+Prepare the splits and caption embeddings:
+
+  python -m vldd_jax.main --config=configs/karpathy.py --config.stage=data \
+      --config.data.ann_file=/data/dataset_flickr30k.json \
+      --config.data.image_root=/data/flickr30k-images --workdir=/tmp/vldd_f30k
+
+For COCO, `image_root` is the folder that holds train2014/ and val2014/.
+Config arguments (after the `:`): `image_size=N` (default 224).
+"""
+import ml_collections
+
+from vldd_jax import config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the Karpathy-format config; `arg` as in the module docstring."""
+  arg = config_lib.parse_arg(arg, image_size=224)
+  config = ml_collections.ConfigDict()
+  config.stage = "pipeline"
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict(dict(
+      name="karpathy",
+      data_dir="",  # Empty: <workdir>/tfds.
+      ann_file="",  # dataset_flickr30k.json / dataset_coco.json; empty: TFDS manual dir.
+      image_root="",  # Folder the JSON's `filepath/filename` entries are relative to.
+      image_size=arg.image_size,
+      restval_to_train=True,  # COCO's Karpathy `restval` joins train, as usual.
+      skip_bad_images=False,  # True: skip missing/corrupt images and list them.
+  ))
+  config.text = config_lib.text_config()
+  return config

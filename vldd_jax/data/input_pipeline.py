@@ -1,0 +1,110 @@
+"""Reads prepared splits into memory, with their cached caption embeddings."""
+import dataclasses
+import os
+
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+
+from vldd_jax import text
+from vldd_jax.data import embeddings
+from vldd_jax.data import karpathy
+from vldd_jax.data import shapes
+
+_BUILDERS = {"shapes": shapes.make_builder, "karpathy": karpathy.make_builder}
+_READ_CHUNK = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split in memory.
+
+  Attributes:
+    images: uint8 [N, H, W, 3].
+    captions: N lists of captions (5 per image).
+    text_emb: float32 [N, captions_per_image, D] frozen-encoder embeddings, or
+      None when the split was read without them.
+    labels: other per-image features of the dataset (e.g. shapes' attributes).
+  """
+  images: np.ndarray
+  captions: list[list[str]]
+  text_emb: np.ndarray | None
+  labels: dict[str, np.ndarray]
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  @property
+  def caption_to_image(self) -> np.ndarray:
+    """Image index of every caption in flattened (image-major) order."""
+    return np.repeat(np.arange(len(self.captions)), len(self.captions[0]))
+
+
+def data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Where TFDS data and the embedding cache live: config or <workdir>/tfds."""
+  return config.data.data_dir or os.path.join(workdir, "tfds")
+
+
+def builder(config: ml_collections.ConfigDict,
+            workdir: str) -> tfds.core.DatasetBuilder:
+  """The TFDS builder that `config.data.name` names."""
+  name = config.data.name
+  if name not in _BUILDERS:
+    raise ValueError(f"config.data.name={name!r}: expected one of {sorted(_BUILDERS)}.")
+  return _BUILDERS[name](config.data, data_dir(config, workdir))
+
+
+def prepare(config: ml_collections.ConfigDict,
+            workdir: str) -> tfds.core.DatasetBuilder:
+  """Builds the dataset's splits unless they are already on disk."""
+  ds_builder = builder(config, workdir)
+  if not ds_builder.is_prepared():
+    ds_builder.download_and_prepare(file_format="array_record")
+  return ds_builder
+
+
+def text_encoder(config: ml_collections.ConfigDict) -> text.TextEncoder:
+  """The frozen text encoder that `config.text` describes."""
+  return text.TextEncoder.from_pretrained(
+      config.text.path or None, pooling=config.text.pooling,
+      max_length=config.text.max_length)
+
+
+def caption_embeddings(config: ml_collections.ConfigDict, workdir: str,
+                       split: str, captions: list[list[str]],
+                       encoder: text.TextEncoder | None = None) -> np.ndarray:
+  """Embeddings [N, captions_per_image, D] of a split's captions, cached."""
+  ds_builder = builder(config, workdir)
+  flat = [c for image_captions in captions for c in image_captions]
+  emb = embeddings.encode_cached(
+      encoder or text_encoder(config), flat,
+      cache_dir=os.path.join(data_dir(config, workdir), "caption_embeddings"),
+      name=f"{ds_builder.name}-{ds_builder.builder_config.name}-{split}",
+      batch_size=config.text.batch_size)
+  return emb.reshape(len(captions), len(captions[0]), -1)
+
+
+def load_split(config: ml_collections.ConfigDict, workdir: str, split: str, *,
+               with_text_emb: bool = True,
+               encoder: text.TextEncoder | None = None) -> Split:
+  """Reads a whole split into memory (preparing the dataset if needed)."""
+  source = prepare(config, workdir).as_data_source()
+  if split not in source:
+    raise ValueError(f"Split {split!r} not in dataset {config.data.name!r}; "
+                     f"expected one of {sorted(source)}.")
+  source = source[split]
+  columns: dict[str, list] = {}
+  for start in tqdm.trange(0, len(source), _READ_CHUNK, desc=f"read {split}",
+                           leave=False):
+    for example in source.__getitems__(
+        range(start, min(start + _READ_CHUNK, len(source)))):
+      for key, value in example.items():
+        columns.setdefault(key, []).append(value)
+  captions = [[c.decode("utf-8") if isinstance(c, bytes) else c for c in cs]
+              for cs in columns.pop("captions")]
+  images = np.stack(columns.pop("image"))
+  labels = {k: np.asarray(v) for k, v in columns.items()}
+  text_emb = (caption_embeddings(config, workdir, split, captions, encoder)
+              if with_text_emb else None)
+  return Split(images=images, captions=captions, text_emb=text_emb, labels=labels)

@@ -1,0 +1,70 @@
+"""Contrastive image-text losses: symmetric InfoNCE and its soft-target variant."""
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def _logits(
+    image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array | float
+) -> jax.Array:
+  if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
+    raise ValueError(
+        "image_emb and text_emb must both be [B, D] with the same shape, got "
+        f"{image_emb.shape} and {text_emb.shape}"
+    )
+  return logit_scale * image_emb @ text_emb.T
+
+
+def contrastive_loss(
+    image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array | float
+) -> jax.Array:
+  """Symmetric InfoNCE (CLIP) loss over a batch of aligned pairs.
+
+  Args:
+    image_emb: L2-normalised image embeddings, [B, D].
+    text_emb: L2-normalised text embeddings, [B, D]; pair i is (image i, text i).
+    logit_scale: multiplier on the cosine similarities (the VLDD paper fixes it
+      at 1 / 0.07); may be a traced scalar if it is learned.
+
+  Returns:
+    Scalar: mean of the image→text and text→image cross-entropies, each
+    averaged over the batch.
+  """
+  logits = _logits(image_emb, text_emb, logit_scale)
+  labels = jnp.arange(logits.shape[0])
+  i2t = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  t2i = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels)
+  return 0.5 * (i2t.mean() + t2i.mean())
+
+
+def soft_contrastive_loss(
+    image_emb: jax.Array,
+    text_emb: jax.Array,
+    logit_scale: jax.Array | float,
+    targets: jax.Array,
+) -> jax.Array:
+  """Symmetric InfoNCE against a soft target similarity matrix.
+
+  Image→text uses row i of `targets` as the distribution over texts for image
+  i; text→image uses column j as the distribution over images for text j. So
+  rows should sum to 1 for the first direction and columns for the second
+  (a doubly stochastic matrix serves both). With `targets = eye(B)` this
+  equals `contrastive_loss`.
+
+  Args:
+    image_emb: L2-normalised image embeddings, [B, D].
+    text_emb: L2-normalised text embeddings, [B, D].
+    logit_scale: multiplier on the cosine similarities.
+    targets: target similarity matrix, [B, B], indexed [image, text].
+
+  Returns:
+    Scalar: mean of the two soft cross-entropies, each averaged over the batch.
+  """
+  logits = _logits(image_emb, text_emb, logit_scale)
+  if targets.shape != logits.shape:
+    raise ValueError(
+        f"targets must be {logits.shape} (batch × batch), got {targets.shape}"
+    )
+  i2t = optax.softmax_cross_entropy(logits, targets)
+  t2i = optax.softmax_cross_entropy(logits.T, targets.T)
+  return 0.5 * (i2t.mean() + t2i.mean())

@@ -13,6 +13,9 @@ setuptools.setup(
         "absl-py",
         "array_record",
         "chex",
+        # TFDS 4.9 needs it to prepare builders defined in a package, but only
+        # declares it for Python < 3.9.
+        "importlib_resources",
         "flax>=0.12",
         "jax>=0.10",
         "jaxlib>=0.10",

@@ -1,0 +1,112 @@
+"""On-disk cache of caption embeddings from the frozen text encoder."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import BinaryIO
+
+import numpy as np
+from absl import logging
+
+from vldd_jax.text import TextEncoder
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+  """sha256 of a list of texts; length-prefixed so boundaries are unambiguous."""
+  digest = hashlib.sha256()
+  for text in texts:
+    data = text.encode("utf-8")
+    digest.update(len(data).to_bytes(8, "little"))
+    digest.update(data)
+  return digest.hexdigest()
+
+
+def cache_paths(cache_dir: str, name: str, key: dict) -> tuple[str, str]:
+  """The .npy and .json paths of one cache entry."""
+  key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+  stem = os.path.join(cache_dir, f"{name}-{key_hash}")
+  return stem + ".npy", stem + ".json"
+
+
+def _atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
+  """Writes through a temporary file in the same folder, then renames it."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def _load(npy: str, sidecar: str, key: dict, count: int) -> np.ndarray | None:
+  """Returns the cached array, or None if absent or not matching its sidecar."""
+  if not os.path.exists(sidecar):
+    return None
+  try:
+    with open(sidecar, encoding="utf-8") as f:
+      meta = json.load(f)
+    array = np.load(npy, allow_pickle=False)
+    problem = None
+    if meta.get("key") != key:
+      problem = f"sidecar key {meta.get('key')} != {key}"
+    elif array.dtype != np.float32 or array.shape != (count, meta.get("dim")):
+      problem = f"array {array.dtype}{array.shape}, expected float32({count}, {meta.get('dim')})"
+    elif hashlib.sha256(array.tobytes()).hexdigest() != meta.get("sha256"):
+      problem = "content checksum mismatch"
+  except (OSError, ValueError, EOFError) as e:
+    problem = f"unreadable ({e})"
+  if problem is not None:
+    logging.warning("Caption embedding cache %s is corrupt: %s; recomputing.", npy, problem)
+    return None
+  return array
+
+
+def encode_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir: str, name: str,
+                  batch_size: int = 256) -> np.ndarray:
+  """Encodes texts with the encoder, or loads the result of an earlier identical call.
+
+  An entry is keyed by the encoder fingerprint, `name` and a hash of the texts,
+  so a changed dataset or encoder never reuses a stale file. The .npy and its
+  JSON sidecar are written atomically, sidecar last, so an interrupted run never
+  leaves an entry that looks complete.
+
+  Args:
+    encoder: the frozen text encoder.
+    texts: captions, in the order the rows of the result follow.
+    cache_dir: folder of the cache (created if missing).
+    name: a short label for the file name, e.g. `shapes-train`.
+    batch_size: captions per encoder call.
+
+  Returns:
+    float32 [len(texts), encoder.dim], L2-normalised rows.
+  """
+  if not _NAME.fullmatch(name):
+    raise ValueError(f"name must match {_NAME.pattern} (it becomes a file name), got {name!r}")
+  texts = list(texts)
+  key = {"encoder": encoder.fingerprint, "name": name, "texts_sha256": texts_digest(texts)}
+  npy, sidecar = cache_paths(cache_dir, name, key)
+  cached = _load(npy, sidecar, key, len(texts))
+  if cached is not None:
+    logging.info("Loaded %d cached caption embeddings from %s.", len(texts), npy)
+    return cached
+  embeddings = encoder.encode(texts, batch_size=batch_size)
+  os.makedirs(cache_dir, exist_ok=True)
+  # The sidecar marks an entry complete: drop a stale one before replacing the .npy.
+  if os.path.exists(sidecar):
+    os.remove(sidecar)
+  _atomic_write(npy, lambda f: np.save(f, embeddings, allow_pickle=False))
+  meta = {"key": key, "count": len(texts), "dim": int(embeddings.shape[1]),
+          "sha256": hashlib.sha256(embeddings.tobytes()).hexdigest()}
+  _atomic_write(sidecar, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+  logging.info("Encoded %d captions and cached them at %s.", len(texts), npy)
+  return embeddings

@@ -1,0 +1,55 @@
+"""The data-parallel helpers on 4 simulated CPU devices vs one device."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+_SCRIPT = r"""
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from vldd_jax import parallel
+
+mesh = parallel.make_mesh()
+rng = np.random.default_rng(0)
+x, y = rng.normal(size=(8, 3)).astype(np.float32), rng.normal(size=8).astype(np.float32)
+w = np.array([0.5, -1.0, 2.0], np.float32)
+batch = parallel.put_batch({"x": x, "y": y}, mesh)
+params = parallel.put_replicated(w, mesh)
+loss = lambda w, b: jnp.mean((b["x"] @ w - b["y"]) ** 2)
+grad = jax.jit(jax.grad(loss))(params, batch)
+try:
+  parallel.check_divisible(6, "batch_size")
+  error = ""
+except ValueError as e:
+  error = str(e)
+print(json.dumps({
+    "devices": jax.device_count(),
+    "rows_per_shard": sorted({s.data.shape[0] for s in batch["x"].addressable_shards}),
+    "grad": np.asarray(grad).tolist(),
+    "error": error}))
+"""
+
+
+def _run(devices: int) -> dict:
+  env = dict(os.environ,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, check=True,
+                       capture_output=True, text=True, timeout=300).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def test_sharded_gradient_matches_one_device_and_numpy():
+  one, four = _run(1), _run(4)
+  assert (one["devices"], four["devices"]) == (1, 4)
+  assert one["rows_per_shard"] == [8] and four["rows_per_shard"] == [2]
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(8, 3)), rng.normal(size=8)
+  w = np.array([0.5, -1.0, 2.0])
+  expected = 2 * x.T @ (x @ w - y) / len(y)
+  np.testing.assert_allclose(one["grad"], expected, rtol=1e-5)
+  np.testing.assert_allclose(four["grad"], one["grad"], rtol=1e-5)
+  assert one["error"] == ""
+  assert "batch_size=6 must be a multiple of the number of devices (4)" in four["error"]

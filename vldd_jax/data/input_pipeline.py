@@ -72,10 +72,10 @@ def text_encoder(config: ml_collections.ConfigDict) -> text.TextEncoder:
 
 
 def caption_embeddings(config: ml_collections.ConfigDict, workdir: str,
-                       split: str, captions: list[list[str]],
+                       ds_builder: tfds.core.DatasetBuilder, split: str,
+                       captions: list[list[str]],
                        encoder: text.TextEncoder | None = None) -> np.ndarray:
   """Embeddings [N, captions_per_image, D] of a split's captions, cached."""
-  ds_builder = builder(config, workdir)
   flat = [c for image_captions in captions for c in image_captions]
   emb = embeddings.encode_cached(
       encoder or text_encoder(config), flat,
@@ -89,7 +89,8 @@ def load_split(config: ml_collections.ConfigDict, workdir: str, split: str, *,
                with_text_emb: bool = True,
                encoder: text.TextEncoder | None = None) -> Split:
   """Reads a whole split into memory (preparing the dataset if needed)."""
-  source = prepare(config, workdir).as_data_source()
+  ds_builder = prepare(config, workdir)
+  source = ds_builder.as_data_source()
   if split not in source:
     raise ValueError(f"Split {split!r} not in dataset {config.data.name!r}; "
                      f"expected one of {sorted(source)}.")
@@ -105,6 +106,7 @@ def load_split(config: ml_collections.ConfigDict, workdir: str, split: str, *,
               for cs in columns.pop("captions")]
   images = np.stack(columns.pop("image"))
   labels = {k: np.asarray(v) for k, v in columns.items()}
-  text_emb = (caption_embeddings(config, workdir, split, captions, encoder)
+  text_emb = (caption_embeddings(config, workdir, ds_builder, split, captions,
+                                 encoder)
               if with_text_emb else None)
   return Split(images=images, captions=captions, text_emb=text_emb, labels=labels)

@@ -10,16 +10,17 @@ One stage, a smaller variant, and a field override:
       --config.stage=data --config.data.num_train=2000 --workdir=/tmp/vldd_quick
 
 Config arguments (after the `:`): `quick` shrinks every split for a run of a
-few minutes.
+few minutes; `tiny` is seconds-long, for tests.
 """
 import ml_collections
 
 from vldd_jax import config_lib
+from vldd_jax import models
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the shapes config; `arg` as documented in the module docstring."""
-  arg = config_lib.parse_arg(arg, quick=False)
+  arg = config_lib.parse_arg(arg, quick=False, tiny=False)
   config = ml_collections.ConfigDict()
   config.stage = "pipeline"
   config.seed = 0
@@ -36,10 +37,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       seed=0,
   ))
   config.text = config_lib.text_config()
+  config.model = models.default_model_config()
+
+  # Attribute classification on the pretrain split (a stand-in for ImageNet).
+  config.pretrain = ml_collections.ConfigDict(dict(
+      epochs=10, batch_size=128, lr=1e-3, weight_decay=1e-4))
+
+  # The paper's expert optimiser; fewer, shorter runs suffice on shapes.
+  config.experts = config_lib.experts_config()
+  config.experts.update(num_experts=5, epochs=20)
 
   if arg.quick:
     config.data.num_train = 2_000
     config.data.num_val = 200
     config.data.num_test = 500
     config.data.num_pretrain = 4_000
+    config.pretrain.epochs = 3
+    config.experts.num_experts = 2
+    config.experts.epochs = 5
+  if arg.tiny:
+    config.data.update(num_train=64, num_val=16, num_test=16, num_pretrain=80)
+    config.model.vit.update(width=32, depth=1, heads=2, mlp_dim=64)
+    config.model.embed_dim = 32
+    config.pretrain.update(epochs=1, batch_size=16)
+    config.experts.update(num_experts=2, epochs=3, batch_size=16, eval_batch_size=16)
   return config

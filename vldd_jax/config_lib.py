@@ -1,4 +1,7 @@
-"""Helpers shared by the `configs/*.py` files."""
+"""Helpers shared by the `configs/*.py` files, and loading one from Python."""
+import importlib.util
+import os
+
 import ml_collections
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
@@ -46,3 +49,30 @@ def text_config() -> ml_collections.ConfigDict:
       max_length=256,  # sentence-transformers' limit for this model.
       batch_size=256,
   ))
+
+
+def experts_config() -> ml_collections.ConfigDict:
+  """Expert training as in the VLDD code (buffer.py): plain SGD, lr 0.1, batch 128."""
+  return ml_collections.ConfigDict(dict(
+      num_experts=20,  # The paper's code trains up to 100.
+      epochs=50,  # Saved every epoch; distillation starts below max_start_epoch.
+      batch_size=128,
+      lr=0.1,
+      momentum=0.0,
+      eval_batch_size=500,  # Images/captions per embedding batch for recall.
+  ))
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config that `--config=spec` gives, e.g. `load_config("configs/shapes.py:quick")`.
+
+  For notebooks and tests; the command line uses `config_flags` instead.
+  """
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Config file {path!r} not found (from {spec!r}).")
+  module_spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

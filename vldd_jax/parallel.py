@@ -12,8 +12,13 @@ DATA_AXIS = "data"
 
 
 def make_mesh() -> Mesh:
-  """A 1-D mesh over all devices of all processes."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+  """A 1-D mesh over all devices of all processes.
+
+  Its axis is `Auto`: XLA propagates the shardings (jax 0.10's default,
+  `Explicit`, would put shardings into every array's type).
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -5,12 +5,16 @@ from collections.abc import Callable
 
 import ml_collections
 
+from vldd_jax import experts
+from vldd_jax import pretrain
 from vldd_jax.data import prepare
 
 Stage = Callable[[ml_collections.ConfigDict, str], None]
 
 STAGES: dict[str, Stage] = {
     "data": prepare.run,
+    "pretrain": pretrain.run,
+    "experts": experts.run,
 }
 
 

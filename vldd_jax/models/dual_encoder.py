@@ -32,6 +32,9 @@ def default_model_config() -> ml_collections.ConfigDict:
       temperature=0.07,  # logit scale = 1 / temperature.
       learn_temperature=False,
       trainable="lora+heads",  # "lora+heads" | "heads" | "all".
+      # Tower weights: "pretrain" (the workdir's pretrain stage), "scratch", or
+      # a Hugging Face ViT folder / .safetensors file (see hf_vit_config).
+      backbone="pretrain",
   ))
 
 

@@ -1,0 +1,182 @@
+"""The pretrain and experts stages: trajectories, resume after a kill, device count."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from vldd_jax import config_lib
+from vldd_jax import experts
+from vldd_jax import pretrain
+from vldd_jax import trajectories
+from vldd_jax.data import prepare
+from vldd_jax.models import split_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """The tiny shapes splits and their caption embeddings, built once."""
+  path = str(tmp_path_factory.mktemp("tfds"))
+  config = _config(path)
+  prepare.run(config, str(tmp_path_factory.mktemp("prepare")))
+  return path
+
+
+def _config(data_dir, **experts_overrides):
+  config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
+  config.data.data_dir = data_dir
+  config.experts.update(experts_overrides)
+  return config
+
+
+def _flat(tree):
+  return traverse_util.flatten_dict(jax.device_get(tree), sep="/")
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+  """A workdir after pretrain + experts, run in this process."""
+  workdir = str(tmp_path_factory.mktemp("work"))
+  config = _config(data_dir)
+  pretrain.run(config, workdir)
+  experts.run(config, workdir)
+  return config, workdir
+
+
+def test_pretrain_saves_tower_that_experts_start_from(trained):
+  config, workdir = trained
+  summary = json.load(open(os.path.join(pretrain.pretrain_dir(workdir), pretrain.SUMMARY)))
+  assert set(summary["held_out_accuracy"]) == set(pretrain.HEADS)
+  loader = pretrain.backbone_loader(config, workdir)
+  for expert in range(config.experts.num_experts):
+    frozen = _flat(trajectories.load_frozen(workdir, expert))
+    # The frozen tower is the pretrained one, whatever the expert's seed.
+    pretrained = {"img": loader(jax.tree.map(np.zeros_like, _tower(workdir, expert)))}
+    for key, value in _flat(pretrained).items():
+      if not key.endswith(("lora_a", "lora_b")):
+        np.testing.assert_array_equal(frozen[key], value, err_msg=key)
+
+
+def _tower(workdir, expert):
+  """The expert's whole tower at epoch 0: frozen base leaves and LoRA factors."""
+  params = trajectories.load_params(workdir, expert, 0)
+  merged = traverse_util.flatten_dict(trajectories.load_frozen(workdir, expert), sep="/")
+  merged.update(traverse_util.flatten_dict(params, sep="/"))
+  return traverse_util.unflatten_dict(merged, sep="/")["img"]
+
+
+def test_trajectories_manifests_and_correct_records(trained):
+  config, workdir = trained
+  cfg = config.experts
+  assert trajectories.finished_experts(workdir) == list(range(cfg.num_experts))
+  starts = []
+  for expert in range(cfg.num_experts):
+    manifest = trajectories.read_manifest(workdir, expert)
+    assert manifest["epochs_done"] == cfg.epochs and manifest["dtype"] == "float32"
+    assert [h["epoch"] for h in manifest["history"]] == list(range(cfg.epochs + 1))
+    assert set(manifest["test"]) == {"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10",
+                                     "r_mean"}
+    assert manifest["model"]["trainable"] == "lora+heads"
+    params = [_flat(trajectories.load_params(workdir, expert, e))
+              for e in range(cfg.epochs + 1)]
+    assert all(k.endswith(("lora_a", "lora_b")) or k.startswith(("img_head", "txt_head"))
+               for k in params[0])
+    # LoRA B starts at zero and moves; every epoch changes the parameters.
+    assert all(not np.any(v) for k, v in params[0].items() if k.endswith("lora_b"))
+    for before, after in zip(params, params[1:]):
+      assert any(not np.array_equal(before[k], after[k]) for k in before)
+    starts.append(params[0])
+    correct = trajectories.load_correct(workdir, expert)
+    # 64 pairs in batches of 16: every pair is seen every epoch.
+    assert correct.shape == (cfg.epochs, config.data.num_train)
+    assert set(np.unique(correct)) <= {0, 1}
+    accuracy = [h["in_batch_accuracy"] for h in manifest["history"][1:]]
+    np.testing.assert_allclose(100 * correct.mean(axis=1), accuracy, atol=0.01)
+  # Experts start from different seeds.
+  assert not np.array_equal(starts[0]["txt_head/projection/kernel"],
+                            starts[1]["txt_head/projection/kernel"])
+  with pytest.raises(FileNotFoundError, match="no epoch 99"):
+    trajectories.load_params(workdir, 0, 99)
+
+
+def test_rerun_skips_finished_experts(trained):
+  config, workdir = trained
+  before = os.path.getmtime(os.path.join(trajectories.expert_dir(workdir, 0), "manifest.json"))
+  experts.run(config, workdir)
+  after = os.path.getmtime(os.path.join(trajectories.expert_dir(workdir, 0), "manifest.json"))
+  assert before == after
+
+
+def _experts_cmd(workdir, data_dir, *flags):
+  return [sys.executable, "-m", "vldd_jax.main", "--config=configs/shapes.py:tiny",
+          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *flags]
+
+
+def _run_stages(workdir, data_dir, *flags, env=None):
+  for stage in ("pretrain", "experts"):
+    result = subprocess.run(_experts_cmd(workdir, data_dir, f"--config.stage={stage}", *flags),
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_killed_run_resumes_to_the_same_trajectories(data_dir, tmp_path):
+  flags = ("--config.experts.epochs=6",)
+  reference = tmp_path / "reference"
+  _run_stages(reference, data_dir, *flags)
+
+  killed = tmp_path / "killed"
+  _run_stages(killed, data_dir, "--config.experts.num_experts=0")  # Pretrain only.
+  proc = subprocess.Popen(_experts_cmd(killed, data_dir, "--config.stage=experts", *flags),
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  marker = killed / "experts" / "expert_000" / "ckpt" / "2"
+  deadline = time.time() + 300
+  while not marker.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert marker.exists(), "the run ended before its second epoch was saved"
+  assert not trajectories.finished_experts(str(killed)) == [0, 1], "killed too late"
+
+  result = subprocess.run(_experts_cmd(killed, data_dir, "--config.stage=experts", *flags),
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resuming after epoch" in result.stderr
+  for expert in (0, 1):
+    for epoch in range(7):
+      want = _flat(trajectories.load_params(str(reference), expert, epoch))
+      got = _flat(trajectories.load_params(str(killed), expert, epoch))
+      for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=f"{expert}/{epoch}/{key}")
+    np.testing.assert_array_equal(trajectories.load_correct(str(killed), expert),
+                                  trajectories.load_correct(str(reference), expert))
+
+
+def test_one_and_four_devices_train_the_same_expert(data_dir, tmp_path):
+  flags = ("--config.experts.num_experts=1", "--config.experts.epochs=2")
+  one, four = tmp_path / "one", tmp_path / "four"
+  _run_stages(one, data_dir, *flags)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  _run_stages(four, data_dir, *flags, env=env)
+  for epoch in (1, 2):
+    want = _flat(trajectories.load_params(str(one), 0, epoch))
+    got = _flat(trajectories.load_params(str(four), 0, epoch))
+    for key in want:
+      np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_split_of_expert_params_matches_model_partition(trained):
+  config, workdir = trained
+  params = trajectories.load_params(workdir, 0, 0)
+  merged = traverse_util.flatten_dict(trajectories.load_frozen(workdir, 0), sep="/")
+  merged.update(traverse_util.flatten_dict(params, sep="/"))
+  trainable, _ = split_params(traverse_util.unflatten_dict(merged, sep="/"),
+                              config.model.trainable)
+  assert _flat(trainable).keys() == _flat(params).keys()

@@ -1,0 +1,153 @@
+"""Stage `experts`: E dual-encoder runs on the full train split, saved every epoch.
+
+Each expert starts from the backbone with LoRA factors and heads drawn from its
+own seed and trains the trainable partition with optax SGD. Its trajectory goes
+to the Orbax store of `trajectories.py`. A rerun skips finished experts and
+resumes an unfinished one at its last saved epoch; the data order of an epoch
+depends only on (seed, expert, epoch), so resuming repeats an uninterrupted run.
+"""
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+from absl import logging
+
+from vldd_jax import parallel
+from vldd_jax import pretrain
+from vldd_jax import trainer
+from vldd_jax import trajectories
+from vldd_jax.data import input_pipeline
+
+METRICS_LOG = "metrics.jsonl"
+
+
+def _log_metrics(workdir: str, record: dict) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, METRICS_LOG), "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def _save(mngr: ocp.CheckpointManager, epoch: int, items: dict) -> None:
+  if not jax.tree.leaves(items["opt_state"]):  # Plain SGD keeps no state.
+    del items["opt_state"]
+  mngr.save(epoch, args=ocp.args.Composite(**{
+      name: ocp.args.JsonSave(value) if name == "metrics" else ocp.args.StandardSave(value)
+      for name, value in items.items()}))
+  mngr.wait_until_finished()
+
+
+def _restore(mngr: ocp.CheckpointManager, epoch: int, params, opt_state):
+  items = {"params": ocp.args.StandardRestore(params)}
+  if jax.tree.leaves(opt_state):
+    items["opt_state"] = ocp.args.StandardRestore(opt_state)
+  restored = mngr.restore(epoch, args=ocp.args.Composite(**items))
+  return restored.params, restored.get("opt_state", opt_state)
+
+
+def _history(mngr: ocp.CheckpointManager, last: int) -> list[dict]:
+  return [mngr.restore(s, args=ocp.args.Composite(metrics=ocp.args.JsonRestore())).metrics
+          for s in range(last + 1)]
+
+
+def _rounded(recall: dict[str, float]) -> dict[str, float]:
+  return {k: round(v, 2) for k, v in recall.items()}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Trains `config.experts.num_experts` experts, skipping finished ones."""
+  cfg = config.experts
+  parallel.check_divisible(cfg.batch_size, "experts.batch_size")
+  todo = [e for e in range(cfg.num_experts)
+          if not (trajectories.read_manifest(workdir, e) or {}).get("finished")]
+  if not todo:
+    logging.info("All %d experts finished in %s.", cfg.num_experts,
+                 trajectories.experts_dir(workdir))
+    return
+  encoder = input_pipeline.text_encoder(config)
+  train = input_pipeline.load_split(config, workdir, "train", encoder=encoder)
+  val = input_pipeline.load_split(config, workdir, "val", encoder=encoder)
+  test = input_pipeline.load_split(config, workdir, "test", encoder=encoder)
+  backbone = pretrain.backbone_loader(config, workdir)
+  mesh = parallel.make_mesh()
+  tx = trainer.make_optimizer(cfg.lr, cfg.momentum)
+  train_step, embedder = None, None
+  for expert in todo:
+    student = trainer.init_student(
+        config.model, jax.random.fold_in(jax.random.key(config.seed), expert),
+        train.images.shape[1:], train.text_emb.shape[-1], backbone)
+    if train_step is None:  # One compiled step and embedder for every expert.
+      train_step = trainer.make_train_step(student.apply_fn, tx)
+      embedder = trainer.Embedder(student.apply_fn, mesh, cfg.eval_batch_size)
+    _train_expert(config, workdir, expert, student, tx, train_step, embedder,
+                  train, val, test, mesh)
+
+
+def _train_expert(config, workdir, expert, student, tx, train_step, embedder,
+                  train, val, test, mesh) -> None:
+  cfg = config.experts
+  os.makedirs(trajectories.expert_dir(workdir, expert), exist_ok=True)
+  trainable = student.trainable
+  opt_state = tx.init(trainable)
+  frozen = parallel.put_replicated(student.frozen, mesh)
+  with trajectories.checkpoint_manager(workdir, expert) as mngr:
+    last = mngr.latest_step()
+    if last is None:
+      metrics = {"epoch": 0, "val": _rounded(trainer.evaluate_retrieval(
+          embedder, trainable, frozen, val)), "seconds": 0.0}
+      _save(mngr, 0, dict(params=trainable, opt_state=opt_state, frozen=student.frozen,
+                          metrics=metrics))
+      last = 0
+    else:
+      trainable, opt_state = _restore(mngr, last, trainable, opt_state)
+      logging.info("Expert %d: resuming after epoch %d.", expert, last)
+    history = _history(mngr, last)
+    trainable, opt_state = parallel.put_replicated((trainable, opt_state), mesh)
+    bar = tqdm.trange(last, cfg.epochs, initial=last, total=cfg.epochs,
+                      desc=f"expert {expert + 1}/{cfg.num_experts}")
+    for epoch in range(last + 1, cfg.epochs + 1):
+      t0 = time.time()
+      trainable, opt_state, loss, correct = trainer.train_epoch(
+          train_step, trainable, opt_state, frozen, train.images, train.text_emb,
+          batch_size=cfg.batch_size, seed=(config.seed, expert, epoch), mesh=mesh)
+      if not np.isfinite(loss):
+        raise FloatingPointError(f"Expert {expert}: loss {loss} at epoch {epoch}; lower "
+                                 "config.experts.lr. Epochs before it are saved.")
+      recall = _rounded(trainer.evaluate_retrieval(embedder, trainable, frozen, val))
+      metrics = {"epoch": epoch, "loss": round(loss, 5), "val": recall,
+                 "in_batch_accuracy": round(100 * float(np.mean(correct[correct >= 0])), 2),
+                 "seconds": round(time.time() - t0, 2)}
+      _save(mngr, epoch, dict(params=trainable, opt_state=opt_state, correct=correct,
+                              metrics=metrics))
+      history.append(metrics)
+      _log_metrics(workdir, {"stage": "experts", "expert": expert, **metrics})
+      _write_manifest(config, workdir, expert, history, finished=False)
+      bar.update()
+      bar.set_postfix(loss=f"{loss:.3f}", val_tr1=recall["tr@1"], val_ir1=recall["ir@1"])
+    bar.close()
+  test_recall = _rounded(trainer.evaluate_retrieval(embedder, trainable, frozen, test))
+  logging.info("Expert %d finished: test %s", expert, test_recall)
+  _write_manifest(config, workdir, expert, history, finished=True, test=test_recall)
+
+
+def _write_manifest(config, workdir, expert, history, *, finished, test=None) -> None:
+  manifest = {
+      "expert": expert,
+      "finished": finished,
+      "epochs_done": history[-1]["epoch"],
+      "epochs": config.experts.epochs,
+      "dtype": "float32",
+      "model": config.model.to_dict(),
+      "data": config.data.to_dict(),
+      "text": config.text.to_dict(),
+      "optimizer": {k: config.experts[k] for k in ("lr", "momentum", "batch_size")},
+      "history": history,
+      "wall_seconds": round(sum(h["seconds"] for h in history), 1),
+  }
+  if test is not None:
+    manifest["test"] = test
+  trajectories.write_manifest(workdir, expert, manifest)

@@ -1,0 +1,179 @@
+"""Contrastive training of a dual encoder's trainable partition, and its evaluation.
+
+Shared by the experts and evaluation stages: a fresh student (backbone plus new
+LoRA and heads), a jitted optax step over the `('data',)` mesh, epochs that
+draw one caption per image, and recall@K on a split.
+"""
+from collections.abc import Callable
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from vldd_jax import losses
+from vldd_jax import parallel
+from vldd_jax import retrieval
+from vldd_jax.data.input_pipeline import Split
+from vldd_jax.models import build_model, init_params, make_apply_fn, split_params
+from vldd_jax.models.partition import ApplyFn
+
+# uint8 pixels map to [-1, 1]; synthetic images live in this space.
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.5
+
+TrainStep = Callable[..., tuple]
+
+
+def to_model_space(images: jax.Array) -> jax.Array:
+  """uint8 images to the model's normalised pixel space; floats pass through."""
+  if images.dtype == jnp.uint8:
+    return (images.astype(jnp.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
+  return images
+
+
+@dataclasses.dataclass(frozen=True)
+class Student:
+  """A dual encoder split into what trains and what stays frozen."""
+  apply_fn: ApplyFn
+  trainable: dict
+  frozen: dict
+
+
+def init_student(model_config: ml_collections.ConfigDict, rng: jax.Array,
+                 image_shape: tuple[int, ...], text_dim: int,
+                 backbone: Callable[[dict], dict] | None = None) -> Student:
+  """A fresh student: parameters from `rng`, image tower replaced by `backbone`.
+
+  Args:
+    model_config: `config.model`.
+    rng: PRNG key for the LoRA factors and heads (and the tower, if no backbone).
+    image_shape: (H, W, C).
+    text_dim: size of the frozen text embeddings.
+    backbone: maps the fresh tower parameters `params["img"]` to the ones to
+      use (keeping the fresh LoRA factors); see `pretrain.backbone_loader`.
+  """
+  model = build_model(model_config)
+  params = dict(init_params(model, rng, image_shape, text_dim))
+  if backbone is not None:
+    params["img"] = backbone(params["img"])
+  trainable, frozen = split_params(params, model_config.trainable)
+  return Student(make_apply_fn(model), trainable, frozen)
+
+
+def make_optimizer(lr: float, momentum: float = 0.0) -> optax.GradientTransformation:
+  """Plain SGD (the paper's experts: lr 0.1, no momentum), optional momentum."""
+  return optax.sgd(lr, momentum=momentum or None)
+
+
+def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation) -> TrainStep:
+  """The jitted step `(trainable, opt_state, frozen, images, text_emb, rng)`.
+
+  Returns `(trainable, opt_state, loss, correct)` where `correct[i]` says
+  whether image i's most similar text in the batch is its own. The first two
+  inputs are donated.
+  """
+
+  def loss_fn(trainable, frozen, images, text_emb, rng):
+    img, txt, scale = apply_fn(trainable, frozen, to_model_space(images), text_emb,
+                               train=True, rng=rng)
+    return losses.contrastive_loss(img, txt, scale), (img, txt)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def train_step(trainable, opt_state, frozen, images, text_emb, rng):
+    (loss, (img, txt)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        trainable, frozen, images, text_emb, rng)
+    updates, opt_state = tx.update(grads, opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    correct = jnp.argmax(img @ txt.T, axis=1) == jnp.arange(img.shape[0])
+    return trainable, opt_state, loss, correct
+
+  return train_step
+
+
+def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptState,
+                frozen: dict, images: np.ndarray, text_emb: np.ndarray, *,
+                batch_size: int, seed: tuple[int, ...], mesh: jax.sharding.Mesh,
+                desc: str | None = None) -> tuple[dict, optax.OptState, float, np.ndarray]:
+  """One epoch over the pairs in a random order, one random caption per image.
+
+  The order, captions and dropout keys depend only on `seed`, so a resumed run
+  repeats an uninterrupted one. The last partial batch is dropped (a
+  different one each epoch), which keeps one compiled step.
+
+  Args:
+    images: [N, H, W, C], uint8 or model-space floats.
+    text_emb: [N, captions_per_image, D] or [N, D] (one text per image).
+    seed: e.g. (run seed, expert, epoch).
+
+  Returns:
+    (trainable, opt_state, mean loss, correct) with `correct` int8 [N]: 1 if the
+    image's own caption was its top match in its batch, 0 if not, -1 if the
+    pair was in the dropped partial batch.
+  """
+  n = len(images)
+  steps = n // batch_size
+  if steps == 0:
+    raise ValueError(f"batch_size={batch_size} is larger than the {n} training pairs.")
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(n)
+  if text_emb.ndim == 3:
+    captions = rng.integers(0, text_emb.shape[1], n)
+    text_emb = text_emb[np.arange(n), captions]
+  key = jax.random.key(rng.integers(2**31))
+  replicated = parallel.replicated(mesh)
+  step_losses, step_correct = [], []
+  for i in tqdm.trange(steps, desc=desc, leave=False, disable=desc is None):
+    rows = order[i * batch_size:(i + 1) * batch_size]
+    batch = parallel.put_batch((images[rows], text_emb[rows]), mesh)
+    rng_i = jax.device_put(jax.random.fold_in(key, i), replicated)
+    trainable, opt_state, loss, correct = train_step(
+        trainable, opt_state, frozen, *batch, rng_i)
+    step_losses.append(loss)
+    step_correct.append(correct)
+  record = np.full(n, -1, np.int8)
+  record[order[:steps * batch_size]] = np.concatenate(
+      [np.asarray(c) for c in step_correct])
+  return trainable, opt_state, float(np.mean(jax.device_get(step_losses))), record
+
+
+class Embedder:
+  """Embeds a split with a student's current parameters, in fixed-size batches."""
+
+  def __init__(self, apply_fn: ApplyFn, mesh: jax.sharding.Mesh, batch_size: int = 512):
+    parallel.check_divisible(batch_size, "eval batch_size")
+    self._mesh = mesh
+    self._batch_size = batch_size
+    self._images = jax.jit(lambda t, f, x: apply_fn(t, f, to_model_space(x), None)[0])
+    self._texts = jax.jit(lambda t, f, x: apply_fn(t, f, None, x)[1])
+
+  def _run(self, fn, trainable, frozen, x: np.ndarray) -> np.ndarray:
+    out = []
+    for start in range(0, len(x), self._batch_size):
+      chunk = x[start:start + self._batch_size]
+      pad = self._batch_size - len(chunk)
+      padded = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+      emb = fn(trainable, frozen, parallel.put_batch(padded, self._mesh))
+      out.append(np.asarray(emb)[:len(chunk)])
+    return np.concatenate(out)
+
+  def images(self, trainable: dict, frozen: dict, images: np.ndarray) -> np.ndarray:
+    """Unit image embeddings [N, embed_dim]."""
+    return self._run(self._images, trainable, frozen, images)
+
+  def texts(self, trainable: dict, frozen: dict, text_emb: np.ndarray) -> np.ndarray:
+    """Unit text embeddings [N, embed_dim] from frozen-encoder embeddings [N, D]."""
+    return self._run(self._texts, trainable, frozen, text_emb)
+
+
+def evaluate_retrieval(embedder: Embedder, trainable: dict, frozen: dict,
+                       split: Split) -> dict[str, float]:
+  """recall@1/5/10 both ways (percent) of the student on a split, every caption."""
+  img = embedder.images(trainable, frozen, split.images)
+  txt = embedder.texts(trainable, frozen,
+                       split.text_emb.reshape(-1, split.text_emb.shape[-1]))
+  return retrieval.recall_at_k(img @ txt.T, split.caption_to_image)

@@ -1,0 +1,100 @@
+"""The expert trajectory store: one Orbax checkpoint per (expert, epoch).
+
+Layout under `<workdir>/experts/expert_NNN/`:
+
+  ckpt/<epoch>/   Orbax items `params` (the trainable partition), `opt_state`,
+                  `correct` (int8 [N]: 1/0 whether each training pair's image
+                  found its own caption first in its batch, -1 not in a batch;
+                  epochs >= 1), `metrics` (JSON) and, at epoch 0 only, `frozen`.
+  manifest.json   model and data config, epochs done, dtype, per-epoch
+                  validation recall, loss and wall time; `finished`.
+
+Loading one (expert, epoch) reads only that checkpoint's `params` item.
+"""
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+MANIFEST = "manifest.json"
+_ARRAY_ITEMS = ("params", "opt_state", "frozen", "correct")
+
+
+def experts_dir(workdir: str) -> str:
+  return os.path.join(workdir, "experts")
+
+
+def expert_dir(workdir: str, expert: int) -> str:
+  return os.path.join(experts_dir(workdir), f"expert_{expert:03d}")
+
+
+def checkpoint_manager(workdir: str, expert: int) -> ocp.CheckpointManager:
+  """The manager of one expert's checkpoints; every epoch is kept."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True)
+  handlers = {name: ocp.StandardCheckpointHandler() for name in _ARRAY_ITEMS}
+  handlers["metrics"] = ocp.JsonCheckpointHandler()
+  return ocp.CheckpointManager(os.path.join(expert_dir(workdir, expert), "ckpt"),
+                               options=options, item_handlers=handlers)
+
+
+def _restore_item(mngr: ocp.CheckpointManager, epoch: int, name: str):
+  """One array item on this process's first device, whatever devices saved it."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        mngr.item_metadata(epoch)[name])
+  restored = mngr.restore(epoch, args=ocp.args.Composite(
+      **{name: ocp.args.StandardRestore(target)}))
+  return restored[name]
+
+
+def write_manifest(workdir: str, expert: int, manifest: dict) -> None:
+  """Writes the manifest atomically (process 0 only)."""
+  if jax.process_index():
+    return
+  path = os.path.join(expert_dir(workdir, expert), MANIFEST)
+  with open(path + ".tmp", "w") as f:
+    json.dump(manifest, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def read_manifest(workdir: str, expert: int) -> dict | None:
+  """The expert's manifest, or None if it has not started."""
+  path = os.path.join(expert_dir(workdir, expert), MANIFEST)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def finished_experts(workdir: str) -> list[int]:
+  """Indices of the experts whose training finished, sorted."""
+  root = experts_dir(workdir)
+  if not os.path.isdir(root):
+    return []
+  indices = sorted(int(name.split("_")[1]) for name in os.listdir(root)
+                   if name.startswith("expert_"))
+  return [e for e in indices if (read_manifest(workdir, e) or {}).get("finished")]
+
+
+def load_params(workdir: str, expert: int, epoch: int) -> dict:
+  """The trainable parameters of `expert` after `epoch` epochs (0: its start)."""
+  with checkpoint_manager(workdir, expert) as mngr:
+    if epoch not in mngr.all_steps():
+      raise FileNotFoundError(f"{expert_dir(workdir, expert)} has no epoch {epoch}; "
+                              f"saved epochs: {sorted(mngr.all_steps())}.")
+    return _restore_item(mngr, epoch, "params")
+
+
+def load_frozen(workdir: str, expert: int) -> dict:
+  """The frozen parameters the expert trained with (the same at every epoch)."""
+  with checkpoint_manager(workdir, expert) as mngr:
+    return _restore_item(mngr, 0, "frozen")
+
+
+def load_correct(workdir: str, expert: int) -> np.ndarray:
+  """int8 [epochs, N]: per training pair and epoch, found (1), missed (0), unseen (-1)."""
+  with checkpoint_manager(workdir, expert) as mngr:
+    epochs = sorted(s for s in mngr.all_steps() if s > 0)
+    return np.stack([np.asarray(_restore_item(mngr, s, "correct")) for s in epochs])

@@ -252,3 +252,11 @@ def test_cache_recomputes_corrupt_entries(tiny, tmp_path, monkeypatch, caplog):
   assert calls == [5, 5, 5, 5]
   with pytest.raises(ValueError, match="name must match"):
     embeddings.encode_cached(tiny, _CAPTIONS, str(tmp_path), "../escape")
+
+
+def test_cache_encodes_repeated_captions_once(tiny, tmp_path, monkeypatch):
+  calls = _count_encodes(monkeypatch, tiny)
+  texts = [_CAPTIONS[i] for i in (3, 0, 3, 1, 0, 3)]
+  got = embeddings.encode_cached(tiny, texts, str(tmp_path), "repeats")
+  assert calls == [3]
+  np.testing.assert_allclose(got, tiny.encode(texts), rtol=1e-6, atol=1e-6)

@@ -20,7 +20,7 @@ from vldd_jax import parallel
 from vldd_jax import retrieval
 from vldd_jax.data.input_pipeline import Split
 from vldd_jax.models import build_model, init_params, make_apply_fn, split_params
-from vldd_jax.models.partition import ApplyFn
+from vldd_jax.models.partition import ApplyFn, text_side_mask
 
 # uint8 pixels map to [-1, 1]; synthetic images live in this space.
 PIXEL_MEAN = 0.5
@@ -65,9 +65,19 @@ def init_student(model_config: ml_collections.ConfigDict, rng: jax.Array,
   return Student(make_apply_fn(model), trainable, frozen)
 
 
-def make_optimizer(lr: float, momentum: float = 0.0) -> optax.GradientTransformation:
-  """Plain SGD (the paper's experts: lr 0.1, no momentum), optional momentum."""
-  return optax.sgd(lr, momentum=momentum or None)
+def make_optimizer(lr: float, momentum: float = 0.0,
+                   lr_text: float | None = None) -> optax.GradientTransformation:
+  """Plain SGD (the paper's experts: lr 0.1, no momentum), optional momentum.
+
+  With `lr_text`, the text side (`partition.is_text_side`) uses that rate and
+  the image side `lr`, as a distilled set's two learned rates ask.
+  """
+  if lr_text is None:
+    return optax.sgd(lr, momentum=momentum or None)
+  return optax.multi_transform(
+      {False: optax.sgd(lr, momentum=momentum or None),
+       True: optax.sgd(lr_text, momentum=momentum or None)},
+      text_side_mask)
 
 
 def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation) -> TrainStep:

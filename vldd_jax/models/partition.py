@@ -24,6 +24,20 @@ TRAINABLE_PATTERNS = {
 ApplyFn = Callable[..., tuple[jax.Array | None, jax.Array | None, jax.Array]]
 
 
+def is_text_side(path: str) -> bool:
+  """Whether a parameter belongs to the text side (text head, temperature).
+
+  Distilled sets learn one learning rate for each side, as in the paper.
+  """
+  return re.fullmatch(r"txt_head/.*|log_scale", path) is not None
+
+
+def text_side_mask(params: dict) -> dict:
+  """A pytree of bools like `params`: True on the text side."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  return traverse_util.unflatten_dict({k: is_text_side(k) for k in flat}, sep="/")
+
+
 def is_trainable(path: str, mode: str) -> bool:
   """Whether the parameter at '/'-joined `path` trains in `mode`."""
   if mode not in TRAINABLE_MODES:

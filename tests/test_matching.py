@@ -1,0 +1,151 @@
+"""The trajectory-matching loss and meta step: exactness, remat memory, NaN guard."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vldd_jax import augment
+from vldd_jax import matching
+from vldd_jax import models
+from vldd_jax import trainer
+
+TEXT_DIM = 8
+IMAGE = (16, 16, 3)
+
+
+def _student(dtype=jnp.float32):
+  config = models.default_model_config()
+  config.vit.update(dict(patch=8, width=8, depth=1, heads=2, mlp_dim=16))
+  config.lora.rank = 2
+  config.embed_dim = 4
+  student = trainer.init_student(config, jax.random.key(0), IMAGE, TEXT_DIM)
+  cast = lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree)
+  return student.apply_fn, cast(student.trainable), cast(student.frozen)
+
+
+def _perturb(tree, key, scale):
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  return treedef.unflatten([x + scale * jax.random.normal(k, x.shape, x.dtype)
+                            for x, k in zip(leaves, keys)])
+
+
+def _problem(dtype, n=6):
+  apply_fn, trainable, frozen = _student(dtype)
+  start = _perturb(trainable, jax.random.key(1), 0.3)  # LoRA B away from zero.
+  target = _perturb(start, jax.random.key(2), 0.05)
+  k1, k2 = jax.random.split(jax.random.key(3))
+  syn = {"images": jax.random.normal(k1, (n,) + IMAGE, dtype),
+         "text": jax.random.normal(k2, (n, TEXT_DIM), dtype),
+         "log_lr": jnp.log(jnp.array([0.1, 0.2], dtype))}
+  return apply_fn, trainable, frozen, start, target, syn
+
+
+def test_meta_gradient_matches_central_differences():
+  with jax.enable_x64(True):
+    apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float64)
+    cfg = matching.UnrollConfig(syn_steps=3, batch_size=4, augment=True)
+    loss = jax.jit(lambda s: matching.make_matching_loss(apply_fn, trainable, cfg)(
+        s, start, target, frozen, jax.random.key(4)))
+    grad = jax.grad(loss)(syn)
+    for part in ("images", "text", "log_lr"):
+      direction = jax.random.normal(jax.random.key(5), syn[part].shape, jnp.float64)
+      h = 1e-5
+      plus = loss({**syn, part: syn[part] + h * direction})
+      minus = loss({**syn, part: syn[part] - h * direction})
+      numeric = (plus - minus) / (2 * h)
+      analytic = jnp.vdot(grad[part], direction)
+      assert abs(analytic) > 1e-6, part  # The gradient reaches this part.
+      np.testing.assert_allclose(analytic, numeric, rtol=1e-3, err_msg=part)
+
+
+def _python_unrolled_loss(apply_fn, trainable, cfg, syn, start, target, frozen, key):
+  step = matching.make_student_step(apply_fn, trainable, cfg.augment)
+  k_batches, k_steps = jax.random.split(key)
+  batches = matching.minibatch_indices(k_batches, syn["text"].shape[0], cfg.syn_steps,
+                                       cfg.batch_size)
+  params = start
+  for rows, k in zip(batches, jax.random.split(k_steps, cfg.syn_steps)):
+    params = step(params, frozen, syn["images"][rows], syn["text"][rows],
+                  jnp.exp(syn["log_lr"]), k)
+  dist = lambda a, b: sum(jnp.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(a),
+                                                               jax.tree.leaves(b)))
+  return dist(params, target) / dist(start, target)
+
+
+def test_scan_with_remat_equals_python_unrolled_gradient():
+  with jax.enable_x64(True):  # Same maths, different op order: compare in float64.
+    apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float64)
+    cfg = matching.UnrollConfig(syn_steps=4, batch_size=4, augment=True)
+    key = jax.random.key(6)
+    scanned = jax.jit(jax.value_and_grad(lambda s: matching.make_matching_loss(
+        apply_fn, trainable, cfg)(s, start, target, frozen, key)))(syn)
+    unrolled = jax.jit(jax.value_and_grad(lambda s: _python_unrolled_loss(
+        apply_fn, trainable, cfg, s, start, target, frozen, key)))(syn)
+    np.testing.assert_allclose(scanned[0], unrolled[0], rtol=1e-10)
+    for part in syn:
+      np.testing.assert_allclose(scanned[1][part], unrolled[1][part], rtol=1e-8,
+                                 atol=1e-12, err_msg=part)
+
+
+def _temp_bytes(steps, remat, n=64):
+  apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float32, n=n)
+  cfg = matching.UnrollConfig(syn_steps=steps, batch_size=n, augment=False, remat=remat)
+  loss = matching.make_matching_loss(apply_fn, trainable, cfg)
+  grad = jax.jit(jax.grad(lambda s: loss(s, start, target, frozen, jax.random.key(0))))
+  return grad.lower(syn).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_remat_saves_the_carry_not_the_activations():
+  carry = sum(x.nbytes for x in jax.tree.leaves(_student()[1]))
+  with_remat = _temp_bytes(16, True) - _temp_bytes(4, True)
+  without = _temp_bytes(16, False) - _temp_bytes(4, False)
+  # Per extra step, remat keeps about one carry (plus a batch of indices/keys);
+  # without it, every step's activations stay alive for the backward pass.
+  assert with_remat / 12 < 3 * carry, (with_remat, carry)
+  assert without > 4 * with_remat, (without, with_remat)
+
+
+def test_meta_step_moves_the_set_and_guards_non_finite():
+  apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float32)
+  cfg = matching.UnrollConfig(syn_steps=2, batch_size=4, augment=False)
+  tx = matching.make_meta_optimizer(100.0, 100.0, 1e-2, momentum=0.5)
+  meta_step = matching.make_meta_step(apply_fn, trainable, cfg, tx)
+  stack = lambda tree: jax.tree.map(lambda x: jnp.stack([x, x]), tree)
+  state = matching.init_state(syn, tx)
+  before = jax.tree.map(np.asarray, state["syn"])
+  state, loss = meta_step(state, stack(start), stack(target), frozen, jax.random.key(0))
+  assert np.isfinite(float(loss)) and int(state["first_bad"]) == -1
+  assert int(state["iteration"]) == 1
+  for part in before:
+    assert not np.allclose(before[part], state["syn"][part]), part
+
+  good = jax.tree.map(np.asarray, state["syn"])
+  state["syn"]["log_lr"] = jnp.array([np.inf, 0.0], jnp.float32)  # Diverges.
+  good["log_lr"] = np.asarray(state["syn"]["log_lr"])
+  state, loss = meta_step(state, stack(start), stack(target), frozen, jax.random.key(1))
+  assert not np.isfinite(float(loss))
+  assert int(state["first_bad"]) == 1 and int(state["iteration"]) == 2
+  for part in good:  # The update was skipped.
+    np.testing.assert_array_equal(state["syn"][part], good[part], err_msg=part)
+
+
+def test_minibatch_indices_cover_the_set_evenly():
+  rows = np.asarray(matching.minibatch_indices(jax.random.key(0), 10, steps=5, batch_size=4))
+  assert rows.shape == (5, 4)
+  flat = rows.reshape(-1)
+  # Two full permutations of 10 cover 20 draws: every pair exactly twice.
+  np.testing.assert_array_equal(np.bincount(flat, minlength=10), np.full(10, 2))
+  with pytest.raises(ValueError, match="exceeds the 3 synthetic pairs"):
+    matching.minibatch_indices(jax.random.key(0), 3, steps=1, batch_size=4)
+
+
+def test_augmentations_keep_shape_and_pass_gradients():
+  images = jax.random.normal(jax.random.key(0), (2,) + IMAGE)
+  np.testing.assert_allclose(
+      augment._resample(images, jnp.eye(2), jnp.zeros(2)), images, atol=1e-5)
+  for i, fn in enumerate(augment.AUGMENTATIONS):
+    out = fn(images, jax.random.key(i))
+    assert out.shape == images.shape and not np.allclose(out, images), fn.__name__
+    grad = jax.grad(lambda x: jnp.sum(fn(x, jax.random.key(i)) ** 2))(images)
+    assert np.abs(grad).sum() > 0, fn.__name__

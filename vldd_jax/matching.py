@@ -1,0 +1,174 @@
+"""Synthetic-set state, the trajectory-matching loss and the jitted meta step.
+
+A synthetic set is `{"images": [N, H, W, C] model-space floats, "text": [N, D]
+frozen-encoder embeddings, "log_lr": [2] (image side, text side)}`. From an
+expert's parameters at epoch t, `syn_steps` student SGD steps on synthetic
+minibatches give theta_N; the loss is ||theta_N - theta*_{t+M}||^2 /
+||theta*_t - theta*_{t+M}||^2 over the trainable partition (Cazenavette et
+al. 2022; Wu et al. 2024 match LoRA + heads). The unroll is a `lax.scan` of
+`jax.checkpoint`ed steps, so `jax.grad` is exact while reverse mode keeps only
+the scan carry (parameters) per step, not the activations.
+"""
+from collections.abc import Callable
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vldd_jax import augment as augment_lib
+from vldd_jax import losses
+from vldd_jax.data.input_pipeline import Split
+from vldd_jax.models.partition import ApplyFn, text_side_mask
+from vldd_jax.trainer import to_model_space
+
+LR_SIDES = ("image", "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class UnrollConfig:
+  """Static settings of one student unroll."""
+  syn_steps: int
+  batch_size: int
+  augment: bool = True
+  remat: bool = True
+
+
+def init_synthetic(train: Split, num_pairs: int, init: str, lr_init: float,
+                   seed: int) -> tuple[dict, np.ndarray]:
+  """N synthetic pairs from random real pairs (one caption each) or from noise.
+
+  Returns:
+    (synthetic set, indices of the real images it started from).
+  """
+  if num_pairs > len(train):
+    raise ValueError(f"distill.num_pairs={num_pairs} exceeds the {len(train)} "
+                     "training pairs.")
+  rng = np.random.default_rng([seed, num_pairs])
+  rows = np.sort(rng.choice(len(train), num_pairs, replace=False))
+  captions = rng.integers(0, train.text_emb.shape[1], num_pairs)
+  images = np.asarray(to_model_space(jnp.asarray(train.images[rows])))
+  text = train.text_emb[rows, captions]
+  if init == "noise":
+    images = rng.standard_normal(images.shape).astype(np.float32)
+    text = rng.standard_normal(text.shape).astype(np.float32)
+    text /= np.linalg.norm(text, axis=-1, keepdims=True)
+  elif init != "real":
+    raise ValueError(f"distill.init={init!r}; expected 'real' or 'noise'.")
+  log_lr = np.full(len(LR_SIDES), np.log(lr_init), np.float32)
+  return {"images": images, "text": text, "log_lr": log_lr}, rows
+
+
+def minibatch_indices(key: jax.Array, num_pairs: int, steps: int,
+                      batch_size: int) -> jax.Array:
+  """[steps, batch_size] indices: consecutive random permutations of the set, cut."""
+  if batch_size > num_pairs:
+    raise ValueError(f"student batch_size={batch_size} exceeds the {num_pairs} "
+                     "synthetic pairs.")
+  perms = -(-steps * batch_size // num_pairs)
+  keys = jax.random.split(key, perms)
+  order = jax.vmap(lambda k: jax.random.permutation(k, num_pairs))(keys).reshape(-1)
+  return order[:steps * batch_size].reshape(steps, batch_size)
+
+
+def make_student_step(apply_fn: ApplyFn, trainable_like: dict, augment: bool) -> Callable:
+  """One SGD step on a synthetic minibatch with the (image, text) learning rates.
+
+  Returns `step(trainable, frozen, images, text, lrs, key) -> trainable`.
+  """
+  is_text = text_side_mask(trainable_like)
+
+  def loss_fn(trainable, frozen, images, text, key):
+    img, txt, scale = apply_fn(trainable, frozen, images, text, train=True, rng=key)
+    return losses.contrastive_loss(img, txt, scale)
+
+  def step(trainable, frozen, images, text, lrs, key):
+    k_aug, k_dropout = jax.random.split(key)
+    if augment:
+      images = augment_lib.augment(images, k_aug)
+    grads = jax.grad(loss_fn)(trainable, frozen, images, text, k_dropout)
+    return jax.tree.map(lambda p, g, t: p - jnp.where(t, lrs[1], lrs[0]) * g,
+                        trainable, grads, is_text)
+
+  return step
+
+
+def _sq_dist(a: dict, b: dict) -> jax.Array:
+  return sum(jnp.sum(jnp.square(x - y)) for x, y in zip(jax.tree.leaves(a),
+                                                       jax.tree.leaves(b)))
+
+
+def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict,
+                       cfg: UnrollConfig) -> Callable:
+  """`loss(syn, start, target, frozen, key)`: normalised distance after the unroll."""
+  step = make_student_step(apply_fn, trainable_like, cfg.augment)
+
+  def loss(syn, start, target, frozen, key):
+    k_batches, k_steps = jax.random.split(key)
+    batches = minibatch_indices(k_batches, syn["text"].shape[0], cfg.syn_steps,
+                                cfg.batch_size)
+    lrs = jnp.exp(syn["log_lr"])
+
+    def body(params, xs):
+      rows, k = xs
+      return step(params, frozen, syn["images"][rows], syn["text"][rows], lrs, k), None
+
+    if cfg.remat:
+      body = jax.checkpoint(body)
+    final, _ = jax.lax.scan(body, start, (batches, jax.random.split(k_steps, cfg.syn_steps)))
+    return _sq_dist(final, target) / _sq_dist(start, target)
+
+  return loss
+
+
+def make_meta_optimizer(lr_images: float, lr_text: float, lr_lr: float,
+                        momentum: float) -> optax.GradientTransformation:
+  """SGD with momentum, one rate per synthetic-set part (the paper: 0.5 momentum)."""
+  rates = {"images": lr_images, "text": lr_text, "log_lr": lr_lr}
+  return optax.multi_transform(
+      {name: optax.sgd(rate, momentum=momentum) for name, rate in rates.items()},
+      {name: name for name in rates})
+
+
+def make_meta_step(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfig,
+                   tx: optax.GradientTransformation) -> Callable:
+  """The jitted `meta_step(state, starts, targets, frozen, key) -> (state, loss)`.
+
+  `starts`/`targets` stack a meta batch of expert parameters on a leading axis
+  (sharded over devices); the loss is their mean matching loss. `state` holds
+  `syn`, `opt_state`, `iteration` and `first_bad`: an iteration whose loss or
+  gradient is not finite leaves `syn` unchanged and is recorded there (-1: none),
+  so the caller can stop without a host sync per iteration. `state` is donated.
+  """
+  matching_loss = make_matching_loss(apply_fn, trainable_like, cfg)
+
+  def mean_loss(syn, starts, targets, frozen, key):
+    keys = jax.random.split(key, jax.tree.leaves(starts)[0].shape[0])
+    per_start = jax.vmap(matching_loss, in_axes=(None, 0, 0, None, 0))(
+        syn, starts, targets, frozen, keys)
+    return per_start.mean()
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def meta_step(state, starts, targets, frozen, key):
+    loss, grads = jax.value_and_grad(mean_loss)(state["syn"], starts, targets, frozen, key)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    updates, opt_state = tx.update(grads, state["opt_state"], state["syn"])
+    syn = optax.apply_updates(state["syn"], updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    first_bad = jnp.where((state["first_bad"] < 0) & ~finite, state["iteration"],
+                          state["first_bad"])
+    return {"syn": keep(syn, state["syn"]),
+            "opt_state": keep(opt_state, state["opt_state"]),
+            "iteration": state["iteration"] + 1,
+            "first_bad": first_bad}, loss
+
+  return meta_step
+
+
+def init_state(syn: dict, tx: optax.GradientTransformation) -> dict:
+  """The meta-optimisation state at iteration 0."""
+  syn = jax.tree.map(jnp.asarray, syn)
+  return {"syn": syn, "opt_state": tx.init(syn), "iteration": jnp.int32(0),
+          "first_bad": jnp.int32(-1)}

@@ -45,7 +45,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # The paper's expert optimiser; fewer, shorter runs suffice on shapes.
   config.experts = config_lib.experts_config()
-  config.experts.update(num_experts=5, epochs=20)
+  config.experts.update(num_experts=4, epochs=10)
+
+  config.distill = config_lib.distill_config()
+  config.distill.update(num_pairs=100, syn_steps=10, batch_size=50, expert_epochs=2,
+                        max_start_epoch=5, iterations=300)
+  config.evaluate = config_lib.evaluate_config()
 
   if arg.quick:
     config.data.num_train = 2_000
@@ -61,4 +66,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.embed_dim = 32
     config.pretrain.update(epochs=1, batch_size=16)
     config.experts.update(num_experts=2, epochs=3, batch_size=16, eval_batch_size=16)
+    config.distill.update(num_pairs=8, syn_steps=2, batch_size=4, expert_epochs=1,
+                          max_start_epoch=2, iterations=4, log_every=2,
+                          checkpoint_every=2)
+    config.evaluate.update(seeds=2, epochs=2, batch_size=8)
   return config

@@ -63,6 +63,41 @@ def experts_config() -> ml_collections.ConfigDict:
   ))
 
 
+def distill_config() -> ml_collections.ConfigDict:
+  """Trajectory matching; defaults from the VLDD code (distill.py) unless noted."""
+  return ml_collections.ConfigDict(dict(
+      num_pairs=100,  # The budget N of synthetic pairs.
+      init="real",  # "real": N random training pairs, one caption each; "noise".
+      syn_steps=20,  # Student steps unrolled per iteration.
+      batch_size=100,  # Synthetic pairs per student step (at most num_pairs).
+      expert_epochs=3,  # M: the target is the expert M epochs after the start.
+      max_start_epoch=25,  # Start epochs are drawn from [0, max_start_epoch).
+      iterations=5000,  # The paper runs 50,000.
+      lr_images=1000.0,  # Meta learning rates: SGD with momentum on each part.
+      lr_text=1000.0,
+      lr_lr=1e-3,  # On the log of the two learnable student rates (ours: log).
+      momentum=0.5,
+      augment=True,  # DSA on synthetic images inside every student step.
+      meta_batch=1,  # Trajectories per iteration, split over devices.
+      num_experts=0,  # Use the first this many finished experts; 0: all.
+      log_every=10,
+      checkpoint_every=100,
+  ))
+
+
+def evaluate_config() -> ml_collections.ConfigDict:
+  """Training a fresh student on a small set (the VLDD code: 50 epochs, 5 repeats)."""
+  return ml_collections.ConfigDict(dict(
+      seeds=3,  # Fresh students per set; results are mean ± std over them.
+      epochs=50,
+      batch_size=100,
+      lr=0.1,  # For real pairs (coresets, random); distilled sets use their learned rates.
+      momentum=0.0,
+      augment=True,  # The same DSA as distillation, for every method alike.
+      report="final",  # "final" | "best_val" | "best_test_lors" (selects on test).
+  ))
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """The config that `--config=spec` gives, e.g. `load_config("configs/shapes.py:quick")`.
 

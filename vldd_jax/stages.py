@@ -5,6 +5,8 @@ from collections.abc import Callable
 
 import ml_collections
 
+from vldd_jax import distill
+from vldd_jax import evaluate
 from vldd_jax import experts
 from vldd_jax import pretrain
 from vldd_jax.data import prepare
@@ -15,6 +17,8 @@ STAGES: dict[str, Stage] = {
     "data": prepare.run,
     "pretrain": pretrain.run,
     "experts": experts.run,
+    "distill": distill.run,
+    "evaluate": evaluate.run,
 }
 
 

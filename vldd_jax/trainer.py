@@ -15,6 +15,7 @@ import numpy as np
 import optax
 import tqdm
 
+from vldd_jax import augment as augment_lib
 from vldd_jax import losses
 from vldd_jax import parallel
 from vldd_jax import retrieval
@@ -80,17 +81,22 @@ def make_optimizer(lr: float, momentum: float = 0.0,
       text_side_mask)
 
 
-def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation) -> TrainStep:
+def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation,
+                    augment: bool = False) -> TrainStep:
   """The jitted step `(trainable, opt_state, frozen, images, text_emb, rng)`.
 
   Returns `(trainable, opt_state, loss, correct)` where `correct[i]` says
   whether image i's most similar text in the batch is its own. The first two
-  inputs are donated.
+  inputs are donated. `augment` applies the DSA augmentation of distillation
+  (`augment.py`) to each batch.
   """
 
   def loss_fn(trainable, frozen, images, text_emb, rng):
-    img, txt, scale = apply_fn(trainable, frozen, to_model_space(images), text_emb,
-                               train=True, rng=rng)
+    images = to_model_space(images)
+    if augment:
+      rng, k_aug = jax.random.split(rng)
+      images = augment_lib.augment(images, k_aug)
+    img, txt, scale = apply_fn(trainable, frozen, images, text_emb, train=True, rng=rng)
     return losses.contrastive_loss(img, txt, scale), (img, txt)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))

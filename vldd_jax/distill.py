@@ -1,0 +1,216 @@
+"""Stage `distill`: learn N synthetic pairs by matching the experts' trajectories.
+
+Per iteration, each of `meta_batch` trajectories (sharded over devices) draws
+an expert e and a start epoch t < max_start_epoch; the set moves to bring
+`syn_steps` student steps from theta*_{e,t} close to theta*_{e,t+expert_epochs}
+(see `matching.py`). The state is checkpointed with Orbax every
+`checkpoint_every` iterations and a rerun resumes from the last one; a
+non-finite loss stops the run before it can overwrite a good checkpoint.
+
+Outputs in `<workdir>/distill/n<N>/`: `distilled.npz`, `synthetic_grid.png`
+(images with the nearest real caption to their text), `matching_loss.png`.
+"""
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+from absl import logging
+from flax import traverse_util
+
+from vldd_jax import matching
+from vldd_jax import parallel
+from vldd_jax import trainer
+from vldd_jax import trajectories
+from vldd_jax import viz
+from vldd_jax.data import input_pipeline
+from vldd_jax.models import build_model, make_apply_fn
+
+RESULT = "distilled.npz"
+
+
+def distill_dir(workdir: str, num_pairs: int) -> str:
+  return os.path.join(workdir, "distill", f"n{num_pairs}")
+
+
+class ExpertBuffer:
+  """Expert parameters at the epochs distillation can draw, stacked in host memory."""
+
+  def __init__(self, workdir: str, experts: list[int], last_epoch: int):
+    per_expert = []
+    for e in tqdm.tqdm(experts, desc="load experts", leave=False):
+      epochs = [trajectories.load_params(workdir, e, t) for t in range(last_epoch + 1)]
+      per_expert.append(jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(epochs)))
+    self.params = jax.tree.map(lambda *xs: np.stack(xs), *per_expert)  # [E, T+1, ...]
+    self.num_experts = len(experts)
+
+  def sample(self, rng: np.random.Generator, meta_batch: int, max_start_epoch: int,
+             expert_epochs: int) -> tuple[dict, dict]:
+    """(starts, targets), each stacking `meta_batch` draws on a leading axis."""
+    e = rng.integers(0, self.num_experts, meta_batch)
+    t = rng.integers(0, max_start_epoch, meta_batch)
+    return (jax.tree.map(lambda x: x[e, t], self.params),
+            jax.tree.map(lambda x: x[e, t + expert_epochs], self.params))
+
+
+def _shared_frozen(workdir: str, experts: list[int]) -> dict:
+  frozen = trajectories.load_frozen(workdir, experts[0])
+  reference = traverse_util.flatten_dict(jax.device_get(frozen), sep="/")
+  for e in experts[1:]:
+    other = traverse_util.flatten_dict(jax.device_get(trajectories.load_frozen(workdir, e)),
+                                       sep="/")
+    if other.keys() != reference.keys() or any(
+        not np.array_equal(other[k], reference[k]) for k in reference):
+      raise ValueError(f"Experts 0 and {e} have different frozen parameters: "
+                       "distillation needs a shared backbone (model.backbone "
+                       "'pretrain' or a checkpoint, or model.trainable='all').")
+  return frozen
+
+
+def _check(config: ml_collections.ConfigDict, experts: list[int], workdir: str) -> None:
+  cfg = config.distill
+  if not experts:
+    raise FileNotFoundError(f"No finished experts in {trajectories.experts_dir(workdir)}: "
+                            "run --config.stage=experts first.")
+  epochs = trajectories.read_manifest(workdir, experts[0])["epochs"]
+  if cfg.max_start_epoch + cfg.expert_epochs > epochs:
+    raise ValueError(f"distill.max_start_epoch ({cfg.max_start_epoch}) + "
+                     f"distill.expert_epochs ({cfg.expert_epochs}) exceeds the experts' "
+                     f"{epochs} epochs.")
+  if cfg.meta_batch % jax.device_count():
+    raise ValueError(f"distill.meta_batch={cfg.meta_batch} must be a multiple of the "
+                     f"{jax.device_count()} devices.")
+
+
+def _checkpoint_manager(out: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(out, "ckpt"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "history": ocp.JsonCheckpointHandler()})
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Distills `config.distill.num_pairs` pairs unless already done."""
+  cfg = config.distill
+  out = distill_dir(workdir, cfg.num_pairs)
+  if os.path.exists(os.path.join(out, RESULT)):
+    logging.info("Distilled set found: %s", os.path.join(out, RESULT))
+    return
+  experts = trajectories.finished_experts(workdir)[:cfg.num_experts or None]
+  _check(config, experts, workdir)
+  os.makedirs(out, exist_ok=True)
+  train = input_pipeline.load_split(config, workdir, "train")
+  buffer = ExpertBuffer(workdir, experts, cfg.max_start_epoch + cfg.expert_epochs)
+  mesh = parallel.make_mesh()
+  frozen = parallel.put_replicated(_shared_frozen(workdir, experts), mesh)
+  trainable_like = jax.tree.map(lambda x: x[0, 0], buffer.params)
+  apply_fn = make_apply_fn(build_model(config.model))
+  unroll = matching.UnrollConfig(cfg.syn_steps, min(cfg.batch_size, cfg.num_pairs),
+                                 cfg.augment)
+  tx = matching.make_meta_optimizer(cfg.lr_images, cfg.lr_text, cfg.lr_lr, cfg.momentum)
+  meta_step = matching.make_meta_step(apply_fn, trainable_like, unroll, tx)
+  syn, rows = matching.init_synthetic(train, cfg.num_pairs, cfg.init,
+                                      config.experts.lr, config.seed)
+  state = matching.init_state(syn, tx)
+  history: list[dict] = []
+
+  with _checkpoint_manager(out) as mngr:
+    if mngr.latest_step() is not None:
+      restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(state), history=ocp.args.JsonRestore()))
+      state, history = restored.state, list(restored.history)
+      logging.info("Resuming distillation at iteration %d.", int(state["iteration"]))
+    state = parallel.put_replicated(state, mesh)
+    start = int(state["iteration"])
+    pending: list[tuple[int, jax.Array]] = []
+    t0 = time.time()
+    bar = tqdm.trange(start, cfg.iterations, initial=start, total=cfg.iterations,
+                      desc=f"distill n={cfg.num_pairs}")
+    for it in bar:
+      starts, targets = buffer.sample(np.random.default_rng([config.seed, it]),
+                                      cfg.meta_batch, cfg.max_start_epoch,
+                                      cfg.expert_epochs)
+      starts, targets = parallel.put_batch((starts, targets), mesh)
+      key = jax.random.fold_in(jax.random.key(config.seed), it)
+      state, loss = meta_step(state, starts, targets, frozen, key)
+      pending.append((it, loss))
+      done = it + 1 == cfg.iterations
+      if (it + 1) % cfg.log_every == 0 or done:
+        _stop_if_non_finite(state, out)
+        losses = jax.device_get([l for _, l in pending])
+        history += [{"iteration": i, "loss": float(l)} for (i, _), l in zip(pending, losses)]
+        pending = []
+        lrs = np.exp(np.asarray(state["syn"]["log_lr"]))
+        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", lr_img=f"{lrs[0]:.3g}",
+                        lr_txt=f"{lrs[1]:.3g}")
+        _log(workdir, {"stage": "distill", "num_pairs": cfg.num_pairs, "iteration": it,
+                       "loss": history[-1]["loss"], "lr_image": float(lrs[0]),
+                       "lr_text": float(lrs[1]),
+                       "seconds_per_iteration": (time.time() - t0) / (it + 1 - start)})
+      if (it + 1) % cfg.checkpoint_every == 0 or done:
+        _stop_if_non_finite(state, out)
+        mngr.save(it + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                  history=ocp.args.JsonSave(history)))
+    mngr.wait_until_finished()
+  _write_outputs(out, jax.device_get(state["syn"]), rows, train, history)
+
+
+def _stop_if_non_finite(state: dict, out: str) -> None:
+  first_bad = int(state["first_bad"])
+  if first_bad >= 0:
+    raise FloatingPointError(
+        f"Distillation hit a non-finite loss or gradient at iteration {first_bad}; "
+        f"the last good checkpoint in {out}/ckpt is kept. Lower distill.lr_images, "
+        "distill.lr_text or distill.lr_lr, then rerun to resume from it.")
+
+
+def _log(workdir: str, record: dict) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """Model-space images back to uint8 pixels (clipped)."""
+  pixels = (images * trainer.PIXEL_STD + trainer.PIXEL_MEAN) * 255.0
+  return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+
+
+def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.Split,
+                   history: list[dict]) -> None:
+  if jax.process_index():
+    return
+  real = train.text_emb.reshape(-1, train.text_emb.shape[-1])
+  text = syn["text"] / np.linalg.norm(syn["text"], axis=-1, keepdims=True)
+  cosine = text @ real.T
+  nearest = cosine.argmax(axis=1)
+  flat_captions = [c for cs in train.captions for c in cs]
+  nearest_captions = [flat_captions[i] for i in nearest]
+  images_uint8 = to_uint8(syn["images"])
+  arrays = dict(images=syn["images"], images_uint8=images_uint8, text_emb=syn["text"],
+                lr_image=np.exp(syn["log_lr"][0]), lr_text=np.exp(syn["log_lr"][1]),
+                init_rows=rows, nearest_caption=np.asarray(nearest_captions),
+                nearest_cosine=cosine.max(axis=1))
+  tmp = os.path.join(out, "distilled.tmp.npz")
+  np.savez(tmp, **arrays)
+  viz.image_grid(images_uint8, nearest_captions, os.path.join(out, "synthetic_grid.png"))
+  viz.loss_curve([h["iteration"] for h in history], [h["loss"] for h in history],
+                 os.path.join(out, "matching_loss.png"))
+  os.replace(tmp, os.path.join(out, RESULT))  # Last: marks the stage done.
+  logging.info("Distilled %d pairs into %s (learned lr image %.4g, text %.4g).",
+               len(rows), out, arrays["lr_image"], arrays["lr_text"])
+
+
+def load_distilled(workdir: str, num_pairs: int) -> dict[str, np.ndarray]:
+  """The arrays of `distilled.npz` for a budget."""
+  path = os.path.join(distill_dir(workdir, num_pairs), RESULT)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: run --config.stage=distill with "
+                            f"--config.distill.num_pairs={num_pairs} first.")
+  with np.load(path) as data:
+    return dict(data)

@@ -1,0 +1,158 @@
+"""The one evaluation protocol, and stage `evaluate` (the results table).
+
+`train_and_evaluate` trains a fresh student (the backbone, new LoRA and heads
+from a seed) on any set of pairs -- distilled, a coreset, random real pairs --
+then reports recall@K on the test split. `report="final"` (default, the
+paper's convention) takes the last epoch; `"best_val"` the epoch with the best
+validation r_mean; `"best_test_lors"` the best of the per-epoch test
+evaluations, as LoRS reports (optimistic: it selects on test, and is labelled
+so in every output).
+"""
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from vldd_jax import distill
+from vldd_jax import parallel
+from vldd_jax import pretrain
+from vldd_jax import retrieval
+from vldd_jax import trainer
+from vldd_jax import trajectories
+from vldd_jax.data import input_pipeline
+
+REPORTS = ("final", "best_val", "best_test_lors")
+RECALL_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
+RESULTS = "results.json"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       images: np.ndarray, text_emb: np.ndarray, *, lr_image: float,
+                       lr_text: float, seed: int, test: input_pipeline.Split,
+                       val: input_pipeline.Split | None = None) -> dict[str, float]:
+  """Trains a fresh student on pairs and returns its test recall (percent).
+
+  Args:
+    config: the run config (`model`, `evaluate`, `seed` are read).
+    workdir: where the backbone (pretrain stage) lives.
+    images: [N, H, W, C] uint8 or model-space floats.
+    text_emb: [N, D] (one text per image) or [N, captions, D].
+    lr_image, lr_text: SGD rates of the image and text sides.
+    seed: the student's initialisation and data order.
+    test, val: splits to report on and (for `best_val`) select on.
+  """
+  cfg = config.evaluate
+  if cfg.report not in REPORTS:
+    raise ValueError(f"evaluate.report={cfg.report!r}; expected one of {REPORTS}.")
+  if cfg.report == "best_val" and val is None:
+    raise ValueError("evaluate.report='best_val' needs the val split.")
+  mesh = parallel.make_mesh()
+  student = trainer.init_student(
+      config.model, jax.random.key(seed), images.shape[1:], text_emb.shape[-1],
+      pretrain.backbone_loader(config, workdir))
+  tx = trainer.make_optimizer(lr_image, cfg.momentum, lr_text=lr_text)
+  train_step = trainer.make_train_step(student.apply_fn, tx, augment=cfg.augment)
+  embedder = trainer.Embedder(student.apply_fn, mesh, config.experts.eval_batch_size)
+  batch_size = min(cfg.batch_size, len(images))
+  batch_size -= batch_size % jax.device_count()
+  trainable, frozen = parallel.put_replicated((student.trainable, student.frozen), mesh)
+  opt_state = tx.init(trainable)
+  best, best_score = None, -np.inf
+  for epoch in range(1, cfg.epochs + 1):
+    trainable, opt_state, loss, _ = trainer.train_epoch(
+        train_step, trainable, opt_state, frozen, images, text_emb,
+        batch_size=batch_size, seed=(seed, epoch), mesh=mesh)
+    if cfg.report != "final":
+      split = val if cfg.report == "best_val" else test
+      score = trainer.evaluate_retrieval(embedder, trainable, frozen, split)["r_mean"]
+      if score > best_score:
+        best_score, best = score, jax.tree.map(np.asarray, trainable)
+  if not np.isfinite(loss):
+    logging.warning("Evaluation student (seed %d) diverged: loss %s.", seed, loss)
+  return trainer.evaluate_retrieval(embedder, best if best is not None else trainable,
+                                    frozen, test)
+
+
+def summarize(method: str, budget: int, recalls: list[dict[str, float]],
+              report: str) -> dict:
+  """One results row: mean and std over seeds of every recall."""
+  row = {"method": method, "budget": budget, "seeds": len(recalls), "report": report}
+  for key in RECALL_KEYS:
+    values = np.array([r[key] for r in recalls])
+    row[key] = round(float(values.mean()), 2)
+    row[key + "_std"] = round(float(values.std()), 2)
+  return row
+
+
+def evaluate_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
+                   images: np.ndarray, text_emb: np.ndarray, lr_image: float,
+                   lr_text: float, test: input_pipeline.Split,
+                   val: input_pipeline.Split | None) -> dict:
+  """`train_and_evaluate` over `config.evaluate.seeds` seeds, as one row."""
+  recalls = [train_and_evaluate(config, workdir, images, text_emb, lr_image=lr_image,
+                                lr_text=lr_text, seed=1000 + s, test=test, val=val)
+             for s in range(config.evaluate.seeds)]
+  row = summarize(method, len(images), recalls, config.evaluate.report)
+  logging.info("%s: %s", method, row)
+  return row
+
+
+def random_pairs(train: input_pipeline.Split, budget: int,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """`budget` random training images, each with one random caption."""
+  rng = np.random.default_rng([seed, budget, 1])
+  rows = np.sort(rng.choice(len(train), budget, replace=False))
+  captions = rng.integers(0, train.text_emb.shape[1], budget)
+  return train.images[rows], train.text_emb[rows, captions]
+
+
+def full_data_row(workdir: str, num_train: int) -> dict:
+  """The experts themselves: fresh students trained on the whole train split."""
+  recalls = [trajectories.read_manifest(workdir, e)["test"]
+             for e in trajectories.finished_experts(workdir)]
+  return summarize("full train split (experts)", num_train, recalls, "final")
+
+
+def chance_row(test: input_pipeline.Split) -> dict:
+  """Expected recall of a random ranking on the test split."""
+  recall = retrieval.chance_recall(len(test), len(test.caption_to_image),
+                                   test.caption_to_image)
+  return summarize("chance", 0, [recall], "expected")
+
+
+def format_table(rows: list[dict]) -> str:
+  """A Markdown table: mean ± std of each recall per row."""
+  lines = ["| method | pairs | " + " | ".join(RECALL_KEYS) + " |",
+           "|---|---:|" + "---:|" * len(RECALL_KEYS)]
+  for row in rows:
+    cells = [f"{row[k]:.1f} ± {row[k + '_std']:.1f}" if row["seeds"] > 1 else f"{row[k]:.1f}"
+             for k in RECALL_KEYS]
+    lines.append(f"| {row['method']} | {row['budget']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes `<workdir>/results.json` and prints the table: full data, distilled, random."""
+  cfg = config.evaluate
+  budget = config.distill.num_pairs
+  label = "" if cfg.report == "final" else f" [{cfg.report}]"
+  test = input_pipeline.load_split(config, workdir, "test")
+  val = input_pipeline.load_split(config, workdir, "val") if cfg.report == "best_val" else None
+  train = input_pipeline.load_split(config, workdir, "train")
+  synthetic = distill.load_distilled(workdir, budget)
+  rows = [full_data_row(workdir, len(train))]
+  rows.append(evaluate_pairs(
+      config, workdir, "distilled" + label, synthetic["images"], synthetic["text_emb"],
+      float(synthetic["lr_image"]), float(synthetic["lr_text"]), test, val))
+  images, text_emb = random_pairs(train, budget, config.seed)
+  rows.append(evaluate_pairs(config, workdir, "random real pairs" + label, images, text_emb,
+                             cfg.lr, cfg.lr, test, val))
+  rows.append(chance_row(test))
+  table = format_table(rows)
+  print(table)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, RESULTS), "w") as f:
+      json.dump({"rows": rows, "table": table, "config": config.to_dict()}, f, indent=2)

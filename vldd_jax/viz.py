@@ -1,0 +1,38 @@
+"""PNG figures: synthetic images with their nearest real captions, and curves."""
+import textwrap
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only; no display needed.
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+
+def image_grid(images: np.ndarray, captions: list[str], path: str,
+               max_images: int = 40, columns: int = 8) -> None:
+  """Saves up to `max_images` uint8 images [N, H, W, 3], each over its caption."""
+  n = min(len(images), max_images)
+  rows = -(-n // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.4 * rows),
+                           squeeze=False)
+  for i, ax in enumerate(axes.flat):
+    ax.axis("off")
+    if i < n:
+      ax.imshow(images[i], interpolation="nearest")
+      ax.set_title("\n".join(textwrap.wrap(captions[i], 28)[:3]), fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def loss_curve(steps: list[int], values: list[float], path: str,
+               ylabel: str = "matching loss") -> None:
+  """Saves a line plot of `values` against `steps`."""
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  ax.plot(steps, values, linewidth=0.8)
+  ax.set_xlabel("iteration")
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

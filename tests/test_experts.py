@@ -11,44 +11,16 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from vldd_jax import config_lib
 from vldd_jax import experts
 from vldd_jax import pretrain
 from vldd_jax import trajectories
-from vldd_jax.data import prepare
 from vldd_jax.models import split_params
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  """The tiny shapes splits and their caption embeddings, built once."""
-  path = str(tmp_path_factory.mktemp("tfds"))
-  config = _config(path)
-  prepare.run(config, str(tmp_path_factory.mktemp("prepare")))
-  return path
-
-
-def _config(data_dir, **experts_overrides):
-  config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
-  config.data.data_dir = data_dir
-  config.experts.update(experts_overrides)
-  return config
+from conftest import ROOT, subprocess_env, tiny_config
 
 
 def _flat(tree):
   return traverse_util.flatten_dict(jax.device_get(tree), sep="/")
-
-
-@pytest.fixture(scope="module")
-def trained(data_dir, tmp_path_factory):
-  """A workdir after pretrain + experts, run in this process."""
-  workdir = str(tmp_path_factory.mktemp("work"))
-  config = _config(data_dir)
-  pretrain.run(config, workdir)
-  experts.run(config, workdir)
-  return config, workdir
 
 
 def test_pretrain_saves_tower_that_experts_start_from(trained):
@@ -120,10 +92,11 @@ def _experts_cmd(workdir, data_dir, *flags):
           f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *flags]
 
 
-def _run_stages(workdir, data_dir, *flags, env=None):
+def _run_stages(workdir, data_dir, *flags, devices=1):
   for stage in ("pretrain", "experts"):
     result = subprocess.run(_experts_cmd(workdir, data_dir, f"--config.stage={stage}", *flags),
-                            cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+                            cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env=subprocess_env(devices))
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -135,7 +108,8 @@ def test_killed_run_resumes_to_the_same_trajectories(data_dir, tmp_path):
   killed = tmp_path / "killed"
   _run_stages(killed, data_dir, "--config.experts.num_experts=0")  # Pretrain only.
   proc = subprocess.Popen(_experts_cmd(killed, data_dir, "--config.stage=experts", *flags),
-                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env=subprocess_env())
   marker = killed / "experts" / "expert_000" / "ckpt" / "2"
   deadline = time.time() + 300
   while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -146,7 +120,8 @@ def test_killed_run_resumes_to_the_same_trajectories(data_dir, tmp_path):
   assert not trajectories.finished_experts(str(killed)) == [0, 1], "killed too late"
 
   result = subprocess.run(_experts_cmd(killed, data_dir, "--config.stage=experts", *flags),
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=subprocess_env())
   assert result.returncode == 0, result.stderr[-3000:]
   assert "resuming after epoch" in result.stderr
   for expert in (0, 1):
@@ -163,8 +138,7 @@ def test_one_and_four_devices_train_the_same_expert(data_dir, tmp_path):
   flags = ("--config.experts.num_experts=1", "--config.experts.epochs=2")
   one, four = tmp_path / "one", tmp_path / "four"
   _run_stages(one, data_dir, *flags)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  _run_stages(four, data_dir, *flags, env=env)
+  _run_stages(four, data_dir, *flags, devices=4)
   for epoch in (1, 2):
     want = _flat(trajectories.load_params(str(one), 0, epoch))
     got = _flat(trajectories.load_params(str(four), 0, epoch))
@@ -180,3 +154,11 @@ def test_split_of_expert_params_matches_model_partition(trained):
   trainable, _ = split_params(traverse_util.unflatten_dict(merged, sep="/"),
                               config.model.trainable)
   assert _flat(trainable).keys() == _flat(params).keys()
+
+
+def test_experts_trained_with_other_settings_are_refused(trained):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.experts.lr = 0.05
+  with pytest.raises(ValueError, match=r"lr: saved 0.1, config 0.05"):
+    experts.run(config, workdir)

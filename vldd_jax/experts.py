@@ -62,6 +62,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Trains `config.experts.num_experts` experts, skipping finished ones."""
   cfg = config.experts
   parallel.check_divisible(cfg.batch_size, "experts.batch_size")
+  for e in range(cfg.num_experts):
+    _check_matches_config(config, workdir, e)
   todo = [e for e in range(cfg.num_experts)
           if not (trajectories.read_manifest(workdir, e) or {}).get("finished")]
   if not todo:
@@ -132,6 +134,24 @@ def _train_expert(config, workdir, expert, student, tx, train_step, embedder,
   test_recall = _rounded(trainer.evaluate_retrieval(embedder, trainable, frozen, test))
   logging.info("Expert %d finished: test %s", expert, test_recall)
   _write_manifest(config, workdir, expert, history, finished=True, test=test_recall)
+
+
+def _check_matches_config(config, workdir, expert) -> None:
+  """Refuses to mix experts trained under other settings into one workdir."""
+  manifest = trajectories.read_manifest(workdir, expert)
+  if manifest is None:
+    return
+  saved = {"epochs": manifest["epochs"], **manifest["optimizer"], "model": manifest["model"]}
+  wanted = json.loads(json.dumps({  # As the manifest stores it (tuples as lists).
+      "epochs": config.experts.epochs,
+      **{k: config.experts[k] for k in manifest["optimizer"]},
+      "model": config.model.to_dict()}))
+  differ = sorted(k for k in wanted if saved[k] != wanted[k])
+  if differ:
+    raise ValueError(
+        f"{trajectories.expert_dir(workdir, expert)} was trained with other settings "
+        f"({', '.join(f'{k}: saved {saved[k]!r}, config {wanted[k]!r}' for k in differ)}); "
+        "use a new workdir or delete its experts/ folder.")
 
 
 def _write_manifest(config, workdir, expert, history, *, finished, test=None) -> None:

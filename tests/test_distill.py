@@ -1,0 +1,158 @@
+"""Stages distill and evaluate on the tiny config: outputs, resume, NaN stop, devices."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from vldd_jax import distill
+from vldd_jax import evaluate
+from vldd_jax.data import input_pipeline
+
+from conftest import ROOT, subprocess_env
+
+
+@pytest.fixture(scope="module")
+def distilled(trained):
+  config, workdir = trained
+  distill.run(config, workdir)
+  return config, workdir
+
+
+def test_distilled_outputs(distilled):
+  config, workdir = distilled
+  n = config.distill.num_pairs
+  out = distill.distill_dir(workdir, n)
+  result = distill.load_distilled(workdir, n)
+  assert result["images"].shape == (n, 32, 32, 3) and result["images"].dtype == np.float32
+  np.testing.assert_array_equal(result["images_uint8"], distill.to_uint8(result["images"]))
+  assert result["text_emb"].shape == (n, 384)
+  assert result["lr_image"] > 0 and result["lr_text"] > 0
+  train = input_pipeline.load_split(config, workdir, "train")
+  captions = {c for cs in train.captions for c in cs}
+  assert set(result["nearest_caption"]) <= captions
+  assert np.all(np.abs(result["nearest_cosine"]) <= 1 + 1e-5)
+  # Started from real pairs, moved by the meta-gradient.
+  start = train.images[result["init_rows"]]
+  assert np.abs(result["images_uint8"].astype(int) - start).max() > 0
+  for png in ("synthetic_grid.png", "matching_loss.png"):
+    with open(os.path.join(out, png), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["iteration"] for r in logged if r["stage"] == "distill"] == [1, 3]
+
+
+def _main(workdir, data_dir, *flags, devices=1, wait=True):
+  cmd = [sys.executable, "-m", "vldd_jax.main", "--config=configs/shapes.py:tiny",
+         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *flags]
+  if not wait:
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=subprocess_env(devices))
+  result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=subprocess_env(devices))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def _copy_experts(trained, tmp_path, name):
+  _, workdir = trained
+  target = tmp_path / name
+  os.makedirs(target)
+  for folder in ("pretrain", "experts"):
+    subprocess.run(["cp", "-r", os.path.join(workdir, folder), str(target)], check=True)
+  return target
+
+
+def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path):
+  flags = ("--config.stage=distill", "--config.distill.iterations=8")
+  reference = _copy_experts(trained, tmp_path, "reference")
+  _main(reference, data_dir, *flags)
+
+  killed = _copy_experts(trained, tmp_path, "killed")
+  proc = _main(killed, data_dir, *flags, wait=False)
+  marker = killed / "distill" / "n8" / "ckpt" / "2"
+  deadline = time.time() + 300
+  while not marker.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert marker.exists() and not (killed / "distill" / "n8" / distill.RESULT).exists()
+  result = _main(killed, data_dir, *flags)
+  assert "Resuming distillation at iteration" in result.stderr
+  want, got = (distill.load_distilled(str(w), 8) for w in (reference, killed))
+  for key in ("images", "text_emb", "lr_image", "lr_text"):
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_non_finite_loss_stops_without_a_bad_checkpoint(trained, data_dir, tmp_path):
+  workdir = _copy_experts(trained, tmp_path, "nan")
+  cmd = [sys.executable, "-m", "vldd_jax.main", "--config=configs/shapes.py:tiny",
+         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+         "--config.stage=distill", "--config.distill.lr_images=1e38",
+         "--config.distill.lr_text=1e38", "--config.distill.lr_lr=1e38"]
+  result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=subprocess_env())
+  assert result.returncode != 0
+  assert "non-finite loss or gradient at iteration" in result.stderr
+  out = workdir / "distill" / "n8"
+  assert not (out / distill.RESULT).exists()
+  saved = sorted(os.listdir(out / "ckpt")) if (out / "ckpt").exists() else []
+  assert saved in ([], ["2"]), saved  # Nothing saved after the first bad iteration.
+
+
+def test_one_and_four_devices_distill_the_same_set(trained, data_dir, tmp_path):
+  flags = ("--config.stage=distill", "--config.distill.meta_batch=4",
+           "--config.distill.iterations=2")
+  one = _copy_experts(trained, tmp_path, "one")
+  four = _copy_experts(trained, tmp_path, "four")
+  _main(one, data_dir, *flags)
+  _main(four, data_dir, *flags, devices=4)
+  want, got = (distill.load_distilled(str(w), 8) for w in (one, four))
+  for key in ("images", "text_emb", "lr_image", "lr_text"):
+    # Float32 sums in another order: agree to ~1e-5 of the values' scale.
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-3,
+                               atol=1e-5 * np.abs(want[key]).max(), err_msg=key)
+
+
+def test_evaluate_writes_results_with_every_row(distilled, capsys):
+  config, workdir = distilled
+  evaluate.run(config, workdir)
+  results = json.load(open(os.path.join(workdir, evaluate.RESULTS)))
+  methods = [row["method"] for row in results["rows"]]
+  assert methods == ["full train split (experts)", "distilled", "random real pairs",
+                     "chance"]
+  for row in results["rows"]:
+    for key in evaluate.RECALL_KEYS:
+      assert 0 <= row[key] <= 100 and row[key + "_std"] >= 0
+  assert results["rows"][1]["seeds"] == config.evaluate.seeds
+  assert "| distilled | 8 |" in capsys.readouterr().out
+
+
+def test_evaluation_is_deterministic_and_reports_as_asked(distilled):
+  config, workdir = distilled
+  test = input_pipeline.load_split(config, workdir, "test")
+  val = input_pipeline.load_split(config, workdir, "val")
+  data = distill.load_distilled(workdir, 8)
+  run = lambda cfg, seed: evaluate.train_and_evaluate(
+      cfg, workdir, data["images"], data["text_emb"], lr_image=0.1, lr_text=0.1,
+      seed=seed, test=test, val=val)
+  first, again = run(config, 0), run(config, 0)
+  assert first == again
+  lors = config.copy_and_resolve_references()
+  lors.evaluate.report = "best_test_lors"
+  assert run(lors, 0)["r_mean"] >= first["r_mean"]  # The best epoch includes the last.
+  bad = config.copy_and_resolve_references()
+  bad.evaluate.report = "best"
+  with pytest.raises(ValueError, match="evaluate.report='best'"):
+    run(bad, 0)
+
+
+def test_summarize_is_mean_and_population_std():
+  recalls = [{k: v for k in evaluate.RECALL_KEYS} for v in (10.0, 20.0, 30.0)]
+  row = evaluate.summarize("m", 5, recalls, "final")
+  assert row["tr@1"] == 20.0 and row["tr@1_std"] == round(np.std([10, 20, 30]), 2)
+  assert row["seeds"] == 3 and row["budget"] == 5

@@ -16,7 +16,7 @@ from vldd_jax import pretrain
 from vldd_jax import trajectories
 from vldd_jax.models import split_params
 
-from conftest import ROOT, subprocess_env, tiny_config
+from conftest import ROOT, subprocess_env
 
 
 def _flat(tree):

@@ -45,21 +45,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # The paper's expert optimiser; fewer, shorter runs suffice on shapes.
   config.experts = config_lib.experts_config()
-  config.experts.update(num_experts=4, epochs=10)
+  config.experts.update(num_experts=3, epochs=10)
 
   config.distill = config_lib.distill_config()
   # Tuned on shapes (README): the paper's meta rates (1000, 1000) blow pixels and
   # unit-norm MiniLM embeddings far out of distribution here.
   config.distill.update(num_pairs=100, syn_steps=10, batch_size=50, expert_epochs=2,
-                        max_start_epoch=5, iterations=300, lr_images=10.0,
+                        max_start_epoch=5, iterations=150, lr_images=10.0,
                         lr_text=1.0)
   config.evaluate = config_lib.evaluate_config()
 
   if arg.quick:
     config.data.update(num_train=1_000, num_val=200, num_test=500, num_pretrain=2_000)
-    config.pretrain.epochs = 3
-    config.experts.update(num_experts=2, epochs=5)
-    config.distill.update(max_start_epoch=3, iterations=60)
+    config.pretrain.update(epochs=3, batch_size=64)
+    # Smaller batches: 1,000 images give experts 31 steps an epoch, not 7.
+    config.experts.update(num_experts=2, epochs=5, batch_size=32)
+    config.distill.update(max_start_epoch=3, iterations=40)
   if arg.tiny:
     config.data.update(num_train=64, num_val=16, num_test=16, num_pretrain=80)
     config.model.vit.update(width=32, depth=1, heads=2, mlp_dim=64)

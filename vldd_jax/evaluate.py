@@ -23,6 +23,7 @@ from vldd_jax import retrieval
 from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax.data import input_pipeline
+from vldd_jax.models import build_model, make_apply_fn
 
 REPORTS = ("final", "best_val", "best_test_lors")
 RECALL_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
@@ -53,9 +54,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   student = trainer.init_student(
       config.model, jax.random.key(seed), images.shape[1:], text_emb.shape[-1],
       pretrain.backbone_loader(config, workdir))
-  tx = trainer.make_optimizer(lr_image, cfg.momentum, lr_text=lr_text)
-  train_step = trainer.make_train_step(student.apply_fn, tx, augment=cfg.augment)
-  embedder = trainer.Embedder(student.apply_fn, mesh, config.experts.eval_batch_size)
+  tx, train_step, embedder = _compiled(config, mesh, lr_image, lr_text)
   batch_size = min(cfg.batch_size, len(images))
   batch_size -= batch_size % jax.device_count()
   trainable, frozen = parallel.put_replicated((student.trainable, student.frozen), mesh)
@@ -74,6 +73,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.warning("Evaluation student (seed %d) diverged: loss %s.", seed, loss)
   return trainer.evaluate_retrieval(embedder, best if best is not None else trainable,
                                     frozen, test)
+
+
+_COMPILED: dict[str, tuple] = {}
+
+
+def _compiled(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+              lr_image: float, lr_text: float) -> tuple:
+  """(optimizer, train step, embedder), built once per settings so seeds reuse them."""
+  key = json.dumps([config.model.to_dict(), config.evaluate.to_dict(),
+                    config.experts.eval_batch_size, lr_image, lr_text,
+                    jax.device_count()], sort_keys=True, default=str)
+  if key not in _COMPILED:
+    apply_fn = make_apply_fn(build_model(config.model))
+    tx = trainer.make_optimizer(lr_image, config.evaluate.momentum, lr_text=lr_text)
+    _COMPILED[key] = (tx, trainer.make_train_step(apply_fn, tx, config.evaluate.augment),
+                      trainer.Embedder(apply_fn, mesh, config.experts.eval_batch_size))
+  return _COMPILED[key]
 
 
 def summarize(method: str, budget: int, recalls: list[dict[str, float]],

@@ -1,5 +1,9 @@
 """Shared test settings and fixtures: the tiny shapes config, data and experts."""
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import pytest
@@ -21,6 +25,36 @@ def subprocess_env(devices: int = 1) -> dict[str, str]:
   if devices > 1:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return env
+
+
+def main_cmd(workdir, data_dir: str, *flags: str) -> list[str]:
+  """`python -m vldd_jax.main` on the tiny config with `data_dir`."""
+  return [sys.executable, "-m", "vldd_jax.main", "--config=configs/shapes.py:tiny",
+          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *flags]
+
+
+def run_main(workdir, data_dir: str, *flags: str, devices: int = 1,
+             check: bool = True) -> subprocess.CompletedProcess:
+  """Runs `main_cmd` to the end; with `check`, asserts it succeeded."""
+  result = subprocess.run(main_cmd(workdir, data_dir, *flags), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env=subprocess_env(devices))
+  if check:
+    assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def kill_when_exists(workdir, data_dir: str, flags: tuple[str, ...], marker) -> None:
+  """Starts `main_cmd` and SIGKILLs it as soon as the path `marker` exists."""
+  proc = subprocess.Popen(main_cmd(workdir, data_dir, *flags), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env=subprocess_env())
+  deadline = time.time() + 300
+  while not marker.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert marker.exists(), f"the run ended before {marker} was saved"
 
 
 def tiny_config(data_dir: str):

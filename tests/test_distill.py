@@ -1,10 +1,7 @@
 """Stages distill and evaluate on the tiny config: outputs, resume, NaN stop, devices."""
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +10,7 @@ from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax.data import input_pipeline
 
-from conftest import ROOT, subprocess_env
+from conftest import kill_when_exists, run_main
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +43,6 @@ def test_distilled_outputs(distilled):
   assert [r["iteration"] for r in logged if r["stage"] == "distill"] == [1, 3]
 
 
-def _main(workdir, data_dir, *flags, devices=1, wait=True):
-  cmd = [sys.executable, "-m", "vldd_jax.main", "--config=configs/shapes.py:tiny",
-         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *flags]
-  if not wait:
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=subprocess_env(devices))
-  result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=subprocess_env(devices))
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result
-
-
 def _copy_experts(trained, tmp_path, name):
   _, workdir = trained
   target = tmp_path / name
@@ -70,18 +55,12 @@ def _copy_experts(trained, tmp_path, name):
 def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path):
   flags = ("--config.stage=distill", "--config.distill.iterations=8")
   reference = _copy_experts(trained, tmp_path, "reference")
-  _main(reference, data_dir, *flags)
+  run_main(reference, data_dir, *flags)
 
   killed = _copy_experts(trained, tmp_path, "killed")
-  proc = _main(killed, data_dir, *flags, wait=False)
-  marker = killed / "distill" / "n8" / "ckpt" / "2"
-  deadline = time.time() + 300
-  while not marker.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert marker.exists() and not (killed / "distill" / "n8" / distill.RESULT).exists()
-  result = _main(killed, data_dir, *flags)
+  kill_when_exists(killed, data_dir, flags, killed / "distill" / "n8" / "ckpt" / "2")
+  assert not (killed / "distill" / "n8" / distill.RESULT).exists()
+  result = run_main(killed, data_dir, *flags)
   assert "Resuming distillation at iteration" in result.stderr
   want, got = (distill.load_distilled(str(w), 8) for w in (reference, killed))
   for key in ("images", "text_emb", "lr_image", "lr_text"):
@@ -90,12 +69,9 @@ def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path
 
 def test_non_finite_loss_stops_without_a_bad_checkpoint(trained, data_dir, tmp_path):
   workdir = _copy_experts(trained, tmp_path, "nan")
-  cmd = [sys.executable, "-m", "vldd_jax.main", "--config=configs/shapes.py:tiny",
-         f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-         "--config.stage=distill", "--config.distill.lr_images=1e38",
-         "--config.distill.lr_text=1e38", "--config.distill.lr_lr=1e38"]
-  result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=subprocess_env())
+  result = run_main(workdir, data_dir, "--config.stage=distill",
+                    "--config.distill.lr_images=1e38", "--config.distill.lr_text=1e38",
+                    "--config.distill.lr_lr=1e38", check=False)
   assert result.returncode != 0
   assert "non-finite loss or gradient at iteration" in result.stderr
   out = workdir / "distill" / "n8"
@@ -109,8 +85,8 @@ def test_one_and_four_devices_distill_the_same_set(trained, data_dir, tmp_path):
            "--config.distill.iterations=2")
   one = _copy_experts(trained, tmp_path, "one")
   four = _copy_experts(trained, tmp_path, "four")
-  _main(one, data_dir, *flags)
-  _main(four, data_dir, *flags, devices=4)
+  run_main(one, data_dir, *flags)
+  run_main(four, data_dir, *flags, devices=4)
   want, got = (distill.load_distilled(str(w), 8) for w in (one, four))
   for key in ("images", "text_emb", "lr_image", "lr_text"):
     # Float32 sums in another order: agree to ~1e-5 of the values' scale.

@@ -1,10 +1,6 @@
 """The pretrain and experts stages: trajectories, resume after a kill, device count."""
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -16,7 +12,7 @@ from vldd_jax import pretrain
 from vldd_jax import trajectories
 from vldd_jax.models import split_params
 
-from conftest import ROOT, subprocess_env
+from conftest import kill_when_exists, run_main
 
 
 def _flat(tree):
@@ -87,17 +83,9 @@ def test_rerun_skips_finished_experts(trained):
   assert before == after
 
 
-def _experts_cmd(workdir, data_dir, *flags):
-  return [sys.executable, "-m", "vldd_jax.main", "--config=configs/shapes.py:tiny",
-          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *flags]
-
-
 def _run_stages(workdir, data_dir, *flags, devices=1):
   for stage in ("pretrain", "experts"):
-    result = subprocess.run(_experts_cmd(workdir, data_dir, f"--config.stage={stage}", *flags),
-                            cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            env=subprocess_env(devices))
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_main(workdir, data_dir, f"--config.stage={stage}", *flags, devices=devices)
 
 
 def test_killed_run_resumes_to_the_same_trajectories(data_dir, tmp_path):
@@ -107,22 +95,11 @@ def test_killed_run_resumes_to_the_same_trajectories(data_dir, tmp_path):
 
   killed = tmp_path / "killed"
   _run_stages(killed, data_dir, "--config.experts.num_experts=0")  # Pretrain only.
-  proc = subprocess.Popen(_experts_cmd(killed, data_dir, "--config.stage=experts", *flags),
-                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          env=subprocess_env())
-  marker = killed / "experts" / "expert_000" / "ckpt" / "2"
-  deadline = time.time() + 300
-  while not marker.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert marker.exists(), "the run ended before its second epoch was saved"
+  kill_when_exists(killed, data_dir, ("--config.stage=experts", *flags),
+                   killed / "experts" / "expert_000" / "ckpt" / "2")
   assert not trajectories.finished_experts(str(killed)) == [0, 1], "killed too late"
 
-  result = subprocess.run(_experts_cmd(killed, data_dir, "--config.stage=experts", *flags),
-                          cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=subprocess_env())
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = run_main(killed, data_dir, "--config.stage=experts", *flags)
   assert "resuming after epoch" in result.stderr
   for expert in (0, 1):
     for epoch in range(7):

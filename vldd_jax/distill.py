@@ -10,7 +10,6 @@ non-finite loss stops the run before it can overwrite a good checkpoint.
 Outputs in `<workdir>/distill/n<N>/`: `distilled.npz`, `synthetic_grid.png`
 (images with the nearest real caption to their text), `matching_loss.png`.
 """
-import json
 import os
 import time
 
@@ -23,6 +22,7 @@ from absl import logging
 from flax import traverse_util
 
 from vldd_jax import matching
+from vldd_jax import metrics_log
 from vldd_jax import parallel
 from vldd_jax import trainer
 from vldd_jax import trajectories
@@ -148,10 +148,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         lrs = np.exp(np.asarray(state["syn"]["log_lr"]))
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", lr_img=f"{lrs[0]:.3g}",
                         lr_txt=f"{lrs[1]:.3g}")
-        _log(workdir, {"stage": "distill", "num_pairs": cfg.num_pairs, "iteration": it,
-                       "loss": history[-1]["loss"], "lr_image": float(lrs[0]),
-                       "lr_text": float(lrs[1]),
-                       "seconds_per_iteration": (time.time() - t0) / (it + 1 - start)})
+        metrics_log.append(workdir, {
+            "stage": "distill", "num_pairs": cfg.num_pairs, "iteration": it,
+            "loss": history[-1]["loss"], "lr_image": float(lrs[0]),
+            "lr_text": float(lrs[1]),
+            "seconds_per_iteration": (time.time() - t0) / (it + 1 - start)})
       if (it + 1) % cfg.checkpoint_every == 0 or done:
         _stop_if_non_finite(state, out)
         mngr.save(it + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -167,12 +168,6 @@ def _stop_if_non_finite(state: dict, out: str) -> None:
         f"Distillation hit a non-finite loss or gradient at iteration {first_bad}; "
         f"the last good checkpoint in {out}/ckpt is kept. Lower distill.lr_images, "
         "distill.lr_text or distill.lr_lr, then rerun to resume from it.")
-
-
-def _log(workdir: str, record: dict) -> None:
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-      f.write(json.dumps(record) + "\n")
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

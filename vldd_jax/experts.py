@@ -17,20 +17,12 @@ import orbax.checkpoint as ocp
 import tqdm
 from absl import logging
 
+from vldd_jax import metrics_log
 from vldd_jax import parallel
 from vldd_jax import pretrain
 from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax.data import input_pipeline
-
-METRICS_LOG = "metrics.jsonl"
-
-
-def _log_metrics(workdir: str, record: dict) -> None:
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, METRICS_LOG), "a") as f:
-      f.write(json.dumps(record) + "\n")
-
 
 def _save(mngr: ocp.CheckpointManager, epoch: int, items: dict) -> None:
   if not jax.tree.leaves(items["opt_state"]):  # Plain SGD keeps no state.
@@ -126,7 +118,7 @@ def _train_expert(config, workdir, expert, student, tx, train_step, embedder,
       _save(mngr, epoch, dict(params=trainable, opt_state=opt_state, correct=correct,
                               metrics=metrics))
       history.append(metrics)
-      _log_metrics(workdir, {"stage": "experts", "expert": expert, **metrics})
+      metrics_log.append(workdir, {"stage": "experts", "expert": expert, **metrics})
       _write_manifest(config, workdir, expert, history, finished=False)
       bar.update()
       bar.set_postfix(loss=f"{loss:.3f}", val_tr1=recall["tr@1"], val_ir1=recall["ir@1"])

@@ -1,8 +1,13 @@
 r"""The embedded `shapes` dataset: distillation end to end on a CPU, offline.
 
-Run everything (data, and later pretrain, experts, distill, evaluate):
+Run the pipeline (data, pretrain, experts, distill, evaluate):
 
   python -m vldd_jax.main --config=configs/shapes.py --workdir=/tmp/vldd_shapes
+
+Every method (distilled, coresets) at budgets 100, 200, 500 and 1000 pairs:
+
+  python -m vldd_jax.main --config=configs/shapes.py --config.stage=compare \
+      --workdir=/tmp/vldd_shapes
 
 One stage, a smaller variant, and a field override:
 
@@ -54,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         max_start_epoch=5, iterations=150, lr_images=10.0,
                         lr_text=1.0)
   config.evaluate = config_lib.evaluate_config()
+  config.compare = config_lib.compare_config()
 
   if arg.quick:
     config.data.update(num_train=800, num_val=100, num_test=200, num_pretrain=2_000)
@@ -62,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.experts.update(num_experts=2, epochs=5, batch_size=32)
     config.distill.update(max_start_epoch=3, iterations=20, syn_steps=5)
     config.evaluate.epochs = 30
+    config.compare.budgets = (50, 100, 200)
   if arg.tiny:
     config.data.update(num_train=64, num_val=16, num_test=16, num_pretrain=80)
     config.model.vit.update(width=32, depth=1, heads=2, mlp_dim=64)
@@ -72,4 +79,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           max_start_epoch=2, iterations=4, log_every=2,
                           checkpoint_every=2)
     config.evaluate.update(seeds=2, epochs=2, batch_size=8)
+    config.compare.budgets = (4, 8)
   return config

@@ -40,7 +40,8 @@ def test_distilled_outputs(distilled):
     with open(os.path.join(out, png), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert [r["iteration"] for r in logged if r["stage"] == "distill"] == [1, 3]
+  assert [r["iteration"] for r in logged
+          if r["stage"] == "distill" and r["num_pairs"] == n] == [1, 3]
 
 
 def _copy_experts(trained, tmp_path, name):
@@ -99,8 +100,7 @@ def test_evaluate_writes_results_with_every_row(distilled, capsys):
   evaluate.run(config, workdir)
   results = json.load(open(os.path.join(workdir, evaluate.RESULTS)))
   methods = [row["method"] for row in results["rows"]]
-  assert methods == ["full train split (experts)", "distilled", "random real pairs",
-                     "chance"]
+  assert methods == ["full train split (experts)", *config.evaluate.methods, "chance"]
   for row in results["rows"]:
     for key in evaluate.RECALL_KEYS:
       assert 0 <= row[key] <= 100 and row[key + "_std"] >= 0

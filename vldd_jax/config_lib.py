@@ -95,7 +95,14 @@ def evaluate_config() -> ml_collections.ConfigDict:
       momentum=0.0,
       augment=True,  # The same DSA as distillation, for every method alike.
       report="final",  # "final" | "best_val" | "best_test_lors" (selects on test).
+      # Rows of the results table: "distilled" and the coresets of coreset.py.
+      methods=("distilled", "random", "herding", "k_center", "forgetting"),
   ))
+
+
+def compare_config() -> ml_collections.ConfigDict:
+  """Stage `compare`: the budgets of the paper's Table 1 (100, 200, 500, 1000 pairs)."""
+  return ml_collections.ConfigDict(dict(budgets=(100, 200, 500, 1000)))
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from vldd_jax import coreset
 from vldd_jax import distill
 from vldd_jax import parallel
 from vldd_jax import pretrain
@@ -28,6 +29,15 @@ from vldd_jax.models import build_model, make_apply_fn
 REPORTS = ("final", "best_val", "best_test_lors")
 RECALL_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
 RESULTS = "results.json"
+METHODS = ("distilled",) + coreset.METHODS
+
+
+def check_methods(methods) -> None:
+  """Raises unless every entry of `evaluate.methods` is known."""
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown or not methods:
+    raise ValueError(f"evaluate.methods={tuple(methods)!r}: expected a non-empty "
+                     f"subset of {METHODS}.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -116,13 +126,17 @@ def evaluate_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
   return row
 
 
-def random_pairs(train: input_pipeline.Split, budget: int,
-                 seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """`budget` random training images, each with one random caption."""
-  rng = np.random.default_rng([seed, budget, 1])
-  rows = np.sort(rng.choice(len(train), budget, replace=False))
-  captions = rng.integers(0, train.text_emb.shape[1], budget)
-  return train.images[rows], train.text_emb[rows, captions]
+def method_row(config: ml_collections.ConfigDict, workdir: str, method: str,
+               budget: int, selector: coreset.Selector, test: input_pipeline.Split,
+               val: input_pipeline.Split | None) -> dict:
+  """One row: the distilled set of `budget` pairs (its learned rates) or a coreset."""
+  if method == "distilled":
+    syn = distill.load_distilled(workdir, budget)
+    return evaluate_pairs(config, workdir, method, syn["images"], syn["text_emb"],
+                          float(syn["lr_image"]), float(syn["lr_text"]), test, val)
+  images, text_emb = selector.select(method, budget)
+  lr = config.evaluate.lr
+  return evaluate_pairs(config, workdir, method, images, text_emb, lr, lr, test, val)
 
 
 def full_data_row(workdir: str, num_train: int) -> dict:
@@ -144,28 +158,32 @@ def format_table(rows: list[dict]) -> str:
   lines = ["| method | pairs | " + " | ".join(RECALL_KEYS) + " |",
            "|---|---:|" + "---:|" * len(RECALL_KEYS)]
   for row in rows:
+    label = row["method"] + (f" [{row['report']}]" if row["report"] in REPORTS[1:] else "")
     cells = [f"{row[k]:.1f} ± {row[k + '_std']:.1f}" if row["seeds"] > 1 else f"{row[k]:.1f}"
              for k in RECALL_KEYS]
-    lines.append(f"| {row['method']} | {row['budget']} | " + " | ".join(cells) + " |")
+    lines.append(f"| {label} | {row['budget']} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
+def load_splits(config: ml_collections.ConfigDict, workdir: str):
+  """(train, test, val) splits; val only when `evaluate.report` selects on it."""
+  report = config.evaluate.report
+  val = input_pipeline.load_split(config, workdir, "val") if report == "best_val" else None
+  return (input_pipeline.load_split(config, workdir, "train"),
+          input_pipeline.load_split(config, workdir, "test"), val)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes `<workdir>/results.json` and prints the table: full data, distilled, random."""
-  cfg = config.evaluate
-  budget = config.distill.num_pairs
-  label = "" if cfg.report == "final" else f" [{cfg.report}]"
-  test = input_pipeline.load_split(config, workdir, "test")
-  val = input_pipeline.load_split(config, workdir, "val") if cfg.report == "best_val" else None
-  train = input_pipeline.load_split(config, workdir, "train")
-  synthetic = distill.load_distilled(workdir, budget)
+  """Writes `<workdir>/results.json` and prints the table: full data, each method, chance.
+
+  Methods (`evaluate.methods`) are evaluated at `distill.num_pairs` pairs.
+  """
+  check_methods(config.evaluate.methods)
+  train, test, val = load_splits(config, workdir)
+  selector = coreset.Selector(config, workdir, train)
   rows = [full_data_row(workdir, len(train))]
-  rows.append(evaluate_pairs(
-      config, workdir, "distilled" + label, synthetic["images"], synthetic["text_emb"],
-      float(synthetic["lr_image"]), float(synthetic["lr_text"]), test, val))
-  images, text_emb = random_pairs(train, budget, config.seed)
-  rows.append(evaluate_pairs(config, workdir, "random real pairs" + label, images, text_emb,
-                             cfg.lr, cfg.lr, test, val))
+  rows += [method_row(config, workdir, method, config.distill.num_pairs, selector, test, val)
+           for method in config.evaluate.methods]
   rows.append(chance_row(test))
   table = format_table(rows)
   print(table)

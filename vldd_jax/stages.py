@@ -1,10 +1,15 @@
-"""The stages a run can select with `config.stage`, in pipeline order."""
+"""The stages a run can select with `config.stage`.
+
+`pipeline` runs those of `STAGES` in order; `compare` (every method at every
+budget, a distillation per budget) is run on its own.
+"""
 import json
 import os
 from collections.abc import Callable
 
 import ml_collections
 
+from vldd_jax import compare
 from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import experts
@@ -20,16 +25,17 @@ STAGES: dict[str, Stage] = {
     "distill": distill.run,
     "evaluate": evaluate.run,
 }
+ALONE: dict[str, Stage] = {"compare": compare.run}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Runs `config.stage`, or every stage in order for `pipeline`."""
-  if config.stage != "pipeline" and config.stage not in STAGES:
+  if config.stage != "pipeline" and config.stage not in STAGES | ALONE:
     raise ValueError(f"config.stage={config.stage!r}: expected 'pipeline' or "
-                     f"one of {list(STAGES)}.")
+                     f"one of {list(STAGES | ALONE)}.")
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, f"config_{config.stage}.json"), "w") as f:
     json.dump(config.to_dict(), f, indent=2)
   names = list(STAGES) if config.stage == "pipeline" else [config.stage]
   for name in names:
-    STAGES[name](config, workdir)
+    (STAGES | ALONE)[name](config, workdir)

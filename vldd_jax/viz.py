@@ -36,3 +36,23 @@ def loss_curve(steps: list[int], values: list[float], path: str,
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def budget_plot(rows: list[dict], keys: tuple[str, ...], path: str) -> None:
+  """Saves one panel per recall key: mean ± std against budget, a line per method."""
+  fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  for ax, key in zip(axes.flat, keys):
+    for method in methods:
+      mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["budget"])
+      ax.errorbar([r["budget"] for r in mine], [r[key] for r in mine],
+                  yerr=[r[key + "_std"] for r in mine], marker="o", capsize=3,
+                  label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("pairs")
+    ax.set_ylabel(f"{key} (%)")
+    ax.grid(alpha=0.3)
+  axes.flat[0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -1,0 +1,43 @@
+"""Stage compare on the tiny config: every cell, outputs, resume, stale settings."""
+import json
+import os
+
+import pytest
+
+from vldd_jax import compare
+from vldd_jax import evaluate
+
+
+def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, monkeypatch):
+  config, workdir = trained
+  compare.run(config, workdir)
+  path = os.path.join(workdir, compare.RESULT)
+  rows = json.load(open(path))["rows"]
+  cells = {(r["method"], r["budget"]) for r in rows}
+  assert cells == {(m, b) for m in evaluate.METHODS for b in (4, 8)}
+  assert all(r["seeds"] == config.evaluate.seeds for r in rows)
+  assert os.path.exists(os.path.join(workdir, "distill", "n4", "distilled.npz"))
+  with open(os.path.join(workdir, "compare.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  table = open(os.path.join(workdir, "compare.md")).read()
+  assert "| tr@1 | 4 pairs | 8 pairs |" in table and "| k_center | 8 |" in table
+
+  # Drop one finished cell, as if the run had been killed before it: only that
+  # cell is evaluated again, the others are kept as they were.
+  saved = json.load(open(path))
+  saved["rows"] = [r for r in rows if (r["method"], r["budget"]) != ("herding", 8)]
+  json.dump(saved, open(path, "w"))
+  calls = []
+  original = evaluate.train_and_evaluate
+  monkeypatch.setattr(evaluate, "train_and_evaluate",
+                      lambda *a, **k: calls.append(len(a[2])) or original(*a, **k))
+  compare.run(config, workdir)
+  assert calls == [8] * config.evaluate.seeds
+  again = json.load(open(path))["rows"]
+  assert again[:-1] == saved["rows"]
+  assert again[-1] == next(r for r in rows if (r["method"], r["budget"]) == ("herding", 8))
+
+  other = config.copy_and_resolve_references()
+  other.evaluate.epochs += 1
+  with pytest.raises(ValueError, match="compare.json holds cells computed with other"):
+    compare.run(other, workdir)

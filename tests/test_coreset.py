@@ -1,0 +1,88 @@
+"""Coreset selectors: each one's defining property on small hand-made inputs."""
+import itertools
+
+import numpy as np
+import pytest
+
+from vldd_jax import coreset
+
+
+def _features(n=30, c=3, f=4, seed=0):
+  return np.random.default_rng(seed).normal(size=(n, c, f))
+
+
+def _one_pair_per_image(rows, budget):
+  assert len(rows) == budget and len(set(rows.tolist())) == budget
+
+
+def test_herding_is_the_greedy_mean_tracker():
+  feats = _features()
+  rows, caps = coreset.herding(feats, 10)
+  _one_pair_per_image(rows, 10)
+  target = feats.reshape(-1, 4).mean(axis=0)
+  for k in range(10):
+    # Brute force: no pair of an image not yet taken gives a closer running mean.
+    error = lambda x: np.linalg.norm(
+        np.mean([*feats[rows[:k], caps[:k]], x], axis=0) - target)
+    best = min(error(feats[i, j]) for i in range(30) for j in range(3)
+               if i not in rows[:k])
+    assert error(feats[rows[k], caps[k]]) == pytest.approx(best)
+
+
+def test_herding_mean_error_shrinks_below_random_subsets():
+  feats = _features(n=200, c=2)
+  target = feats.reshape(-1, 4).mean(axis=0)
+  rows, caps = coreset.herding(feats, 40)
+  error = lambda k: np.linalg.norm(feats[rows[:k], caps[:k]].mean(axis=0) - target)
+  assert error(40) < error(10) < error(1)
+  rng = np.random.default_rng(1)
+  random_errors = [np.linalg.norm(feats[rng.choice(200, 40, replace=False),
+                                       rng.integers(0, 2, 40)].mean(axis=0) - target)
+                   for _ in range(100)]
+  assert error(40) < 0.2 * np.median(random_errors)
+
+
+def test_k_center_is_greedy_and_within_twice_the_optimal_radius():
+  feats = _features(n=8, c=1, f=2, seed=3)
+  points = feats[:, 0]
+  rows, caps = coreset.k_center(feats, 3, seed=5)
+  _one_pair_per_image(rows, 3)
+  assert (caps == 0).all()
+  dist = np.linalg.norm(points[:, None] - points[None], axis=-1)
+  for k in range(1, 3):  # Each centre is the farthest point from the earlier ones.
+    nearest = dist[:, rows[:k]].min(axis=1)
+    assert nearest[rows[k]] == pytest.approx(nearest.max())
+  radius = lambda centres: dist[:, list(centres)].min(axis=1).max()
+  optimal = min(radius(c) for c in itertools.combinations(range(8), 3))
+  assert radius(rows) <= 2 * optimal + 1e-12
+  np.testing.assert_array_equal(coreset.k_center(feats, 3, seed=5)[0], rows)
+
+
+def test_forgetting_events_match_a_hand_count():
+  correct = np.array([[1, 0, 1, 0, -1],
+                      [0, 0, -1, 0, 0],
+                      [1, 0, 0, 0, 0],
+                      [-1, 0, 1, 0, 0],
+                      [0, 0, 0, 0, 1]], np.int8)
+  # Pair 0: 1,0,1,-1,0 -> forgotten twice. Pair 1: never found -> 5 (epochs).
+  # Pair 2: 1,-1,0,1,0 -> the unseen epoch is skipped: 1->0 and 1->0, twice.
+  # Pair 3: never found -> 5. Pair 4: -1,0,0,0,1 -> never forgotten.
+  np.testing.assert_array_equal(coreset.forgetting_events(correct), [2, 5, 2, 5, 0])
+
+
+def test_forgetting_takes_the_most_forgotten_and_breaks_ties_by_seed():
+  events = np.array([0, 3, 1, 3, 3, 0, 2])
+  rows, _ = coreset.forgetting(events, num_captions=5, budget=4, seed=0)
+  assert set(rows[:3].tolist()) == {1, 3, 4} and rows[3] == 6
+  orders = {tuple(coreset.forgetting(events, 5, 3, seed=s)[0]) for s in range(20)}
+  assert len(orders) > 1 and all(set(o) == {1, 3, 4} for o in orders)
+  again = coreset.forgetting(events, 5, 4, seed=0)
+  np.testing.assert_array_equal(again[0], rows)
+
+
+def test_random_selection_is_distinct_and_seeded():
+  rows, caps = coreset.random_selection(50, 5, 20, seed=1)
+  _one_pair_per_image(rows, 20)
+  assert caps.min() >= 0 and caps.max() < 5
+  np.testing.assert_array_equal(coreset.random_selection(50, 5, 20, seed=1)[0], rows)
+  assert not np.array_equal(coreset.random_selection(50, 5, 20, seed=2)[0], rows)

@@ -1,0 +1,97 @@
+"""Stage `compare`: every method at every budget, the paper's Table 1 on our data.
+
+For each budget in `compare.budgets` and each method in `evaluate.methods`
+(the distilled set and the coresets of `coreset.py`), one row from the same
+`evaluate.method_row` as the results table. Distillation runs per budget
+(stage `distill` with `distill.num_pairs` = budget), reusing the experts.
+
+Outputs in the workdir: `compare.json` (rows as in `results.json`, written
+after every cell, so a rerun computes only the missing cells), `compare.md`
+(tr@1 and ir@1 by method and budget, then every recall) and `compare.png`.
+"""
+import json
+import os
+
+import jax
+import ml_collections
+import tqdm
+from absl import logging
+
+from vldd_jax import coreset
+from vldd_jax import distill
+from vldd_jax import evaluate
+from vldd_jax import viz
+
+RESULT = "compare.json"
+
+
+def settings(config: ml_collections.ConfigDict) -> dict:
+  """What a cell's numbers depend on besides its method and budget."""
+  out = {name: config[name].to_dict()
+         for name in ("data", "model", "experts", "distill", "evaluate")}
+  out["seed"] = config.seed
+  del out["distill"]["num_pairs"]
+  del out["evaluate"]["methods"]
+  return json.loads(json.dumps(out, default=list))
+
+
+def load_rows(path: str, config: ml_collections.ConfigDict) -> list[dict]:
+  """Finished cells of an earlier run with the same settings; [] if none."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    saved = json.load(f)
+  if saved.get("settings") != settings(config):
+    raise ValueError(f"{path} holds cells computed with other settings (data, model, "
+                     "experts, distill or evaluate config, or seed); move it away "
+                     "to start a new comparison, or rerun with the settings it records.")
+  return saved["rows"]
+
+
+def pivot_table(rows: list[dict], key: str) -> str:
+  """Markdown: one row per method, one column per budget, `key` mean ± std."""
+  budgets = sorted({r["budget"] for r in rows})
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  cell = {(r["method"], r["budget"]): f"{r[key]:.1f} ± {r[key + '_std']:.1f}" for r in rows}
+  lines = [f"| {key} | " + " | ".join(f"{b} pairs" for b in budgets) + " |",
+           "|---|" + "---:|" * len(budgets)]
+  lines += [f"| {m} | " + " | ".join(cell.get((m, b), "–") for b in budgets) + " |"
+            for m in methods]
+  return "\n".join(lines)
+
+
+def _write(workdir: str, rows: list[dict], config: ml_collections.ConfigDict) -> None:
+  if jax.process_index():
+    return
+  path = os.path.join(workdir, RESULT)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"rows": rows, "settings": settings(config)}, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Fills `compare.json` cell by cell, then writes the tables and the plot."""
+  methods, budgets = config.evaluate.methods, config.compare.budgets
+  evaluate.check_methods(methods)
+  rows = load_rows(os.path.join(workdir, RESULT), config)
+  done = {(r["method"], r["budget"]) for r in rows}
+  train, test, val = evaluate.load_splits(config, workdir)
+  selector = coreset.Selector(config, workdir, train)
+  cells = [(b, m) for b in budgets for m in methods if (m, b) not in done]
+  for budget, method in tqdm.tqdm(cells, desc="compare"):
+    if method == "distilled":
+      budget_config = config.copy_and_resolve_references()
+      budget_config.distill.num_pairs = budget
+      distill.run(budget_config, workdir)
+    rows.append(evaluate.method_row(config, workdir, method, budget, selector, test, val))
+    _write(workdir, rows, config)
+  wanted = [r for r in rows if r["budget"] in budgets and r["method"] in methods]
+  wanted.sort(key=lambda r: (methods.index(r["method"]), r["budget"]))
+  table = "\n\n".join([pivot_table(wanted, "tr@1"), pivot_table(wanted, "ir@1"),
+                       evaluate.format_table(wanted)])
+  print(table)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "compare.md"), "w") as f:
+      f.write(table + "\n")
+    viz.budget_plot(wanted, ("tr@1", "ir@1"), os.path.join(workdir, "compare.png"))
+  logging.info("Comparison of %d cells written to %s.", len(wanted), workdir)

@@ -1,0 +1,175 @@
+"""Coreset baselines: B real training pairs (an image with one of its captions).
+
+The paper compares its distilled sets with four classification coresets
+adapted to image-text pairs (Wu et al., "Vision-Language Dataset Distillation",
+TMLR 2024, Sec. 5 and Table 1); how each is adapted here:
+
+- `random`: B distinct images, each with a random caption.
+- `herding` (Welling, ICML 2009): greedily add the pair that keeps the mean of
+  the selected joint features closest to the mean over all pairs.
+- `k_center` (Sener & Savarese, ICLR 2018): greedy farthest-point selection; the
+  first centre is drawn by the seed, each next one is the pair farthest from
+  its nearest centre.
+- `forgetting` (Toneva et al., ICLR 2019): the images with the most forgetting
+  events (found their caption first in the batch at one presentation, missed
+  it at the next) summed over the experts' training. Toneva et al. count an
+  image never got right as forgotten infinitely often; with several experts it
+  counts `epochs` events per expert that never got it right (more than any
+  learned image can have), so images no expert learned come first. Ties are
+  broken by the seed; the caption is drawn by the seed.
+
+Herding and k-center see every (image, caption) pair as a candidate, with the
+joint feature [image embedding, caption embedding] / sqrt(2) (unit norm) from
+the first expert's final parameters, and take at most one pair per image.
+Every selector is a deterministic function of its inputs and the seed.
+"""
+import ml_collections
+import numpy as np
+import tqdm
+
+from vldd_jax import parallel
+from vldd_jax import trainer
+from vldd_jax import trajectories
+from vldd_jax.data import input_pipeline
+from vldd_jax.models import build_model, make_apply_fn
+
+METHODS = ("random", "herding", "k_center", "forgetting")
+
+
+def random_selection(num_images: int, num_captions: int, budget: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(rows, captions): `budget` distinct random images, one random caption each."""
+  rng = np.random.default_rng([seed, budget, 1])
+  rows = np.sort(rng.choice(num_images, budget, replace=False))
+  return rows, rng.integers(0, num_captions, budget)
+
+
+def herding(features: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+  """Greedy herding on features [N, C, F] of N images with C captions each.
+
+  Returns (rows, captions) in selection order: step k adds the pair whose
+  feature brings the running mean of the k selected ones closest to the mean
+  of all N * C pairs, at most one pair per image.
+  """
+  n, c, _ = features.shape
+  flat = features.reshape(n * c, -1).astype(np.float64)
+  target = flat.mean(axis=0)
+  sq_norms = np.einsum("ij,ij->i", flat, flat)
+  available = np.ones(n * c, bool)
+  total = np.zeros_like(target)
+  chosen = []
+  for k in range(budget):
+    # ||(total + x) / (k+1) - target||^2, up to terms that do not depend on x.
+    score = sq_norms + 2.0 * flat @ (total - (k + 1) * target)
+    best = int(np.argmin(np.where(available, score, np.inf)))
+    chosen.append(best)
+    total += flat[best]
+    available[(best // c) * c:(best // c + 1) * c] = False
+  chosen = np.asarray(chosen)
+  return chosen // c, chosen % c
+
+
+def k_center(features: np.ndarray, budget: int,
+             seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Greedy k-center on features [N, C, F]; (rows, captions) in selection order.
+
+  The first centre is a seeded random pair; then, repeatedly, the pair
+  farthest (Euclidean) from its nearest centre, skipping images already taken.
+  """
+  n, c, _ = features.shape
+  flat = features.reshape(n * c, -1).astype(np.float64)
+  first = int(np.random.default_rng([seed, budget, 2]).integers(n * c))
+  chosen = [first]
+  nearest = np.linalg.norm(flat - flat[first], axis=1)
+  available = np.ones(n * c, bool)
+  available[(first // c) * c:(first // c + 1) * c] = False
+  for _ in range(budget - 1):
+    best = int(np.argmax(np.where(available, nearest, -np.inf)))
+    chosen.append(best)
+    nearest = np.minimum(nearest, np.linalg.norm(flat - flat[best], axis=1))
+    available[(best // c) * c:(best // c + 1) * c] = False
+  chosen = np.asarray(chosen)
+  return chosen // c, chosen % c
+
+
+def forgetting_events(correct: np.ndarray) -> np.ndarray:
+  """Forgetting events per pair from a record [epochs, N] of 1 / 0 / -1 (unseen).
+
+  An event is a presentation where the pair was found (1) followed by its next
+  presentation where it was missed (0); unseen epochs are skipped. Pairs never
+  found get `epochs`, more than a found pair can reach (epochs // 2): Toneva et
+  al.'s infinity, kept finite so that counts add up over experts.
+  """
+  events = np.zeros(correct.shape[1], np.int64)
+  last = np.full(correct.shape[1], -1, np.int8)
+  for epoch in correct:
+    seen = epoch >= 0
+    events += seen & (last == 1) & (epoch == 0)
+    last = np.where(seen, epoch, last)
+  ever_found = (correct == 1).any(axis=0)
+  return np.where(ever_found, events, len(correct))
+
+
+def forgetting(events: np.ndarray, num_captions: int, budget: int,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(rows, captions): the `budget` images with the most events, ties by seed."""
+  rng = np.random.default_rng([seed, budget, 3])
+  shuffled = rng.permutation(len(events))
+  rows = shuffled[np.argsort(-events[shuffled], kind="stable")[:budget]]
+  return rows, rng.integers(0, num_captions, budget)
+
+
+def expert_features(config: ml_collections.ConfigDict, workdir: str,
+                    train: input_pipeline.Split) -> np.ndarray:
+  """Joint unit features [N, C, 2 * embed_dim] of every training pair (first expert)."""
+  expert = trajectories.finished_experts(workdir)[0]
+  last = trajectories.read_manifest(workdir, expert)["epochs"]
+  params = trajectories.load_params(workdir, expert, last)
+  frozen = trajectories.load_frozen(workdir, expert)
+  mesh = parallel.make_mesh()
+  params, frozen = parallel.put_replicated((params, frozen), mesh)
+  embedder = trainer.Embedder(make_apply_fn(build_model(config.model)), mesh,
+                              config.experts.eval_batch_size)
+  n, c, d = train.text_emb.shape
+  img = embedder.images(params, frozen, train.images)
+  txt = embedder.texts(params, frozen, train.text_emb.reshape(n * c, d)).reshape(n, c, -1)
+  img = np.broadcast_to(img[:, None], txt.shape)
+  return np.concatenate([img, txt], axis=-1) / np.sqrt(2.0)
+
+
+def total_forgetting_events(workdir: str) -> np.ndarray:
+  """Forgetting events per training image, summed over every finished expert."""
+  experts = trajectories.finished_experts(workdir)
+  return sum(forgetting_events(trajectories.load_correct(workdir, e))
+             for e in tqdm.tqdm(experts, desc="forgetting events", leave=False))
+
+
+class Selector:
+  """Selects coresets of any budget from one train split; features load once."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               train: input_pipeline.Split):
+    self._config, self._workdir, self._train = config, workdir, train
+    self._features: np.ndarray | None = None
+    self._events: np.ndarray | None = None
+
+  def select(self, method: str, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [B, H, W, 3], text embeddings [B, D]) of a coreset."""
+    n, c = self._train.text_emb.shape[:2]
+    if not 0 < budget <= n:
+      raise ValueError(f"Coreset budget {budget}: expected 1..{n} (the train split).")
+    seed = self._config.seed
+    if method == "random":
+      rows, captions = random_selection(n, c, budget, seed)
+    elif method in ("herding", "k_center"):
+      if self._features is None:
+        self._features = expert_features(self._config, self._workdir, self._train)
+      rows, captions = (herding(self._features, budget) if method == "herding"
+                        else k_center(self._features, budget, seed))
+    elif method == "forgetting":
+      if self._events is None:
+        self._events = total_forgetting_events(self._workdir)
+      rows, captions = forgetting(self._events, c, budget, seed)
+    else:
+      raise ValueError(f"Coreset method {method!r}: expected one of {METHODS}.")
+    return self._train.images[rows], self._train.text_emb[rows, captions]

@@ -7,9 +7,6 @@ compiles one program per length bucket; the reported speed is the median of
 the warm passes after it, and compile time is what JAX reports for tracing,
 lowering and compiling.
 """
-import json
-import os
-import platform
 import statistics
 import time
 
@@ -17,14 +14,12 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from benchmarks import common
 from vldd_jax import text
 
 _COUNT = flags.DEFINE_integer("count", 2000, "Number of captions to encode.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Captions per encoder call.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Warm passes to time.")
-_OUTPUT = flags.DEFINE_string(
-    "output", os.path.join(os.path.dirname(__file__), "results", "text_encode.json"),
-    "Where to write the results.")
 
 _COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"]
 _SHAPES = ["circle", "square", "triangle", "star", "hexagon", "cross"]
@@ -90,20 +85,9 @@ def main(argv):
       "programs_compiled": sum(e.endswith("backend_compile_duration")
                                for e, _ in compile_events),
       "load_s": load_s,
-      "machine": {
-          "cpu_count": os.cpu_count(),
-          "processor": platform.processor() or platform.machine(),
-          "python": platform.python_version(),
-          "jax": jax.__version__,
-          "backend": jax.default_backend(),
-          "devices": [d.device_kind for d in jax.devices()],
-          "load_average_1min": os.getloadavg()[0],
-      },
+      "machine": common.machine(),
   }
-  os.makedirs(os.path.dirname(_OUTPUT.value), exist_ok=True)
-  with open(_OUTPUT.value, "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2)
-  print(json.dumps(result, indent=2))
+  common.write("text_encode", result)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,25 @@
 """Stage compare on the tiny config: every cell, outputs, resume, stale settings."""
 import json
+import logging
 import os
 
+import jax
 import pytest
 
 from vldd_jax import compare
 from vldd_jax import evaluate
 
 
-def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, monkeypatch):
+def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, monkeypatch,
+                                                                caplog):
   config, workdir = trained
-  compare.run(config, workdir)
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    compare.run(config, workdir)
+  # One distillation per budget, each compiling its meta step once for all
+  # its iterations: nothing in the loop triggers a recompile.
+  compiles = [r for r in caplog.records
+              if r.getMessage().startswith("Compiling jit(meta_step)")]
+  assert len(compiles) == 2, [r.getMessage()[:200] for r in compiles]
   path = os.path.join(workdir, compare.RESULT)
   rows = json.load(open(path))["rows"]
   cells = {(r["method"], r["budget"]) for r in rows}

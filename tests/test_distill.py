@@ -132,3 +132,4 @@ def test_summarize_is_mean_and_population_std():
   row = evaluate.summarize("m", 5, recalls, "final")
   assert row["tr@1"] == 20.0 and row["tr@1_std"] == round(np.std([10, 20, 30]), 2)
   assert row["seeds"] == 3 and row["budget"] == 5
+

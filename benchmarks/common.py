@@ -1,0 +1,41 @@
+"""What every benchmark records: the machine it ran on, and where results go."""
+import json
+import os
+import platform
+import resource
+
+import jax
+
+RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
+# Precedes the JSON a benchmark child process prints for its parent.
+RESULT_MARKER = "RESULT_JSON="
+
+
+def machine() -> dict:
+  """The hardware and software a measurement was taken on."""
+  return {
+      "cpu_count": os.cpu_count(),
+      "processor": platform.processor() or platform.machine(),
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "backend": jax.default_backend(),
+      "devices": [d.device_kind for d in jax.devices()],
+      "load_average_1min": os.getloadavg()[0],
+  }
+
+
+def peak_rss_mib() -> float:
+  """This process's peak resident memory so far (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write(name: str, result: dict, table: str | None = None) -> None:
+  """Writes results/<name>.json (and <name>.md with `table`), prints both."""
+  os.makedirs(RESULTS_DIR, exist_ok=True)
+  with open(os.path.join(RESULTS_DIR, f"{name}.json"), "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2)
+  print(json.dumps(result, indent=2))
+  if table is not None:
+    with open(os.path.join(RESULTS_DIR, f"{name}.md"), "w", encoding="utf-8") as f:
+      f.write(table + "\n")
+    print(table)

@@ -1,0 +1,152 @@
+"""Speed and memory of the meta step against the number of unrolled student steps.
+
+  python -m benchmarks.distill_bench [--steps=10,20,40,80] [--iterations=7]
+
+On the default shapes model (configs/shapes.py: ViT width 64, depth 2, LoRA
+rank 4 + heads trainable; 100 synthetic pairs, 50 per student step, DSA on,
+meta batch 1), for each syn_steps with `jax.checkpoint` on and off, in a fresh
+process each (so peak RSS is per setting):
+
+- compile_s: lowering + XLA compilation of the jitted meta step;
+- iteration_s: median of `--iterations` meta steps after a warm-up one;
+- student_step_s: median time of one plain jitted student SGD step (the same
+  loss, augmentation and minibatch size), and R = iteration_s / (syn_steps *
+  student_step_s): what the exact meta-gradient costs relative to training;
+- XLA's `memory_analysis()` of the compiled meta step (temporaries, arguments,
+  outputs) and the process's peak RSS.
+
+Writes benchmarks/results/distill_bench.{json,md}.
+"""
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from benchmarks import common
+from vldd_jax import config_lib
+from vldd_jax import matching
+from vldd_jax import trainer
+
+_STEPS = flags.DEFINE_list("steps", ["10", "20", "40", "80"], "syn_steps values.")
+_ITERATIONS = flags.DEFINE_integer("iterations", 7, "Timed meta steps per setting.")
+_ONLY_STEPS = flags.DEFINE_integer("only_steps", 0, "Measure one setting (internal).")
+_REMAT = flags.DEFINE_boolean("remat", True, "With --only_steps: jax.checkpoint on.")
+
+_MIB = 2**20
+
+
+def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), times
+
+
+def measure(syn_steps: int, remat: bool, iterations: int) -> dict:
+  """One setting, in this process."""
+  config = config_lib.load_config("configs/shapes.py")
+  cfg = config.distill
+  student = trainer.init_student(config.model, jax.random.key(0), (32, 32, 3), 384)
+  rng = np.random.default_rng(0)
+  text = rng.standard_normal((cfg.num_pairs, 384)).astype(np.float32)
+  syn = {"images": rng.standard_normal((cfg.num_pairs, 32, 32, 3)).astype(np.float32),
+         "text": text / np.linalg.norm(text, axis=1, keepdims=True),
+         "log_lr": np.full(2, np.log(config.experts.lr), np.float32)}
+  starts = jax.tree.map(lambda x: x[None], student.trainable)
+  targets = jax.tree.map(lambda x: x + 0.01, starts)
+  unroll = matching.UnrollConfig(syn_steps, cfg.batch_size, cfg.augment, remat)
+  tx = matching.make_meta_optimizer(cfg.lr_images, cfg.lr_text, cfg.lr_lr, cfg.momentum)
+  meta_step = matching.make_meta_step(student.apply_fn, student.trainable, unroll, tx)
+  state = matching.init_state(syn, tx)
+  key = jax.random.key(1)
+  rss_before = common.peak_rss_mib()
+
+  start = time.perf_counter()
+  compiled = meta_step.lower(state, starts, targets, student.frozen, key).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+
+  def iterate():
+    nonlocal state
+    state, loss = compiled(state, starts, targets, student.frozen, key)
+    return loss
+
+  iterate()  # Warm-up: first-touch allocations.
+  iteration_s, iteration_times = _median_time(iterate, iterations)
+
+  step = jax.jit(matching.make_student_step(student.apply_fn, student.trainable,
+                                            cfg.augment))
+  batch = (jnp.asarray(syn["images"][:cfg.batch_size]),
+           jnp.asarray(syn["text"][:cfg.batch_size]), jnp.exp(syn["log_lr"]))
+  step_fn = lambda: step(student.trainable, student.frozen, *batch, key)
+  step_fn()
+  step_s, _ = _median_time(step_fn, 30)
+  return {
+      "syn_steps": syn_steps, "remat": remat,
+      "compile_s": round(compile_s, 2),
+      "iteration_s": round(iteration_s, 4),
+      "iteration_times_s": [round(t, 4) for t in iteration_times],
+      "student_step_s": round(step_s, 5),
+      "R": round(iteration_s / (syn_steps * step_s), 2),
+      "temp_mib": round(memory.temp_size_in_bytes / _MIB, 2),
+      "argument_mib": round(memory.argument_size_in_bytes / _MIB, 2),
+      "output_mib": round(memory.output_size_in_bytes / _MIB, 2),
+      "peak_rss_mib": round(common.peak_rss_mib(), 1),
+      "rss_before_compile_mib": round(rss_before, 1),
+      "trainable_params": sum(x.size for x in jax.tree.leaves(student.trainable)),
+  }
+
+
+def table(rows: list[dict]) -> str:
+  """Markdown: one row per (syn_steps, remat)."""
+  lines = ["| syn_steps | remat | compile (s) | iteration (s) | student step (ms) | R | "
+           "XLA temp (MiB) | peak RSS (MiB) |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    lines.append(f"| {r['syn_steps']} | {'on' if r['remat'] else 'off'} | "
+                 f"{r['compile_s']:.1f} | {r['iteration_s']:.3f} | "
+                 f"{1000 * r['student_step_s']:.1f} | {r['R']:.2f} | "
+                 f"{r['temp_mib']:.1f} | {r['peak_rss_mib']:.0f} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  if _ONLY_STEPS.value:
+    print(common.RESULT_MARKER + json.dumps(
+        measure(_ONLY_STEPS.value, _REMAT.value, _ITERATIONS.value)))
+    return
+  rows = []
+  for steps in map(int, _STEPS.value):
+    for remat in (True, False):
+      flag = "--remat" if remat else "--noremat"
+      out = subprocess.run(
+          [sys.executable, "-m", "benchmarks.distill_bench", f"--only_steps={steps}",
+           flag, f"--iterations={_ITERATIONS.value}"],
+          check=True, capture_output=True, text=True).stdout
+      row = json.loads(out.split(common.RESULT_MARKER)[-1])
+      print(row, flush=True)
+      rows.append(row)
+  by = {(r["syn_steps"], r["remat"]): r for r in rows}
+  summary = {}
+  if (20, True) in by:
+    summary["R_at_20_steps"] = by[20, True]["R"]
+  if (10, True) in by and (80, True) in by:
+    summary["temp_80_over_10_with_remat"] = round(
+        by[80, True]["temp_mib"] / by[10, True]["temp_mib"], 2)
+    summary["rss_80_over_10_with_remat"] = round(
+        by[80, True]["peak_rss_mib"] / by[10, True]["peak_rss_mib"], 2)
+  common.write("distill_bench", {"rows": rows, "summary": summary,
+                                 "machine": common.machine()}, table(rows))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -28,6 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.stage = "pipeline"
   config.seed = 0
+  config.multihost = False  # True: jax.distributed.initialize() (parallel.py).
 
   config.data = ml_collections.ConfigDict(dict(
       name="karpathy",

@@ -1,6 +1,7 @@
 """Stages distill and evaluate on the tiny config: outputs, resume, NaN stop, devices."""
 import json
 import os
+import socket
 import subprocess
 
 import numpy as np
@@ -10,7 +11,7 @@ from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax.data import input_pipeline
 
-from conftest import kill_when_exists, run_main
+from conftest import ROOT, kill_when_exists, main_cmd, run_main, subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +82,49 @@ def test_non_finite_loss_stops_without_a_bad_checkpoint(trained, data_dir, tmp_p
   assert saved in ([], ["2"]), saved  # Nothing saved after the first bad iteration.
 
 
-def test_one_and_four_devices_distill_the_same_set(trained, data_dir, tmp_path):
-  flags = ("--config.stage=distill", "--config.distill.meta_batch=4",
-           "--config.distill.iterations=2")
-  one = _copy_experts(trained, tmp_path, "one")
-  four = _copy_experts(trained, tmp_path, "four")
-  run_main(one, data_dir, *flags)
-  run_main(four, data_dir, *flags, devices=4)
-  want, got = (distill.load_distilled(str(w), 8) for w in (one, four))
+_DEVICES_FLAGS = ("--config.stage=distill", "--config.distill.meta_batch=4",
+                  "--config.distill.iterations=2")
+
+
+@pytest.fixture(scope="module")
+def four_devices(trained, data_dir, tmp_path_factory):
+  """A workdir distilled by one process with 4 devices (meta batch 4)."""
+  workdir = _copy_experts(trained, tmp_path_factory.mktemp("devices"), "four")
+  run_main(workdir, data_dir, *_DEVICES_FLAGS, devices=4)
+  return distill.load_distilled(str(workdir), 8)
+
+
+def _assert_same_set(got, want):
   for key in ("images", "text_emb", "lr_image", "lr_text"):
     # Float32 sums in another order: agree to ~1e-5 of the values' scale.
     np.testing.assert_allclose(got[key], want[key], rtol=1e-3,
                                atol=1e-5 * np.abs(want[key]).max(), err_msg=key)
+
+
+def test_one_and_four_devices_distill_the_same_set(trained, data_dir, tmp_path,
+                                                   four_devices):
+  one = _copy_experts(trained, tmp_path, "one")
+  run_main(one, data_dir, *_DEVICES_FLAGS)
+  _assert_same_set(distill.load_distilled(str(one), 8), four_devices)
+
+
+def test_two_processes_distill_the_set_of_one_process(trained, data_dir, tmp_path,
+                                                      four_devices):
+  """2 processes x 2 CPU devices, joined by jax.distributed, as 1 process x 4."""
+  workdir = _copy_experts(trained, tmp_path, "two")
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(
+      main_cmd(workdir, data_dir, *_DEVICES_FLAGS, "--config.multihost=True"), cwd=ROOT,
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+      env=dict(subprocess_env(devices=2), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+      for i in range(2)]
+  errors = [p.communicate(timeout=600)[1] for p in procs]
+  for p, err in zip(procs, errors):
+    assert p.returncode == 0, err[-3000:]
+  _assert_same_set(distill.load_distilled(str(workdir), 8), four_devices)
 
 
 def test_evaluate_writes_results_with_every_row(distilled, capsys):

@@ -11,6 +11,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from vldd_jax import parallel
 from vldd_jax import stages
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -27,6 +28,7 @@ def main(argv: list[str]) -> None:
   # Orbax narrates every save at INFO; keep its warnings only.
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= py_logging.WARNING or "/orbax/" not in r.pathname)
+  parallel.initialize(_CONFIG.value.multihost)
   stages.run(_CONFIG.value, _WORKDIR.value)
 
 

@@ -4,11 +4,32 @@ The same jitted step runs on one CPU device, eight TPU cores or a multi-host
 pod: inputs whose leading axis is the batch are sharded over `data`,
 parameters are replicated, and XLA inserts the gradient all-reduce.
 """
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+
+
+def initialize(multihost: bool) -> None:
+  """Joins the processes of a multi-host run into one JAX cluster (`config.multihost`).
+
+  On TPU VMs (and Slurm, Open MPI) JAX finds the coordinator, process count
+  and process id itself. Elsewhere set `JAX_COORDINATOR_ADDRESS` (host:port of
+  process 0), `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` in each process.
+  Must run before anything touches a device.
+  """
+  if not multihost:
+    return
+  kwargs = {name: int(os.environ[var]) for name, var in
+            (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
+            if var in os.environ}
+  # CPU processes need a collectives backend to all-reduce across processes;
+  # accelerators use their own interconnect and ignore this.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
 
 
 def make_mesh() -> Mesh:
@@ -38,21 +59,22 @@ def check_divisible(batch_size: int, what: str) -> None:
                      f"devices ({jax.device_count()}).")
 
 
-def put_batch(tree, mesh: Mesh):
-  """Places host arrays (the global batch) sharded along their leading axis."""
-  sharding = batch_sharded(mesh)
+def _put(tree, sharding: NamedSharding):
   if jax.process_count() == 1:
     return jax.device_put(tree, sharding)
-  # Multi-host: every process holds the same global batch; keep its own rows.
-  def local(x):
+  # Multi-host: every process holds the same host value and transfers only
+  # the slices its own devices hold.
+  def put(x):
     x = np.asarray(x)
-    rows = x.shape[0] // jax.process_count()
-    start = jax.process_index() * rows
-    return jax.make_array_from_process_local_data(
-        sharding, x[start:start + rows], x.shape)
-  return jax.tree.map(local, tree)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(put, tree)
+
+
+def put_batch(tree, mesh: Mesh):
+  """Places host arrays (the global batch) sharded along their leading axis."""
+  return _put(tree, batch_sharded(mesh))
 
 
 def put_replicated(tree, mesh: Mesh):
-  """Places a pytree on every device."""
-  return jax.device_put(tree, replicated(mesh))
+  """Places a pytree on every device (of every process)."""
+  return _put(tree, replicated(mesh))

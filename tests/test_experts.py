@@ -12,7 +12,7 @@ from vldd_jax import pretrain
 from vldd_jax import trajectories
 from vldd_jax.models import split_params
 
-from conftest import kill_when_exists, run_main
+from conftest import kill_when_exists, run_main, tiny_config
 
 
 def _flat(tree):
@@ -139,3 +139,13 @@ def test_experts_trained_with_other_settings_are_refused(trained):
   config.experts.lr = 0.05
   with pytest.raises(ValueError, match=r"lr: saved 0.1, config 0.05"):
     experts.run(config, workdir)
+
+
+def test_an_all_trainable_expert_saves_and_loads_without_a_frozen_item(data_dir, tmp_path):
+  config = tiny_config(data_dir)
+  config.model.update(trainable="all", backbone="scratch")
+  config.experts.update(num_experts=1, epochs=1)
+  experts.run(config, str(tmp_path))
+  assert trajectories.load_frozen(str(tmp_path), 0) == {}
+  params = trajectories.load_params(str(tmp_path), 0, 1)
+  assert "img" in params and jax.tree.leaves(params)

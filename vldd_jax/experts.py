@@ -25,8 +25,9 @@ from vldd_jax import trajectories
 from vldd_jax.data import input_pipeline
 
 def _save(mngr: ocp.CheckpointManager, epoch: int, items: dict) -> None:
-  if not jax.tree.leaves(items["opt_state"]):  # Plain SGD keeps no state.
-    del items["opt_state"]
+  for name in ("opt_state", "frozen"):  # Plain SGD keeps no state; trainable=all
+    if name in items and not jax.tree.leaves(items[name]):  # freezes nothing.
+      del items[name]
   mngr.save(epoch, args=ocp.args.Composite(**{
       name: ocp.args.JsonSave(value) if name == "metrics" else ocp.args.StandardSave(value)
       for name, value in items.items()}))
@@ -85,22 +86,21 @@ def _train_expert(config, workdir, expert, student, tx, train_step, embedder,
                   train, val, test, mesh) -> None:
   cfg = config.experts
   os.makedirs(trajectories.expert_dir(workdir, expert), exist_ok=True)
-  trainable = student.trainable
-  opt_state = tx.init(trainable)
-  frozen = parallel.put_replicated(student.frozen, mesh)
+  # Global (replicated) arrays from the start: multi-host Orbax saves only those.
+  trainable, opt_state, frozen = parallel.put_replicated(
+      (student.trainable, tx.init(student.trainable), student.frozen), mesh)
   with trajectories.checkpoint_manager(workdir, expert) as mngr:
     last = mngr.latest_step()
     if last is None:
       metrics = {"epoch": 0, "val": _rounded(trainer.evaluate_retrieval(
           embedder, trainable, frozen, val)), "seconds": 0.0}
-      _save(mngr, 0, dict(params=trainable, opt_state=opt_state, frozen=student.frozen,
+      _save(mngr, 0, dict(params=trainable, opt_state=opt_state, frozen=frozen,
                           metrics=metrics))
       last = 0
     else:
       trainable, opt_state = _restore(mngr, last, trainable, opt_state)
       logging.info("Expert %d: resuming after epoch %d.", expert, last)
     history = _history(mngr, last)
-    trainable, opt_state = parallel.put_replicated((trainable, opt_state), mesh)
     bar = tqdm.trange(last, cfg.epochs, initial=last, total=cfg.epochs,
                       desc=f"expert {expert + 1}/{cfg.num_experts}")
     for epoch in range(last + 1, cfg.epochs + 1):

@@ -88,8 +88,13 @@ def load_params(workdir: str, expert: int, epoch: int) -> dict:
 
 
 def load_frozen(workdir: str, expert: int) -> dict:
-  """The frozen parameters the expert trained with (the same at every epoch)."""
+  """The frozen parameters the expert trained with (the same at every epoch).
+
+  `{}` when nothing was frozen (`model.trainable='all'`).
+  """
   with checkpoint_manager(workdir, expert) as mngr:
+    if "frozen" not in mngr.item_metadata(0):
+      return {}
     return _restore_item(mngr, 0, "frozen")
 
 

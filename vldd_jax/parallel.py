@@ -8,6 +8,8 @@ import os
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -65,6 +67,9 @@ def _put(tree, sharding: NamedSharding):
   # Multi-host: every process holds the same host value and transfers only
   # the slices its own devices hold.
   def put(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
   return jax.tree.map(put, tree)
@@ -78,3 +83,20 @@ def put_batch(tree, mesh: Mesh):
 def put_replicated(tree, mesh: Mesh):
   """Places a pytree on every device (of every process)."""
   return _put(tree, replicated(mesh))
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole value of an array as NumPy, gathering other processes' shards."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def sync(name: str, timeout_s: int = 6 * 3600) -> None:
+  """Waits until every process reaches the barrier `name` (no-op on one process).
+
+  A coordination-service barrier, not a device collective: collectives give
+  up after 30 s, while other processes may wait hours for process 0 here.
+  """
+  if jax.process_count() > 1:
+    ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=1000 * timeout_s)

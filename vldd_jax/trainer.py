@@ -141,19 +141,18 @@ def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptStat
     captions = rng.integers(0, text_emb.shape[1], n)
     text_emb = text_emb[np.arange(n), captions]
   key = jax.random.key(rng.integers(2**31))
-  replicated = parallel.replicated(mesh)
   step_losses, step_correct = [], []
   for i in tqdm.trange(steps, desc=desc, leave=False, disable=desc is None):
     rows = order[i * batch_size:(i + 1) * batch_size]
     batch = parallel.put_batch((images[rows], text_emb[rows]), mesh)
-    rng_i = jax.device_put(jax.random.fold_in(key, i), replicated)
+    rng_i = parallel.put_replicated(jax.random.fold_in(key, i), mesh)
     trainable, opt_state, loss, correct = train_step(
         trainable, opt_state, frozen, *batch, rng_i)
     step_losses.append(loss)
     step_correct.append(correct)
   record = np.full(n, -1, np.int8)
   record[order[:steps * batch_size]] = np.concatenate(
-      [np.asarray(c) for c in step_correct])
+      [parallel.to_host(c) for c in step_correct])
   return trainable, opt_state, float(np.mean(jax.device_get(step_losses))), record
 
 
@@ -174,7 +173,7 @@ class Embedder:
       pad = self._batch_size - len(chunk)
       padded = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
       emb = fn(trainable, frozen, parallel.put_batch(padded, self._mesh))
-      out.append(np.asarray(emb)[:len(chunk)])
+      out.append(parallel.to_host(emb)[:len(chunk)])
     return np.concatenate(out)
 
   def images(self, trainable: dict, frozen: dict, images: np.ndarray) -> np.ndarray:

@@ -12,6 +12,10 @@ process each (so peak RSS is per setting):
 - student_step_s: median time of one plain jitted student SGD step (the same
   loss, augmentation and minibatch size), and R = iteration_s / (syn_steps *
   student_step_s): what the exact meta-gradient costs relative to training;
+- step_vjp_s: one reverse-mode pass through a student step (a gradient of
+  its output w.r.t. parameters, images, texts and rates), and R_floor =
+  (forward + recompute if remat + that reverse pass) / student step: the
+  ratio the unroll's structure implies, before any overhead;
 - XLA's `memory_analysis()` of the compiled meta step (temporaries, arguments,
   outputs) and the process's peak RSS.
 
@@ -89,6 +93,14 @@ def measure(syn_steps: int, remat: bool, iterations: int) -> dict:
   step_fn = lambda: step(student.trainable, student.frozen, *batch, key)
   step_fn()
   step_s, _ = _median_time(step_fn, 30)
+  # Reverse mode through one student step (what the meta-gradient adds per
+  # step): the gradient of a scalar of its output w.r.t. everything it reads.
+  step_vjp = jax.jit(jax.grad(
+      lambda p, images, text, lrs: sum(jnp.sum(x) for x in jax.tree.leaves(
+          step(p, student.frozen, images, text, lrs, key))), argnums=(0, 1, 2, 3)))
+  vjp_fn = lambda: step_vjp(student.trainable, *batch)
+  vjp_fn()
+  vjp_s, _ = _median_time(vjp_fn, 30)
   return {
       "syn_steps": syn_steps, "remat": remat,
       "compile_s": round(compile_s, 2),
@@ -96,6 +108,9 @@ def measure(syn_steps: int, remat: bool, iterations: int) -> dict:
       "iteration_times_s": [round(t, 4) for t in iteration_times],
       "student_step_s": round(step_s, 5),
       "R": round(iteration_s / (syn_steps * step_s), 2),
+      "step_vjp_s": round(vjp_s, 5),
+      # Floor from the parts: forward unroll + (recompute) + reverse per step.
+      "R_floor": round(((2 if remat else 1) * step_s + vjp_s) / step_s, 2),
       "temp_mib": round(memory.temp_size_in_bytes / _MIB, 2),
       "argument_mib": round(memory.argument_size_in_bytes / _MIB, 2),
       "output_mib": round(memory.output_size_in_bytes / _MIB, 2),
@@ -107,13 +122,14 @@ def measure(syn_steps: int, remat: bool, iterations: int) -> dict:
 
 def table(rows: list[dict]) -> str:
   """Markdown: one row per (syn_steps, remat)."""
-  lines = ["| syn_steps | remat | compile (s) | iteration (s) | student step (ms) | R | "
-           "XLA temp (MiB) | peak RSS (MiB) |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|"]
+  lines = ["| syn_steps | remat | compile (s) | iteration (s) | student step (ms) | "
+           "reverse step (ms) | R | R floor | XLA temp (MiB) | peak RSS (MiB) |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     lines.append(f"| {r['syn_steps']} | {'on' if r['remat'] else 'off'} | "
                  f"{r['compile_s']:.1f} | {r['iteration_s']:.3f} | "
-                 f"{1000 * r['student_step_s']:.1f} | {r['R']:.2f} | "
+                 f"{1000 * r['student_step_s']:.1f} | {1000 * r['step_vjp_s']:.1f} | "
+                 f"{r['R']:.2f} | {r['R_floor']:.2f} | "
                  f"{r['temp_mib']:.1f} | {r['peak_rss_mib']:.0f} |")
   return "\n".join(lines)
 

@@ -122,3 +122,23 @@ def test_shape_errors():
     losses.contrastive_loss(jnp.ones((3, 4)), jnp.ones((2, 4)), 1.0)
   with pytest.raises(ValueError, match="targets"):
     losses.soft_contrastive_loss(jnp.ones((3, 4)), jnp.ones((3, 4)), 1.0, jnp.eye(2))
+
+
+def test_weighted_bce_matches_its_definition():
+  rng = np.random.default_rng(3)
+  img, txt = _normalised(rng, 5, 4), _normalised(rng, 5, 4)
+  targets = np.clip(np.eye(5) + 0.3 * rng.standard_normal((5, 5)), 0, 1)
+  logits = 3.0 * img.astype(np.float64) @ txt.astype(np.float64).T
+  p = 1 / (1 + np.exp(-logits))
+  bce = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
+  pos = targets > 0.5
+  expected = 0.5 * (bce[pos].mean() + bce[~pos].mean())
+  got = losses.weighted_bce_loss(jnp.asarray(img), jnp.asarray(txt), 3.0,
+                                 jnp.asarray(targets, jnp.float32))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  # The 5 positives weigh as much as the 20 negatives: with the positives
+  # right (logit 50) and every negative undecided (orthogonal: logit 0, BCE
+  # log 2), the loss is half of log 2 whatever the batch size.
+  eye = jnp.eye(5)
+  np.testing.assert_allclose(losses.weighted_bce_loss(eye, eye, 50.0, eye),
+                             0.5 * np.log(2), rtol=1e-6)

@@ -7,6 +7,7 @@ import pytest
 from vldd_jax import augment
 from vldd_jax import matching
 from vldd_jax import models
+from vldd_jax import similarity
 from vldd_jax import trainer
 
 TEXT_DIM = 8
@@ -149,3 +150,37 @@ def test_augmentations_keep_shape_and_pass_gradients():
     assert out.shape == images.shape and not np.allclose(out, images), fn.__name__
     grad = jax.grad(lambda x: jnp.sum(fn(x, jax.random.key(i)) ** 2))(images)
     assert np.abs(grad).sum() > 0, fn.__name__
+
+
+def test_identity_similarity_targets_reduce_to_the_plain_loss():
+  apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float32)
+  cfg = matching.UnrollConfig(syn_steps=2, batch_size=4, similarity_loss="softmax")
+  loss = lambda s: matching.make_matching_loss(apply_fn, trainable, cfg)(
+      s, start, target, frozen, jax.random.key(4))
+  with_sim = {**syn, "sim": similarity.init_lowrank(6, 3, jax.random.key(7))}
+  np.testing.assert_allclose(jax.jit(loss)(with_sim), jax.jit(loss)(syn), rtol=1e-6)
+
+
+def test_meta_gradient_reaches_the_similarity_factors():
+  with jax.enable_x64(True):
+    apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float64)
+    sim = similarity.init_lowrank(6, 3, jax.random.key(7))
+    cfg = matching.UnrollConfig(syn_steps=2, batch_size=4, augment=False)
+    loss = jax.jit(lambda s: matching.make_matching_loss(apply_fn, trainable, cfg)(
+        s, start, target, frozen, jax.random.key(4)))
+    at_init = jax.grad(loss)({**syn, "sim": sim})["sim"]
+    # As LoRA's: with R = 0, L gets no gradient until R moves.
+    assert np.abs(at_init["right"]).max() > 0 and np.abs(at_init["a"]).max() > 0
+    np.testing.assert_array_equal(at_init["left"], 0.0)
+    sim["right"] = 0.3 * jax.random.normal(jax.random.key(8), sim["right"].shape)
+    syn = {**syn, "sim": jax.tree.map(lambda x: x.astype(jnp.float64), sim)}
+    grad = jax.grad(loss)(syn)["sim"]
+    for part in ("a", "left", "right"):
+      direction = jax.random.normal(jax.random.key(5), sim[part].shape, jnp.float64)
+      h = 1e-5
+      shifted = lambda sign: {**syn, "sim": {**syn["sim"],
+                                             part: syn["sim"][part] + sign * h * direction}}
+      numeric = (loss(shifted(1)) - loss(shifted(-1))) / (2 * h)
+      analytic = jnp.vdot(grad[part], direction)
+      assert abs(analytic) > 1e-6, part
+      np.testing.assert_allclose(analytic, numeric, rtol=1e-3, err_msg=part)

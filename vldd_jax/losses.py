@@ -68,3 +68,41 @@ def soft_contrastive_loss(
   i2t = optax.softmax_cross_entropy(logits, targets)
   t2i = optax.softmax_cross_entropy(logits.T, targets.T)
   return 0.5 * (i2t.mean() + t2i.mean())
+
+
+def weighted_bce_loss(
+    image_emb: jax.Array,
+    text_emb: jax.Array,
+    logit_scale: jax.Array | float,
+    targets: jax.Array,
+) -> jax.Array:
+  """LoRS's weighted binary cross-entropy against a target similarity matrix.
+
+  Every (image, text) logit is an independent binary prediction of its target
+  in [0, 1]; the mean BCE over the positive entries (target > 0.5) and the mean
+  over the negative ones are averaged, so the B positives weigh as much as the
+  B² - B negatives (Xu et al., "Low-Rank Similarity Mining for Multimodal
+  Dataset Distillation", ICML 2024; `loss_type=WBCE` in their code, the
+  default of every LoRS script).
+
+  Args:
+    image_emb: L2-normalised image embeddings, [B, D].
+    text_emb: L2-normalised text embeddings, [B, D].
+    logit_scale: multiplier on the cosine similarities.
+    targets: target similarity matrix, [B, B], indexed [image, text].
+
+  Returns:
+    Scalar: (mean positive BCE + mean negative BCE) / 2.
+  """
+  logits = _logits(image_emb, text_emb, logit_scale)
+  if targets.shape != logits.shape:
+    raise ValueError(
+        f"targets must be {logits.shape} (batch × batch), got {targets.shape}"
+    )
+  bce = optax.sigmoid_binary_cross_entropy(logits, targets)
+  positive = jax.lax.stop_gradient(targets > 0.5)
+
+  def masked_mean(mask):
+    return jnp.sum(jnp.where(mask, bce, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+  return 0.5 * (masked_mean(positive) + masked_mean(~positive))

@@ -1,7 +1,9 @@
 """Synthetic-set state, the trajectory-matching loss and the jitted meta step.
 
 A synthetic set is `{"images": [N, H, W, C] model-space floats, "text": [N, D]
-frozen-encoder embeddings, "log_lr": [2] (image side, text side)}`. From an
+frozen-encoder embeddings, "log_lr": [2] (image side, text side)}`, plus
+optionally "sim": the factors of a learned similarity matrix (`similarity.py`)
+whose minibatch blocks are the student loss's soft targets. From an
 expert's parameters at epoch t, `syn_steps` student SGD steps on synthetic
 minibatches give theta_N; the loss is ||theta_N - theta*_{t+M}||^2 /
 ||theta*_t - theta*_{t+M}||^2 over the trainable partition (Cazenavette et
@@ -20,11 +22,16 @@ import optax
 
 from vldd_jax import augment as augment_lib
 from vldd_jax import losses
+from vldd_jax import similarity
 from vldd_jax.data.input_pipeline import Split
 from vldd_jax.models.partition import ApplyFn, text_side_mask
 from vldd_jax.trainer import to_model_space
 
 LR_SIDES = ("image", "text")
+# Student losses against learned similarity targets: LoRS's default (WBCE) and
+# the soft-target InfoNCE, which equals the plain loss while S is the identity.
+SIMILARITY_LOSSES = {"wbce": losses.weighted_bce_loss,
+                     "softmax": losses.soft_contrastive_loss}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +41,8 @@ class UnrollConfig:
   batch_size: int
   augment: bool = True
   remat: bool = True
+  similarity_alpha: float = 3.0  # Scale of L @ R.T in S (LoRS Flickr30K: 3).
+  similarity_loss: str = "wbce"  # A key of SIMILARITY_LOSSES.
 
 
 def init_synthetic(train: Split, num_pairs: int, init: str, lr_init: float,
@@ -73,22 +82,30 @@ def minibatch_indices(key: jax.Array, num_pairs: int, steps: int,
   return order[:steps * batch_size].reshape(steps, batch_size)
 
 
-def make_student_step(apply_fn: ApplyFn, trainable_like: dict, augment: bool) -> Callable:
+def make_student_step(apply_fn: ApplyFn, trainable_like: dict, augment: bool,
+                      similarity_loss: str = "wbce") -> Callable:
   """One SGD step on a synthetic minibatch with the (image, text) learning rates.
 
-  Returns `step(trainable, frozen, images, text, lrs, key) -> trainable`.
+  Returns `step(trainable, frozen, images, text, lrs, key, targets=None) ->
+  trainable`; with a [B, B] `targets` the loss is `SIMILARITY_LOSSES[
+  similarity_loss]` against it, else the plain contrastive loss.
   """
   is_text = text_side_mask(trainable_like)
+  if similarity_loss not in SIMILARITY_LOSSES:
+    raise ValueError(f"similarity loss {similarity_loss!r}: expected one of "
+                     f"{sorted(SIMILARITY_LOSSES)}.")
 
-  def loss_fn(trainable, frozen, images, text, key):
+  def loss_fn(trainable, frozen, images, text, key, targets):
     img, txt, scale = apply_fn(trainable, frozen, images, text, train=True, rng=key)
-    return losses.contrastive_loss(img, txt, scale)
+    if targets is None:
+      return losses.contrastive_loss(img, txt, scale)
+    return SIMILARITY_LOSSES[similarity_loss](img, txt, scale, targets)
 
-  def step(trainable, frozen, images, text, lrs, key):
+  def step(trainable, frozen, images, text, lrs, key, targets=None):
     k_aug, k_dropout = jax.random.split(key)
     if augment:
       images = augment_lib.augment(images, k_aug)
-    grads = jax.grad(loss_fn)(trainable, frozen, images, text, k_dropout)
+    grads = jax.grad(loss_fn)(trainable, frozen, images, text, k_dropout, targets)
     return jax.tree.map(lambda p, g, t: p - jnp.where(t, lrs[1], lrs[0]) * g,
                         trainable, grads, is_text)
 
@@ -103,7 +120,7 @@ def _sq_dist(a: dict, b: dict) -> jax.Array:
 def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict,
                        cfg: UnrollConfig) -> Callable:
   """`loss(syn, start, target, frozen, key)`: normalised distance after the unroll."""
-  step = make_student_step(apply_fn, trainable_like, cfg.augment)
+  step = make_student_step(apply_fn, trainable_like, cfg.augment, cfg.similarity_loss)
 
   def loss(syn, start, target, frozen, key):
     k_batches, k_steps = jax.random.split(key)
@@ -113,7 +130,10 @@ def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict,
 
     def body(params, xs):
       rows, k = xs
-      return step(params, frozen, syn["images"][rows], syn["text"][rows], lrs, k), None
+      targets = (similarity.targets(syn["sim"], rows, cfg.similarity_alpha)
+                 if "sim" in syn else None)
+      return step(params, frozen, syn["images"][rows], syn["text"][rows], lrs, k,
+                  targets), None
 
     if cfg.remat:
       body = jax.checkpoint(body)
@@ -124,12 +144,20 @@ def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict,
 
 
 def make_meta_optimizer(lr_images: float, lr_text: float, lr_lr: float,
-                        momentum: float) -> optax.GradientTransformation:
-  """SGD with momentum, one rate per synthetic-set part (the paper: 0.5 momentum)."""
+                        momentum: float,
+                        lr_similarity: float | None = None) -> optax.GradientTransformation:
+  """SGD with momentum, one rate per synthetic-set part (the paper: 0.5 momentum).
+
+  `lr_similarity` is the rate of the similarity factors, for sets that have
+  them (LoRS Flickr30K: 10).
+  """
   rates = {"images": lr_images, "text": lr_text, "log_lr": lr_lr}
+  if lr_similarity is not None:
+    rates["sim"] = lr_similarity
   return optax.multi_transform(
       {name: optax.sgd(rate, momentum=momentum) for name, rate in rates.items()},
-      {name: name for name in rates})
+      lambda syn: {name: jax.tree.map(lambda _, n=name: n, part)
+                   for name, part in syn.items()})
 
 
 def make_meta_step(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfig,

@@ -83,16 +83,8 @@ def weighted_bce_loss(
   over the negative ones are averaged, so the B positives weigh as much as the
   B² - B negatives (Xu et al., "Low-Rank Similarity Mining for Multimodal
   Dataset Distillation", ICML 2024; `loss_type=WBCE` in their code, the
-  default of every LoRS script).
-
-  Args:
-    image_emb: L2-normalised image embeddings, [B, D].
-    text_emb: L2-normalised text embeddings, [B, D].
-    logit_scale: multiplier on the cosine similarities.
-    targets: target similarity matrix, [B, B], indexed [image, text].
-
-  Returns:
-    Scalar: (mean positive BCE + mean negative BCE) / 2.
+  default of every LoRS script). Arguments as `soft_contrastive_loss`; returns
+  the scalar (mean positive BCE + mean negative BCE) / 2.
   """
   logits = _logits(image_emb, text_emb, logit_scale)
   if targets.shape != logits.shape:

@@ -7,23 +7,31 @@ import jax
 import pytest
 
 from vldd_jax import compare
+from vldd_jax import distill
 from vldd_jax import evaluate
 
 
 def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, monkeypatch,
                                                                 caplog):
   config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.evaluate.methods = evaluate.METHODS
   with jax.log_compiles(), caplog.at_level(logging.WARNING):
     compare.run(config, workdir)
-  # One distillation per budget, each compiling its meta step once for all
-  # its iterations: nothing in the loop triggers a recompile.
+  # One distillation per (budget, similarity), each compiling its meta step
+  # once for all its iterations: nothing in the loop triggers a recompile.
   compiles = [r for r in caplog.records
               if r.getMessage().startswith("Compiling jit(meta_step)")]
-  assert len(compiles) == 2, [r.getMessage()[:200] for r in compiles]
+  assert len(compiles) == 4, [r.getMessage()[:200] for r in compiles]
   path = os.path.join(workdir, compare.RESULT)
   rows = json.load(open(path))["rows"]
   cells = {(r["method"], r["budget"]) for r in rows}
   assert cells == {(m, b) for m in evaluate.METHODS for b in (4, 8)}
+  # 7 pairs of 32x32x3 pixels + a 384-d text, plus S's 7 x 21 floats, fit in
+  # the storage of 8 pairs; 3 pairs + S in that of 4.
+  lowrank = {r["budget"]: r["pairs"] for r in rows if r["method"] == "distilled_lowrank"}
+  assert lowrank == {4: 3, 8: 7}
+  assert distill.load_distilled(workdir, 7, "lowrank")["similarity"].shape == (7, 7)
   assert all(r["seeds"] == config.evaluate.seeds for r in rows)
   assert os.path.exists(os.path.join(workdir, "distill", "n4", "distilled.npz"))
   with open(os.path.join(workdir, "compare.png"), "rb") as f:

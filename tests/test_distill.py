@@ -165,3 +165,21 @@ def test_summarize_is_mean_and_population_std():
   assert row["tr@1"] == 20.0 and row["tr@1_std"] == round(np.std([10, 20, 30]), 2)
   assert row["seeds"] == 3 and row["budget"] == 5
 
+
+
+def test_lowrank_distillation_learns_s_and_resumes_with_it(trained, tmp_path):
+  config = trained[0].copy_and_resolve_references()
+  config.distill.update(similarity="lowrank", iterations=4)
+  straight = _copy_experts(trained, tmp_path, "straight")
+  distill.run(config, str(straight))
+  resumed = _copy_experts(trained, tmp_path, "resumed")
+  half = config.copy_and_resolve_references()
+  half.distill.iterations = 2
+  distill.run(half, str(resumed))
+  os.remove(resumed / "distill" / "n8_lowrank" / distill.RESULT)
+  distill.run(config, str(resumed))  # From the checkpoint of iteration 2.
+  want, got = (distill.load_distilled(str(w), 8, "lowrank") for w in (straight, resumed))
+  for key in ("images", "text_emb", "lr_image", "lr_text", "similarity"):
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  assert want["similarity"].shape == (8, 8)
+  assert np.abs(want["similarity"] - np.eye(8)).max() > 1e-4  # S moved.

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from vldd_jax import augment
+from vldd_jax import losses
 from vldd_jax import matching
 from vldd_jax import models
 from vldd_jax import similarity
@@ -184,3 +185,15 @@ def test_meta_gradient_reaches_the_similarity_factors():
       analytic = jnp.vdot(grad[part], direction)
       assert abs(analytic) > 1e-6, part
       np.testing.assert_allclose(analytic, numeric, rtol=1e-3, err_msg=part)
+
+
+def test_train_step_trains_against_given_similarity_targets():
+  apply_fn, trainable, frozen, _, _, syn = _problem(jnp.float32)
+  tx = trainer.make_optimizer(0.1)
+  images, text = syn["images"][:4], syn["text"][:4]
+  run = lambda loss, *targets: float(trainer.make_train_step(apply_fn, tx, False, loss)(
+      jax.tree.map(jnp.copy, trainable), tx.init(trainable), frozen, images, text,
+      jax.random.key(0), *targets)[2])
+  plain = run(None)
+  assert run(losses.soft_contrastive_loss, jnp.eye(4)) == pytest.approx(plain, rel=1e-6)
+  assert run(losses.weighted_bce_loss, jnp.eye(4)) != pytest.approx(plain, rel=1e-3)

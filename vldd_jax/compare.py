@@ -1,9 +1,10 @@
 """Stage `compare`: every method at every budget, the paper's Table 1 on our data.
 
 For each budget in `compare.budgets` and each method in `evaluate.methods`
-(the distilled set and the coresets of `coreset.py`), one row from the same
-`evaluate.method_row` as the results table. Distillation runs per budget
-(stage `distill` with `distill.num_pairs` = budget), reusing the experts.
+(distilled sets, with or without a learned similarity matrix, and the
+coresets of `coreset.py`), one row from the same `evaluate.method_row` as the
+results table, which distills each budget's set (stage `distill`) from the
+same experts when it is missing.
 
 Outputs in the workdir: `compare.json` (rows as in `results.json`, written
 after every cell, so a rerun computes only the missing cells), `compare.md`
@@ -18,7 +19,6 @@ import tqdm
 from absl import logging
 
 from vldd_jax import coreset
-from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import viz
 
@@ -79,10 +79,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   selector = coreset.Selector(config, workdir, train)
   cells = [(b, m) for b in budgets for m in methods if (m, b) not in done]
   for budget, method in tqdm.tqdm(cells, desc="compare"):
-    if method == "distilled":
-      budget_config = config.copy_and_resolve_references()
-      budget_config.distill.num_pairs = budget
-      distill.run(budget_config, workdir)
     rows.append(evaluate.method_row(config, workdir, method, budget, selector, test, val))
     _write(workdir, rows, config)
   wanted = [r for r in rows if r["budget"] in budgets and r["method"] in methods]

@@ -82,6 +82,13 @@ def distill_config() -> ml_collections.ConfigDict:
       num_experts=0,  # Use the first this many finished experts; 0: all.
       log_every=10,
       checkpoint_every=100,
+      # LoRS (Xu et al., ICML 2024): also learn S = diag(a) + alpha/rank L R^T
+      # as soft targets. Defaults from their Flickr30K 100-pair script.
+      similarity="none",  # "none" | "lowrank".
+      similarity_rank=10,
+      similarity_alpha=3.0,
+      lr_similarity=10.0,
+      similarity_loss="wbce",  # "wbce" (LoRS) | "softmax" (soft-target InfoNCE).
   ))
 
 

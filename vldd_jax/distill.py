@@ -7,8 +7,10 @@ an expert e and a start epoch t < max_start_epoch; the set moves to bring
 `checkpoint_every` iterations and a rerun resumes from the last one; a
 non-finite loss stops the run before it can overwrite a good checkpoint.
 
-Outputs in `<workdir>/distill/n<N>/`: `distilled.npz`, `synthetic_grid.png`
-(images with the nearest real caption to their text), `matching_loss.png`.
+Outputs in `<workdir>/distill/n<N>/` (`n<N>_lowrank/` with a learned
+similarity matrix, `distill.similarity="lowrank"`): `distilled.npz`,
+`synthetic_grid.png` (images with the nearest real caption to their text),
+`matching_loss.png`.
 """
 import os
 import time
@@ -24,6 +26,7 @@ from flax import traverse_util
 from vldd_jax import matching
 from vldd_jax import metrics_log
 from vldd_jax import parallel
+from vldd_jax import similarity
 from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax import viz
@@ -31,10 +34,12 @@ from vldd_jax.data import input_pipeline
 from vldd_jax.models import build_model, make_apply_fn
 
 RESULT = "distilled.npz"
+SIMILARITIES = ("none", "lowrank")
 
 
-def distill_dir(workdir: str, num_pairs: int) -> str:
-  return os.path.join(workdir, "distill", f"n{num_pairs}")
+def distill_dir(workdir: str, num_pairs: int, similarity_kind: str = "none") -> str:
+  suffix = "" if similarity_kind == "none" else f"_{similarity_kind}"
+  return os.path.join(workdir, "distill", f"n{num_pairs}{suffix}")
 
 
 class ExpertBuffer:
@@ -81,6 +86,9 @@ def _check(config: ml_collections.ConfigDict, experts: list[int], workdir: str) 
     raise ValueError(f"distill.max_start_epoch ({cfg.max_start_epoch}) + "
                      f"distill.expert_epochs ({cfg.expert_epochs}) exceeds the experts' "
                      f"{epochs} epochs.")
+  if cfg.similarity not in SIMILARITIES:
+    raise ValueError(f"distill.similarity={cfg.similarity!r}: expected one of "
+                     f"{SIMILARITIES}.")
   if cfg.meta_batch % jax.device_count():
     raise ValueError(f"distill.meta_batch={cfg.meta_batch} must be a multiple of the "
                      f"{jax.device_count()} devices.")
@@ -97,7 +105,7 @@ def _checkpoint_manager(out: str) -> ocp.CheckpointManager:
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Distills `config.distill.num_pairs` pairs unless already done."""
   cfg = config.distill
-  out = distill_dir(workdir, cfg.num_pairs)
+  out = distill_dir(workdir, cfg.num_pairs, cfg.similarity)
   if os.path.exists(os.path.join(out, RESULT)):
     logging.info("Distilled set found: %s", os.path.join(out, RESULT))
     return
@@ -110,12 +118,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   frozen = parallel.put_replicated(_shared_frozen(workdir, experts), mesh)
   trainable_like = jax.tree.map(lambda x: x[0, 0], buffer.params)
   apply_fn = make_apply_fn(build_model(config.model))
+  lowrank = cfg.similarity == "lowrank"
   unroll = matching.UnrollConfig(cfg.syn_steps, min(cfg.batch_size, cfg.num_pairs),
-                                 cfg.augment)
-  tx = matching.make_meta_optimizer(cfg.lr_images, cfg.lr_text, cfg.lr_lr, cfg.momentum)
+                                 cfg.augment, similarity_alpha=cfg.similarity_alpha,
+                                 similarity_loss=cfg.similarity_loss)
+  tx = matching.make_meta_optimizer(cfg.lr_images, cfg.lr_text, cfg.lr_lr, cfg.momentum,
+                                    cfg.lr_similarity if lowrank else None)
   meta_step = matching.make_meta_step(apply_fn, trainable_like, unroll, tx)
   syn, rows = matching.init_synthetic(train, cfg.num_pairs, cfg.init,
                                       config.experts.lr, config.seed)
+  if lowrank:
+    syn["sim"] = jax.device_get(similarity.init_lowrank(
+        cfg.num_pairs, cfg.similarity_rank, jax.random.key(config.seed)))
   state = matching.init_state(syn, tx)
   history: list[dict] = []
 
@@ -158,7 +172,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         mngr.save(it + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   history=ocp.args.JsonSave(history)))
     mngr.wait_until_finished()
-  _write_outputs(out, jax.device_get(state["syn"]), rows, train, history)
+  _write_outputs(out, jax.tree.map(parallel.to_host, state["syn"]), rows, train, history,
+                 cfg.similarity_alpha)
 
 
 def _stop_if_non_finite(state: dict, out: str) -> None:
@@ -177,7 +192,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.Split,
-                   history: list[dict]) -> None:
+                   history: list[dict], similarity_alpha: float) -> None:
   if jax.process_index():
     return
   real = train.text_emb.reshape(-1, train.text_emb.shape[-1])
@@ -191,6 +206,9 @@ def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.
                 lr_image=np.exp(syn["log_lr"][0]), lr_text=np.exp(syn["log_lr"][1]),
                 init_rows=rows, nearest_caption=np.asarray(nearest_captions),
                 nearest_cosine=cosine.max(axis=1))
+  if "sim" in syn:  # The whole learned S, [N images, N texts].
+    arrays["similarity"] = np.asarray(similarity.targets(
+        syn["sim"], np.arange(len(rows)), similarity_alpha))
   tmp = os.path.join(out, "distilled.tmp.npz")
   np.savez(tmp, **arrays)
   viz.image_grid(images_uint8, nearest_captions, os.path.join(out, "synthetic_grid.png"))
@@ -201,11 +219,13 @@ def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.
                len(rows), out, arrays["lr_image"], arrays["lr_text"])
 
 
-def load_distilled(workdir: str, num_pairs: int) -> dict[str, np.ndarray]:
-  """The arrays of `distilled.npz` for a budget."""
-  path = os.path.join(distill_dir(workdir, num_pairs), RESULT)
+def load_distilled(workdir: str, num_pairs: int,
+                   similarity_kind: str = "none") -> dict[str, np.ndarray]:
+  """The arrays of `distilled.npz` for a budget (and `similarity` matrix if learned)."""
+  path = os.path.join(distill_dir(workdir, num_pairs, similarity_kind), RESULT)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: run --config.stage=distill with "
-                            f"--config.distill.num_pairs={num_pairs} first.")
+                            f"--config.distill.num_pairs={num_pairs} and "
+                            f"--config.distill.similarity={similarity_kind} first.")
   with np.load(path) as data:
     return dict(data)

@@ -18,9 +18,11 @@ from absl import logging
 
 from vldd_jax import coreset
 from vldd_jax import distill
+from vldd_jax import matching
 from vldd_jax import parallel
 from vldd_jax import pretrain
 from vldd_jax import retrieval
+from vldd_jax import similarity as similarity_lib
 from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax.data import input_pipeline
@@ -29,7 +31,22 @@ from vldd_jax.models import build_model, make_apply_fn
 REPORTS = ("final", "best_val", "best_test_lors")
 RECALL_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
 RESULTS = "results.json"
-METHODS = ("distilled",) + coreset.METHODS
+METHODS = ("distilled", "distilled_lowrank") + coreset.METHODS
+
+
+def lowrank_pairs(config: ml_collections.ConfigDict, split: input_pipeline.Split,
+                  budget: int) -> int:
+  """Pairs that fit, with their similarity factors, in the storage of `budget` pairs.
+
+  A pair stores an image and a text embedding; S stores N (1 + 2 rank) floats.
+  LoRS compares 99 pairs + S with 100 pairs the same way.
+  """
+  per_pair = int(np.prod(split.images.shape[1:])) + split.text_emb.shape[-1]
+  rank = config.distill.similarity_rank
+  pairs = budget
+  while pairs * per_pair + similarity_lib.num_floats(pairs, rank) > budget * per_pair:
+    pairs -= 1
+  return pairs
 
 
 def check_methods(methods) -> None:
@@ -43,7 +60,8 @@ def check_methods(methods) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        images: np.ndarray, text_emb: np.ndarray, *, lr_image: float,
                        lr_text: float, seed: int, test: input_pipeline.Split,
-                       val: input_pipeline.Split | None = None) -> dict[str, float]:
+                       val: input_pipeline.Split | None = None,
+                       similarity: np.ndarray | None = None) -> dict[str, float]:
   """Trains a fresh student on pairs and returns its test recall (percent).
 
   Args:
@@ -54,6 +72,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     lr_image, lr_text: SGD rates of the image and text sides.
     seed: the student's initialisation and data order.
     test, val: splits to report on and (for `best_val`) select on.
+    similarity: a learned [N, N] target matrix: the student then trains with
+      `distill.similarity_loss` against it, as during distillation.
   """
   cfg = config.evaluate
   if cfg.report not in REPORTS:
@@ -64,7 +84,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   student = trainer.init_student(
       config.model, jax.random.key(seed), images.shape[1:], text_emb.shape[-1],
       pretrain.backbone_loader(config, workdir))
-  tx, train_step, embedder = _compiled(config, mesh, lr_image, lr_text)
+  tx, train_step, embedder = _compiled(config, mesh, lr_image, lr_text,
+                                       similarity is not None)
   batch_size = min(cfg.batch_size, len(images))
   batch_size -= batch_size % jax.device_count()
   trainable, frozen = parallel.put_replicated((student.trainable, student.frozen), mesh)
@@ -73,7 +94,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   for epoch in range(1, cfg.epochs + 1):
     trainable, opt_state, loss, _ = trainer.train_epoch(
         train_step, trainable, opt_state, frozen, images, text_emb,
-        batch_size=batch_size, seed=(seed, epoch), mesh=mesh)
+        batch_size=batch_size, seed=(seed, epoch), mesh=mesh, similarity=similarity)
     if cfg.report != "final":
       split = val if cfg.report == "best_val" else test
       score = trainer.evaluate_retrieval(embedder, trainable, frozen, split)["r_mean"]
@@ -89,15 +110,18 @@ _COMPILED: dict[str, tuple] = {}
 
 
 def _compiled(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-              lr_image: float, lr_text: float) -> tuple:
+              lr_image: float, lr_text: float, with_similarity: bool) -> tuple:
   """(optimizer, train step, embedder), built once per settings so seeds reuse them."""
+  loss_name = config.distill.similarity_loss if with_similarity else None
   key = json.dumps([config.model.to_dict(), config.evaluate.to_dict(),
-                    config.experts.eval_batch_size, lr_image, lr_text,
+                    config.experts.eval_batch_size, lr_image, lr_text, loss_name,
                     jax.device_count()], sort_keys=True, default=str)
   if key not in _COMPILED:
     apply_fn = make_apply_fn(build_model(config.model))
     tx = trainer.make_optimizer(lr_image, config.evaluate.momentum, lr_text=lr_text)
-    _COMPILED[key] = (tx, trainer.make_train_step(apply_fn, tx, config.evaluate.augment),
+    loss = matching.SIMILARITY_LOSSES[loss_name] if with_similarity else None
+    _COMPILED[key] = (tx, trainer.make_train_step(apply_fn, tx, config.evaluate.augment,
+                                                  loss),
                       trainer.Embedder(apply_fn, mesh, config.experts.eval_batch_size))
   return _COMPILED[key]
 
@@ -116,12 +140,19 @@ def summarize(method: str, budget: int, recalls: list[dict[str, float]],
 def evaluate_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
                    images: np.ndarray, text_emb: np.ndarray, lr_image: float,
                    lr_text: float, test: input_pipeline.Split,
-                   val: input_pipeline.Split | None) -> dict:
-  """`train_and_evaluate` over `config.evaluate.seeds` seeds, as one row."""
+                   val: input_pipeline.Split | None, budget: int | None = None,
+                   similarity: np.ndarray | None = None) -> dict:
+  """`train_and_evaluate` over `config.evaluate.seeds` seeds, as one row.
+
+  `budget` (default: the number of pairs) labels the row; it differs when a
+  similarity matrix takes part of the storage.
+  """
   recalls = [train_and_evaluate(config, workdir, images, text_emb, lr_image=lr_image,
-                                lr_text=lr_text, seed=1000 + s, test=test, val=val)
+                                lr_text=lr_text, seed=1000 + s, test=test, val=val,
+                                similarity=similarity)
              for s in range(config.evaluate.seeds)]
-  row = summarize(method, len(images), recalls, config.evaluate.report)
+  row = summarize(method, budget or len(images), recalls, config.evaluate.report)
+  row["pairs"] = len(images)
   logging.info("%s: %s", method, row)
   return row
 
@@ -129,11 +160,23 @@ def evaluate_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
 def method_row(config: ml_collections.ConfigDict, workdir: str, method: str,
                budget: int, selector: coreset.Selector, test: input_pipeline.Split,
                val: input_pipeline.Split | None) -> dict:
-  """One row: the distilled set of `budget` pairs (its learned rates) or a coreset."""
-  if method == "distilled":
-    syn = distill.load_distilled(workdir, budget)
+  """One row: a distilled set of `budget` (its learned rates), or a coreset.
+
+  `distilled` has `budget` pairs; `distilled_lowrank` has as many pairs as fit
+  in the storage of `budget` pairs next to its similarity factors
+  (`lowrank_pairs`), and trains with them. A missing distilled set is
+  distilled first (stage `distill`, reusing the experts).
+  """
+  if method in ("distilled", "distilled_lowrank"):
+    kind = "lowrank" if method == "distilled_lowrank" else "none"
+    pairs = budget if kind == "none" else lowrank_pairs(config, test, budget)
+    budget_config = config.copy_and_resolve_references()
+    budget_config.distill.update(num_pairs=pairs, similarity=kind)
+    distill.run(budget_config, workdir)
+    syn = distill.load_distilled(workdir, pairs, kind)
     return evaluate_pairs(config, workdir, method, syn["images"], syn["text_emb"],
-                          float(syn["lr_image"]), float(syn["lr_text"]), test, val)
+                          float(syn["lr_image"]), float(syn["lr_text"]), test, val,
+                          budget=budget, similarity=syn.get("similarity"))
   images, text_emb = selector.select(method, budget)
   lr = config.evaluate.lr
   return evaluate_pairs(config, workdir, method, images, text_emb, lr, lr, test, val)
@@ -159,6 +202,8 @@ def format_table(rows: list[dict]) -> str:
            "|---|---:|" + "---:|" * len(RECALL_KEYS)]
   for row in rows:
     label = row["method"] + (f" [{row['report']}]" if row["report"] in REPORTS[1:] else "")
+    if row.get("pairs", row["budget"]) != row["budget"]:
+      label += f" ({row['pairs']} pairs + S)"
     cells = [f"{row[k]:.1f} ± {row[k + '_std']:.1f}" if row["seeds"] > 1 else f"{row[k]:.1f}"
              for k in RECALL_KEYS]
     lines.append(f"| {label} | {row['budget']} | " + " | ".join(cells) + " |")

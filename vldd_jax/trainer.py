@@ -82,27 +82,32 @@ def make_optimizer(lr: float, momentum: float = 0.0,
 
 
 def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation,
-                    augment: bool = False) -> TrainStep:
-  """The jitted step `(trainable, opt_state, frozen, images, text_emb, rng)`.
+                    augment: bool = False,
+                    similarity_loss: Callable | None = None) -> TrainStep:
+  """The jitted step `(trainable, opt_state, frozen, images, text_emb, rng[, targets])`.
 
   Returns `(trainable, opt_state, loss, correct)` where `correct[i]` says
   whether image i's most similar text in the batch is its own. The first two
   inputs are donated. `augment` applies the DSA augmentation of distillation
-  (`augment.py`) to each batch.
+  (`augment.py`) to each batch. With `similarity_loss` (e.g.
+  `losses.weighted_bce_loss`) the loss is that against `targets`, the [B, B]
+  block of a learned similarity matrix.
   """
 
-  def loss_fn(trainable, frozen, images, text_emb, rng):
+  def loss_fn(trainable, frozen, images, text_emb, rng, targets):
     images = to_model_space(images)
     if augment:
       rng, k_aug = jax.random.split(rng)
       images = augment_lib.augment(images, k_aug)
     img, txt, scale = apply_fn(trainable, frozen, images, text_emb, train=True, rng=rng)
-    return losses.contrastive_loss(img, txt, scale), (img, txt)
+    if similarity_loss is None:
+      return losses.contrastive_loss(img, txt, scale), (img, txt)
+    return similarity_loss(img, txt, scale, targets), (img, txt)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def train_step(trainable, opt_state, frozen, images, text_emb, rng):
+  def train_step(trainable, opt_state, frozen, images, text_emb, rng, targets=None):
     (loss, (img, txt)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        trainable, frozen, images, text_emb, rng)
+        trainable, frozen, images, text_emb, rng, targets)
     updates, opt_state = tx.update(grads, opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     correct = jnp.argmax(img @ txt.T, axis=1) == jnp.arange(img.shape[0])
@@ -114,7 +119,8 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation,
 def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptState,
                 frozen: dict, images: np.ndarray, text_emb: np.ndarray, *,
                 batch_size: int, seed: tuple[int, ...], mesh: jax.sharding.Mesh,
-                desc: str | None = None) -> tuple[dict, optax.OptState, float, np.ndarray]:
+                desc: str | None = None, similarity: np.ndarray | None = None
+                ) -> tuple[dict, optax.OptState, float, np.ndarray]:
   """One epoch over the pairs in a random order, one random caption per image.
 
   The order, captions and dropout keys depend only on `seed`, so a resumed run
@@ -125,6 +131,7 @@ def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptStat
     images: [N, H, W, C], uint8 or model-space floats.
     text_emb: [N, captions_per_image, D] or [N, D] (one text per image).
     seed: e.g. (run seed, expert, epoch).
+    similarity: [N, N] learned targets, for a step made with `similarity_loss`.
 
   Returns:
     (trainable, opt_state, mean loss, correct) with `correct` int8 [N]: 1 if the
@@ -146,8 +153,10 @@ def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptStat
     rows = order[i * batch_size:(i + 1) * batch_size]
     batch = parallel.put_batch((images[rows], text_emb[rows]), mesh)
     rng_i = parallel.put_replicated(jax.random.fold_in(key, i), mesh)
+    targets = () if similarity is None else (
+        parallel.put_replicated(similarity[np.ix_(rows, rows)], mesh),)
     trainable, opt_state, loss, correct = train_step(
-        trainable, opt_state, frozen, *batch, rng_i)
+        trainable, opt_state, frozen, *batch, rng_i, *targets)
     step_losses.append(loss)
     step_correct.append(correct)
   record = np.full(n, -1, np.int8)

@@ -20,6 +20,7 @@ from absl import logging
 
 from vldd_jax import coreset
 from vldd_jax import evaluate
+from vldd_jax import jsonfile
 from vldd_jax import viz
 
 RESULT = "compare.json"
@@ -61,12 +62,7 @@ def pivot_table(rows: list[dict], key: str) -> str:
 
 
 def _write(workdir: str, rows: list[dict], config: ml_collections.ConfigDict) -> None:
-  if jax.process_index():
-    return
-  path = os.path.join(workdir, RESULT)
-  with open(path + ".tmp", "w") as f:
-    json.dump({"rows": rows, "settings": settings(config)}, f, indent=2)
-  os.replace(path + ".tmp", path)
+  jsonfile.write(os.path.join(workdir, RESULT), {"rows": rows, "settings": settings(config)})
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -18,6 +18,7 @@ from absl import logging
 
 from vldd_jax import coreset
 from vldd_jax import distill
+from vldd_jax import jsonfile
 from vldd_jax import matching
 from vldd_jax import parallel
 from vldd_jax import pretrain
@@ -232,6 +233,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   rows.append(chance_row(test))
   table = format_table(rows)
   print(table)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, RESULTS), "w") as f:
-      json.dump({"rows": rows, "table": table, "config": config.to_dict()}, f, indent=2)
+  jsonfile.write(os.path.join(workdir, RESULTS),
+                 {"rows": rows, "table": table, "config": config.to_dict()})

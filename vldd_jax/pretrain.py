@@ -10,7 +10,6 @@ weights (no LoRA factors) are saved with Orbax in `<workdir>/pretrain`.
 Real data sets `config.model.backbone` to a Hugging Face ViT folder instead.
 """
 from collections.abc import Callable
-import json
 import os
 import time
 
@@ -25,6 +24,7 @@ import tqdm
 from absl import logging
 from flax import traverse_util
 
+from vldd_jax import jsonfile
 from vldd_jax import parallel
 from vldd_jax import trainer
 from vldd_jax.data import input_pipeline
@@ -222,11 +222,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
   accuracy = _held_out_accuracy(eval_step, params, held_x, held_t, cfg.batch_size, mesh)
   logging.info("Pretrained tower, held-out accuracy: %s", accuracy)
-  if jax.process_index() == 0:
-    with open(os.path.join(out, SUMMARY), "w") as f:
-      json.dump({"epochs": cfg.epochs, "held_out_examples": n_held,
-                 "held_out_accuracy": accuracy,
-                 "seconds_this_run": round(time.time() - t0, 1)}, f, indent=2)
+  jsonfile.write(os.path.join(out, SUMMARY),
+                 {"epochs": cfg.epochs, "held_out_examples": n_held,
+                  "held_out_accuracy": accuracy,
+                  "seconds_this_run": round(time.time() - t0, 1)})
 
 
 def _held_out_accuracy(eval_step, params, images, targets, batch_size, mesh):

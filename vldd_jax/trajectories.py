@@ -18,6 +18,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vldd_jax import jsonfile
+
 MANIFEST = "manifest.json"
 _ARRAY_ITEMS = ("params", "opt_state", "frozen", "correct")
 
@@ -51,12 +53,7 @@ def _restore_item(mngr: ocp.CheckpointManager, epoch: int, name: str):
 
 def write_manifest(workdir: str, expert: int, manifest: dict) -> None:
   """Writes the manifest atomically (process 0 only)."""
-  if jax.process_index():
-    return
-  path = os.path.join(expert_dir(workdir, expert), MANIFEST)
-  with open(path + ".tmp", "w") as f:
-    json.dump(manifest, f, indent=2)
-  os.replace(path + ".tmp", path)
+  jsonfile.write(os.path.join(expert_dir(workdir, expert), MANIFEST), manifest)
 
 
 def read_manifest(workdir: str, expert: int) -> dict | None:

@@ -45,6 +45,26 @@ def test_distilled_outputs(distilled):
           if r["stage"] == "distill" and r["num_pairs"] == n] == [1, 3]
 
 
+def test_rerun_with_other_settings_is_refused(distilled):
+  config, workdir = distilled
+  out = distill.distill_dir(workdir, config.distill.num_pairs)
+  with open(os.path.join(out, distill.SETTINGS)) as f:
+    assert json.load(f) == distill.settings(config)
+  other = config.copy_and_resolve_references()
+  other.distill.lr_images *= 2
+  with pytest.raises(ValueError, match=r"n8 was distilled with other settings "
+                                       r"\(distill\.lr_images: saved 10\.0, config 20\.0\)"):
+    distill.run(other, workdir)
+  # Logging cadence, the data's location and a plain set's similarity fields
+  # do not change the set: the finished one is kept.
+  same = config.copy_and_resolve_references()
+  same.distill.update(log_every=1, lr_similarity=123.0)
+  same.data.data_dir = "/elsewhere"
+  before = os.path.getmtime(os.path.join(out, distill.RESULT))
+  distill.run(same, workdir)
+  assert os.path.getmtime(os.path.join(out, distill.RESULT)) == before
+
+
 def _copy_experts(trained, tmp_path, name):
   _, workdir = trained
   target = tmp_path / name

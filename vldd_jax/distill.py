@@ -6,12 +6,15 @@ an expert e and a start epoch t < max_start_epoch; the set moves to bring
 (see `matching.py`). The state is checkpointed with Orbax every
 `checkpoint_every` iterations and a rerun resumes from the last one; a
 non-finite loss stops the run before it can overwrite a good checkpoint.
+`settings.json` records what the set depends on; a rerun with other settings
+is refused rather than resumed or silently handed the old set.
 
 Outputs in `<workdir>/distill/n<N>/` (`n<N>_lowrank/` with a learned
 similarity matrix, `distill.similarity="lowrank"`): `distilled.npz`,
-`synthetic_grid.png` (images with the nearest real caption to their text),
-`matching_loss.png`.
+`settings.json`, `synthetic_grid.png` (images with the nearest real caption to
+their text), `matching_loss.png`.
 """
+import json
 import os
 import time
 
@@ -23,6 +26,7 @@ import tqdm
 from absl import logging
 from flax import traverse_util
 
+from vldd_jax import jsonfile
 from vldd_jax import matching
 from vldd_jax import metrics_log
 from vldd_jax import parallel
@@ -34,6 +38,7 @@ from vldd_jax.data import input_pipeline
 from vldd_jax.models import build_model, make_apply_fn
 
 RESULT = "distilled.npz"
+SETTINGS = "settings.json"
 SIMILARITIES = ("none", "lowrank")
 
 
@@ -94,6 +99,47 @@ def _check(config: ml_collections.ConfigDict, experts: list[int], workdir: str) 
                      f"{jax.device_count()} devices.")
 
 
+def settings(config: ml_collections.ConfigDict) -> dict:
+  """What a distilled set depends on: data, text, model, pretrain, experts and
+  distill config and the seed, less the data's location, logging cadence and,
+  for a set without S, the similarity fields."""
+  out = {name: config[name].to_dict()
+         for name in ("data", "text", "model", "pretrain", "experts", "distill")}
+  out["seed"] = config.seed
+  del out["data"]["data_dir"]
+  for name in ("log_every", "checkpoint_every"):
+    del out["distill"][name]
+  if config.distill.similarity == "none":
+    for name in [k for k in out["distill"] if k.startswith(("similarity_", "lr_similarity"))]:
+      del out["distill"][name]
+  return json.loads(json.dumps(out, default=list))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _check_settings(config: ml_collections.ConfigDict, out: str) -> None:
+  path = os.path.join(out, SETTINGS)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = _flat(json.load(f))
+  wanted = _flat(settings(config))
+  differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+  if differ:
+    listed = ", ".join(f"{k}: saved {saved.get(k)!r}, config {wanted.get(k)!r}"
+                       for k in differ)
+    raise ValueError(f"{out} was distilled with other settings ({listed}); rerun with "
+                     f"those settings, or move that folder away to distill anew.")
+
+
 def _checkpoint_manager(out: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.join(out, "ckpt"),
@@ -106,12 +152,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Distills `config.distill.num_pairs` pairs unless already done."""
   cfg = config.distill
   out = distill_dir(workdir, cfg.num_pairs, cfg.similarity)
+  _check_settings(config, out)
   if os.path.exists(os.path.join(out, RESULT)):
     logging.info("Distilled set found: %s", os.path.join(out, RESULT))
     return
   experts = trajectories.finished_experts(workdir)[:cfg.num_experts or None]
   _check(config, experts, workdir)
   os.makedirs(out, exist_ok=True)
+  jsonfile.write(os.path.join(out, SETTINGS), settings(config))
   train = input_pipeline.load_split(config, workdir, "train")
   buffer = ExpertBuffer(workdir, experts, cfg.max_start_epoch + cfg.expert_epochs)
   mesh = parallel.make_mesh()

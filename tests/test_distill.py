@@ -55,6 +55,10 @@ def test_rerun_with_other_settings_is_refused(distilled):
   with pytest.raises(ValueError, match=r"n8 was distilled with other settings "
                                        r"\(distill\.lr_images: saved 10\.0, config 20\.0\)"):
     distill.run(other, workdir)
+  fewer = config.copy_and_resolve_references()
+  fewer.distill.iterations -= 1
+  with pytest.raises(ValueError, match=r"distill\.iterations: saved 4, config 3"):
+    distill.run(fewer, workdir)
   # Logging cadence, the data's location and a plain set's similarity fields
   # do not change the set: the finished one is kept.
   same = config.copy_and_resolve_references()
@@ -196,8 +200,8 @@ def test_lowrank_distillation_learns_s_and_resumes_with_it(trained, tmp_path):
   half = config.copy_and_resolve_references()
   half.distill.iterations = 2
   distill.run(half, str(resumed))
-  os.remove(resumed / "distill" / "n8_lowrank" / distill.RESULT)
-  distill.run(config, str(resumed))  # From the checkpoint of iteration 2.
+  # More iterations than a finished set had: it goes on from its last checkpoint.
+  distill.run(config, str(resumed))
   want, got = (distill.load_distilled(str(w), 8, "lowrank") for w in (straight, resumed))
   for key in ("images", "text_emb", "lr_image", "lr_text", "similarity"):
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)

@@ -7,7 +7,8 @@ an expert e and a start epoch t < max_start_epoch; the set moves to bring
 `checkpoint_every` iterations and a rerun resumes from the last one; a
 non-finite loss stops the run before it can overwrite a good checkpoint.
 `settings.json` records what the set depends on; a rerun with other settings
-is refused rather than resumed or silently handed the old set.
+is refused rather than resumed or silently handed the old set, except that
+raising `iterations` goes on from the last checkpoint, finished or not.
 
 Outputs in `<workdir>/distill/n<N>/` (`n<N>_lowrank/` with a learned
 similarity matrix, `distill.similarity="lowrank"`): `distilled.npz`,
@@ -125,19 +126,28 @@ def _flat(tree: dict, prefix: str = "") -> dict:
   return out
 
 
-def _check_settings(config: ml_collections.ConfigDict, out: str) -> None:
+def _check_settings(config: ml_collections.ConfigDict, out: str) -> int | None:
+  """The iterations `out` was distilled for (None if it records none).
+
+  Raises if its settings differ from the config's, except for more
+  `distill.iterations`: that run goes on from its last checkpoint.
+  """
   path = os.path.join(out, SETTINGS)
   if not os.path.exists(path):
-    return
+    return None
   with open(path) as f:
     saved = _flat(json.load(f))
   wanted = _flat(settings(config))
   differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
-  if differ:
+  if differ == ["distill.iterations"] and wanted[differ[0]] > saved[differ[0]]:
+    logging.info("Distilling %s further: %d -> %d iterations.", out, saved[differ[0]],
+                 wanted[differ[0]])
+  elif differ:
     listed = ", ".join(f"{k}: saved {saved.get(k)!r}, config {wanted.get(k)!r}"
                        for k in differ)
     raise ValueError(f"{out} was distilled with other settings ({listed}); rerun with "
                      f"those settings, or move that folder away to distill anew.")
+  return saved["distill.iterations"]
 
 
 def _checkpoint_manager(out: str) -> ocp.CheckpointManager:
@@ -152,14 +162,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Distills `config.distill.num_pairs` pairs unless already done."""
   cfg = config.distill
   out = distill_dir(workdir, cfg.num_pairs, cfg.similarity)
-  _check_settings(config, out)
-  if os.path.exists(os.path.join(out, RESULT)):
+  saved_iterations = _check_settings(config, out)
+  finished = os.path.exists(os.path.join(out, RESULT))
+  if finished and saved_iterations in (None, cfg.iterations):
     logging.info("Distilled set found: %s", os.path.join(out, RESULT))
     return
   experts = trajectories.finished_experts(workdir)[:cfg.num_experts or None]
   _check(config, experts, workdir)
   os.makedirs(out, exist_ok=True)
-  jsonfile.write(os.path.join(out, SETTINGS), settings(config))
+  if not finished:  # A finished set's settings change with its new result, below.
+    jsonfile.write(os.path.join(out, SETTINGS), settings(config))
   train = input_pipeline.load_split(config, workdir, "train")
   buffer = ExpertBuffer(workdir, experts, cfg.max_start_epoch + cfg.expert_epochs)
   mesh = parallel.make_mesh()
@@ -222,6 +234,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     mngr.wait_until_finished()
   _write_outputs(out, jax.tree.map(parallel.to_host, state["syn"]), rows, train, history,
                  cfg.similarity_alpha)
+  jsonfile.write(os.path.join(out, SETTINGS), settings(config))
 
 
 def _stop_if_non_finite(state: dict, out: str) -> None:

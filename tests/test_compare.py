@@ -10,6 +10,8 @@ from vldd_jax import compare
 from vldd_jax import distill
 from vldd_jax import evaluate
 
+from conftest import tiny_config
+
 
 def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, monkeypatch,
                                                                 caplog):
@@ -39,6 +41,13 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, monkeyp
   table = open(os.path.join(workdir, "compare.md")).read()
   assert "| tr@1 | 4 pairs | 8 pairs |" in table and "| k_center | 8 |" in table
 
+  # Another rate for S makes only the learned-similarity cells stale.
+  assert compare.load_rows(path, config) == rows
+  other_s = config.copy_and_resolve_references()
+  other_s.distill.lr_similarity *= 2
+  kept = {(r["method"], r["budget"]) for r in compare.load_rows(path, other_s)}
+  assert kept == cells - {("distilled_lowrank", 4), ("distilled_lowrank", 8)}
+
   # Drop one finished cell, as if the run had been killed before it: only that
   # cell is evaluated again, the others are kept as they were.
   saved = json.load(open(path))
@@ -58,3 +67,17 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, monkeyp
   other.evaluate.epochs += 1
   with pytest.raises(ValueError, match="compare.json holds cells computed with other"):
     compare.run(other, workdir)
+
+
+def test_compare_json_from_before_per_cell_similarity_settings_still_loads(tmp_path):
+  # Such a file kept the similarity fields in its table-wide settings.
+  config = tiny_config(str(tmp_path))
+  old = compare.settings(config)
+  old["distill"].update(similarity="none", **compare.similarity_settings(config))
+  rows = [{"method": "random", "budget": 4}, {"method": "distilled_lowrank", "budget": 4}]
+  path = tmp_path / compare.RESULT
+  path.write_text(json.dumps({"rows": rows, "settings": old}))
+  assert [r["method"] for r in compare.load_rows(str(path), config)] == [
+      "random", "distilled_lowrank"]
+  config.distill.similarity_alpha += 1
+  assert [r["method"] for r in compare.load_rows(str(path), config)] == ["random"]

@@ -9,6 +9,9 @@ same experts when it is missing.
 Outputs in the workdir: `compare.json` (rows as in `results.json`, written
 after every cell, so a rerun computes only the missing cells), `compare.md`
 (tr@1 and ir@1 by method and budget, then every recall) and `compare.png`.
+Changing a field of the learned similarity (`distill.similarity_*`,
+`distill.lr_similarity`) recomputes only the `distilled_lowrank` cells; any
+other change of settings is refused.
 """
 import json
 import os
@@ -24,29 +27,59 @@ from vldd_jax import jsonfile
 from vldd_jax import viz
 
 RESULT = "compare.json"
+LOWRANK = "distilled_lowrank"
+# Distill fields only the learned-similarity cells depend on; each of those
+# cells records them (`similarity_settings`) instead of the whole table.
+_SIMILARITY_FIELDS = ("similarity", "similarity_rank", "similarity_alpha",
+                      "lr_similarity", "similarity_loss")
 
 
 def settings(config: ml_collections.ConfigDict) -> dict:
-  """What a cell's numbers depend on besides its method and budget."""
+  """What every cell's numbers depend on besides its method and budget."""
   out = {name: config[name].to_dict()
          for name in ("data", "model", "experts", "distill", "evaluate")}
   out["seed"] = config.seed
-  del out["distill"]["num_pairs"]
+  for name in ("num_pairs", *_SIMILARITY_FIELDS):
+    out["distill"].pop(name)
   del out["evaluate"]["methods"]
   return json.loads(json.dumps(out, default=list))
 
 
+def similarity_settings(config: ml_collections.ConfigDict) -> dict:
+  """What a `distilled_lowrank` cell depends on beyond `settings`."""
+  return {name: config.distill[name] for name in _SIMILARITY_FIELDS[1:]}
+
+
 def load_rows(path: str, config: ml_collections.ConfigDict) -> list[dict]:
-  """Finished cells of an earlier run with the same settings; [] if none."""
+  """Finished cells of an earlier run with the same settings; [] if none.
+
+  `distilled_lowrank` cells made with other similarity settings are left out
+  (recomputed), with a warning.
+  """
   if not os.path.exists(path):
     return []
   with open(path) as f:
     saved = json.load(f)
-  if saved.get("settings") != settings(config):
+  saved_settings = saved.get("settings", {})
+  # Files from before per-cell similarity settings hold them for the whole table.
+  legacy = {name: saved_settings.get("distill", {}).pop(name, None)
+            for name in _SIMILARITY_FIELDS}
+  legacy.pop("similarity")
+  if saved_settings != settings(config):
     raise ValueError(f"{path} holds cells computed with other settings (data, model, "
                      "experts, distill or evaluate config, or seed); move it away "
                      "to start a new comparison, or rerun with the settings it records.")
-  return saved["rows"]
+  rows = saved["rows"]
+  for row in rows:
+    if row["method"] == LOWRANK:
+      row.setdefault("similarity_settings", legacy)
+  stale = [r for r in rows if r["method"] == LOWRANK
+           and r["similarity_settings"] != similarity_settings(config)]
+  if stale:
+    logging.warning("%s: recomputing the %s cells at budgets %s, made with other "
+                    "similarity settings (now %s).", path, LOWRANK,
+                    [r["budget"] for r in stale], similarity_settings(config))
+  return [r for r in rows if r not in stale]
 
 
 def pivot_table(rows: list[dict], key: str) -> str:
@@ -75,7 +108,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   selector = coreset.Selector(config, workdir, train)
   cells = [(b, m) for b in budgets for m in methods if (m, b) not in done]
   for budget, method in tqdm.tqdm(cells, desc="compare"):
-    rows.append(evaluate.method_row(config, workdir, method, budget, selector, test, val))
+    row = evaluate.method_row(config, workdir, method, budget, selector, test, val)
+    if method == LOWRANK:
+      row["similarity_settings"] = similarity_settings(config)
+    rows.append(row)
     _write(workdir, rows, config)
   wanted = [r for r in rows if r["budget"] in budgets and r["method"] in methods]
   wanted.sort(key=lambda r: (methods.index(r["method"]), r["budget"]))

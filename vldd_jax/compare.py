@@ -21,6 +21,7 @@ import ml_collections
 import tqdm
 from absl import logging
 
+from vldd_jax import config_lib
 from vldd_jax import coreset
 from vldd_jax import evaluate
 from vldd_jax import jsonfile
@@ -28,10 +29,9 @@ from vldd_jax import viz
 
 RESULT = "compare.json"
 LOWRANK = "distilled_lowrank"
-# Distill fields only the learned-similarity cells depend on; each of those
-# cells records them (`similarity_settings`) instead of the whole table.
-_SIMILARITY_FIELDS = ("similarity", "similarity_rank", "similarity_alpha",
-                      "lr_similarity", "similarity_loss")
+# `distill.similarity` is set per method; the learned-similarity cells record
+# the other similarity fields (`similarity_settings`) instead of the table.
+_SIMILARITY_FIELDS = ("similarity", *config_lib.SIMILARITY_FIELDS)
 
 
 def settings(config: ml_collections.ConfigDict) -> dict:
@@ -47,7 +47,7 @@ def settings(config: ml_collections.ConfigDict) -> dict:
 
 def similarity_settings(config: ml_collections.ConfigDict) -> dict:
   """What a `distilled_lowrank` cell depends on beyond `settings`."""
-  return {name: config.distill[name] for name in _SIMILARITY_FIELDS[1:]}
+  return {name: config.distill[name] for name in config_lib.SIMILARITY_FIELDS}
 
 
 def load_rows(path: str, config: ml_collections.ConfigDict) -> list[dict]:

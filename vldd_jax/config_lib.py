@@ -4,6 +4,11 @@ import os
 
 import ml_collections
 
+# The distill fields of a learned similarity matrix (`distill.similarity`):
+# only sets and cells with one depend on them.
+SIMILARITY_FIELDS = ("similarity_rank", "similarity_alpha", "lr_similarity",
+                     "similarity_loss")
+
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 

@@ -27,6 +27,7 @@ import tqdm
 from absl import logging
 from flax import traverse_util
 
+from vldd_jax import config_lib
 from vldd_jax import jsonfile
 from vldd_jax import matching
 from vldd_jax import metrics_log
@@ -111,19 +112,9 @@ def settings(config: ml_collections.ConfigDict) -> dict:
   for name in ("log_every", "checkpoint_every"):
     del out["distill"][name]
   if config.distill.similarity == "none":
-    for name in [k for k in out["distill"] if k.startswith(("similarity_", "lr_similarity"))]:
+    for name in config_lib.SIMILARITY_FIELDS:
       del out["distill"][name]
   return json.loads(json.dumps(out, default=list))
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
 
 
 def _check_settings(config: ml_collections.ConfigDict, out: str) -> int | None:
@@ -136,8 +127,8 @@ def _check_settings(config: ml_collections.ConfigDict, out: str) -> int | None:
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    saved = _flat(json.load(f))
-  wanted = _flat(settings(config))
+    saved = traverse_util.flatten_dict(json.load(f), sep=".")
+  wanted = traverse_util.flatten_dict(settings(config), sep=".")
   differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
   if differ == ["distill.iterations"] and wanted[differ[0]] > saved[differ[0]]:
     logging.info("Distilling %s further: %d -> %d iterations.", out, saved[differ[0]],

@@ -132,6 +132,31 @@ def test_meta_step_moves_the_set_and_guards_non_finite():
     np.testing.assert_array_equal(state["syn"][part], good[part], err_msg=part)
 
 
+def test_adam_meta_steps_move_each_part_by_its_rate_whatever_the_gradient_scale():
+  apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float32)
+  cfg = matching.UnrollConfig(syn_steps=2, batch_size=4, augment=False)
+  rates = {"images": 1e-2, "text": 1e-3, "log_lr": 1e-1}
+  tx = matching.make_meta_optimizer(rates["images"], rates["text"], rates["log_lr"],
+                                    momentum=0.0, optimizer="adam")
+  meta_step = matching.make_meta_step(apply_fn, trainable, cfg, tx)
+  stack = lambda tree: jax.tree.map(lambda x: jnp.stack([x, x]), tree)
+  loss = matching.make_matching_loss(apply_fn, trainable, cfg)
+  grads = jax.grad(lambda s: sum(loss(s, start, target, frozen, k) for k in
+                                 jax.random.split(jax.random.key(0), 2)))(syn)
+  before = jax.tree.map(np.asarray, syn)
+  state = matching.init_state(syn, tx)
+  state, _ = meta_step(state, stack(start), stack(target), frozen, jax.random.key(0))
+  for part, rate in rates.items():
+    step = np.abs(np.asarray(state["syn"][part]) - before[part])
+    # Adam's first step is rate x sign(gradient) wherever the gradient is not
+    # tiny next to eps; the gradients' own scales differ by orders of magnitude.
+    big = np.abs(np.asarray(grads[part])) > 1e-6
+    assert big.any(), part
+    np.testing.assert_allclose(step[big], rate, rtol=1e-2, err_msg=part)
+  with pytest.raises(ValueError, match="meta_optimizer='rmsprop'"):
+    matching.make_meta_optimizer(1.0, 1.0, 1.0, 0.0, optimizer="rmsprop")
+
+
 def test_minibatch_indices_cover_the_set_evenly():
   rows = np.asarray(matching.minibatch_indices(jax.random.key(0), 10, steps=5, batch_size=4))
   assert rows.shape == (5, 4)
@@ -143,14 +168,28 @@ def test_minibatch_indices_cover_the_set_evenly():
 
 
 def test_augmentations_keep_shape_and_pass_gradients():
-  images = jax.random.normal(jax.random.key(0), (2,) + IMAGE)
+  image = jax.random.normal(jax.random.key(0), IMAGE)
   np.testing.assert_allclose(
-      augment._resample(images, jnp.eye(2), jnp.zeros(2)), images, atol=1e-5)
+      augment._resample(image, jnp.eye(2), jnp.zeros(2)), image, atol=1e-5)
   for i, fn in enumerate(augment.AUGMENTATIONS):
-    out = fn(images, jax.random.key(i))
-    assert out.shape == images.shape and not np.allclose(out, images), fn.__name__
-    grad = jax.grad(lambda x: jnp.sum(fn(x, jax.random.key(i)) ** 2))(images)
+    out = fn(image, jax.random.key(i))
+    assert out.shape == image.shape and not np.allclose(out, image), fn.__name__
+    grad = jax.grad(lambda x: jnp.sum(fn(x, jax.random.key(i)) ** 2))(image)
     assert np.abs(grad).sum() > 0, fn.__name__
+
+
+@pytest.mark.parametrize("per_image", [True, False])
+def test_augment_draws_per_image_and_passes_gradients(per_image):
+  # One image repeated: per-image draws (DSA's default) give different views
+  # of it across the batch; a shared draw (DSA's batchmode) the same view.
+  images = jnp.broadcast_to(jax.random.normal(jax.random.key(0), IMAGE), (8,) + IMAGE)
+  for seed in range(6):  # Every transform is chosen for some seed.
+    key = jax.random.key(seed)
+    out = augment.augment(images, key, per_image)
+    distinct = len({np.asarray(o).tobytes() for o in out})
+    assert (distinct > 1) == per_image, seed
+    grad = jax.grad(lambda x: jnp.sum(augment.augment(x, key, per_image) ** 2))(images)
+    assert np.all(np.abs(grad).sum(axis=(1, 2, 3)) > 0), seed  # Every image gets one.
 
 
 def test_identity_similarity_targets_reduce_to_the_plain_loss():

@@ -78,11 +78,16 @@ def distill_config() -> ml_collections.ConfigDict:
       expert_epochs=3,  # M: the target is the expert M epochs after the start.
       max_start_epoch=25,  # Start epochs are drawn from [0, max_start_epoch).
       iterations=5000,  # The paper runs 50,000.
-      lr_images=1000.0,  # Meta learning rates: SGD with momentum on each part.
+      meta_optimizer="sgd",  # "sgd" (with momentum, as the paper) | "adam".
+      lr_images=1000.0,  # Meta learning rates of each part of the set.
       lr_text=1000.0,
       lr_lr=1e-3,  # On the log of the two learnable student rates (ours: log).
-      momentum=0.5,
+      momentum=0.5,  # Of "sgd" only.
       augment=True,  # DSA on synthetic images inside every student step.
+      augment_per_image=True,  # DSA's draws per image; False: one per minibatch.
+      # A run whose matching loss, averaged over log_every iterations, climbs
+      # this factor above its first average is failing: warn (ours).
+      loss_rise_warning=1.2,
       meta_batch=1,  # Trajectories per iteration, split over devices.
       num_experts=0,  # Use the first this many finished experts; 0: all.
       log_every=10,
@@ -107,6 +112,9 @@ def evaluate_config() -> ml_collections.ConfigDict:
       momentum=0.0,
       augment=True,  # The same DSA as distillation, for every method alike.
       report="final",  # "final" | "best_val" | "best_test_lors" (selects on test).
+      # The split every row is scored on. Tune on "val" (the full-data row is
+      # then the experts' last val evaluation); read "test" once, at the end.
+      split="test",
       # Rows of the results table: "distilled" and the coresets of coreset.py.
       methods=("distilled", "random", "herding", "k_center", "forgetting"),
   ))

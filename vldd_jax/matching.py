@@ -40,6 +40,7 @@ class UnrollConfig:
   syn_steps: int
   batch_size: int
   augment: bool = True
+  augment_per_image: bool = True  # DSA's draws per image; False: one per minibatch.
   remat: bool = True
   similarity_alpha: float = 3.0  # Scale of L @ R.T in S (LoRS Flickr30K: 3).
   similarity_loss: str = "wbce"  # A key of SIMILARITY_LOSSES.
@@ -83,7 +84,8 @@ def minibatch_indices(key: jax.Array, num_pairs: int, steps: int,
 
 
 def make_student_step(apply_fn: ApplyFn, trainable_like: dict, augment: bool,
-                      similarity_loss: str = "wbce") -> Callable:
+                      similarity_loss: str = "wbce",
+                      augment_per_image: bool = True) -> Callable:
   """One SGD step on a synthetic minibatch with the (image, text) learning rates.
 
   Returns `step(trainable, frozen, images, text, lrs, key, targets=None) ->
@@ -104,7 +106,7 @@ def make_student_step(apply_fn: ApplyFn, trainable_like: dict, augment: bool,
   def step(trainable, frozen, images, text, lrs, key, targets=None):
     k_aug, k_dropout = jax.random.split(key)
     if augment:
-      images = augment_lib.augment(images, k_aug)
+      images = augment_lib.augment(images, k_aug, augment_per_image)
     grads = jax.grad(loss_fn)(trainable, frozen, images, text, k_dropout, targets)
     return jax.tree.map(lambda p, g, t: p - jnp.where(t, lrs[1], lrs[0]) * g,
                         trainable, grads, is_text)
@@ -120,7 +122,8 @@ def _sq_dist(a: dict, b: dict) -> jax.Array:
 def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict,
                        cfg: UnrollConfig) -> Callable:
   """`loss(syn, start, target, frozen, key)`: normalised distance after the unroll."""
-  step = make_student_step(apply_fn, trainable_like, cfg.augment, cfg.similarity_loss)
+  step = make_student_step(apply_fn, trainable_like, cfg.augment, cfg.similarity_loss,
+                           cfg.augment_per_image)
 
   def loss(syn, start, target, frozen, key):
     k_batches, k_steps = jax.random.split(key)
@@ -143,19 +146,32 @@ def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict,
   return loss
 
 
-def make_meta_optimizer(lr_images: float, lr_text: float, lr_lr: float,
-                        momentum: float,
-                        lr_similarity: float | None = None) -> optax.GradientTransformation:
-  """SGD with momentum, one rate per synthetic-set part (the paper: 0.5 momentum).
+META_OPTIMIZERS = ("sgd", "adam")
 
+
+def make_meta_optimizer(lr_images: float, lr_text: float, lr_lr: float,
+                        momentum: float, lr_similarity: float | None = None,
+                        optimizer: str = "sgd") -> optax.GradientTransformation:
+  """One rate per synthetic-set part, with SGD or Adam.
+
+  "sgd": SGD with `momentum` (the VLDD/MTT code: 0.5); a step is rate x
+  gradient, so good rates depend on the gradient's scale, hence on the
+  dataset and tower. "adam": a step is about `rate` per coordinate whatever
+  the gradient's scale (momentum is Adam's own), so a rate says how far a
+  pixel, an embedding entry or a log rate moves per iteration.
   `lr_similarity` is the rate of the similarity factors, for sets that have
   them (LoRS Flickr30K: 10).
   """
+  if optimizer not in META_OPTIMIZERS:
+    raise ValueError(f"distill.meta_optimizer={optimizer!r}: expected one of "
+                     f"{META_OPTIMIZERS}.")
   rates = {"images": lr_images, "text": lr_text, "log_lr": lr_lr}
   if lr_similarity is not None:
     rates["sim"] = lr_similarity
+  make = ((lambda rate: optax.sgd(rate, momentum=momentum)) if optimizer == "sgd"
+          else optax.adam)
   return optax.multi_transform(
-      {name: optax.sgd(rate, momentum=momentum) for name, rate in rates.items()},
+      {name: make(rate) for name, rate in rates.items()},
       lambda syn: {name: jax.tree.map(lambda _, n=name: n, part)
                    for name, part in syn.items()})
 

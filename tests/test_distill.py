@@ -207,3 +207,13 @@ def test_lowrank_distillation_learns_s_and_resumes_with_it(trained, tmp_path):
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
   assert want["similarity"].shape == (8, 8)
   assert np.abs(want["similarity"] - np.eye(8)).max() > 1e-4  # S moved.
+
+
+def test_loss_rise_compares_the_last_window_with_the_first():
+  falling = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+  assert distill.loss_rise(falling, 2, 1.2) is None
+  noisy_flat = [1.0, 1.1, 0.9, 1.15, 1.05, 1.1]  # Last 2 average 1.075 < 1.2 x 1.05.
+  assert distill.loss_rise(noisy_flat, 2, 1.2) is None
+  rising = [1.04, 1.0, 1.1, 1.2, 1.3, 1.32]
+  assert distill.loss_rise(rising, 2, 1.2) == pytest.approx((1.02, 2, 1.31, 2))
+  assert distill.loss_rise(rising[:3], 2, 1.2) is None  # Too early to tell.

@@ -171,10 +171,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   apply_fn = make_apply_fn(build_model(config.model))
   lowrank = cfg.similarity == "lowrank"
   unroll = matching.UnrollConfig(cfg.syn_steps, min(cfg.batch_size, cfg.num_pairs),
-                                 cfg.augment, similarity_alpha=cfg.similarity_alpha,
+                                 cfg.augment, cfg.augment_per_image,
+                                 similarity_alpha=cfg.similarity_alpha,
                                  similarity_loss=cfg.similarity_loss)
   tx = matching.make_meta_optimizer(cfg.lr_images, cfg.lr_text, cfg.lr_lr, cfg.momentum,
-                                    cfg.lr_similarity if lowrank else None)
+                                    cfg.lr_similarity if lowrank else None,
+                                    cfg.meta_optimizer)
   meta_step = matching.make_meta_step(apply_fn, trainable_like, unroll, tx)
   syn, rows = matching.init_synthetic(train, cfg.num_pairs, cfg.init,
                                       config.experts.lr, config.seed)
@@ -193,6 +195,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     state = parallel.put_replicated(state, mesh)
     start = int(state["iteration"])
     pending: list[tuple[int, jax.Array]] = []
+    warned = False
     t0 = time.time()
     bar = tqdm.trange(start, cfg.iterations, initial=start, total=cfg.iterations,
                       desc=f"distill n={cfg.num_pairs}")
@@ -210,6 +213,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         losses = jax.device_get([l for _, l in pending])
         history += [{"iteration": i, "loss": float(l)} for (i, _), l in zip(pending, losses)]
         pending = []
+        rise = loss_rise([h["loss"] for h in history], cfg.log_every, cfg.loss_rise_warning)
+        if rise and not warned:
+          warned = True
+          logging.warning(_RISE_MESSAGE, out, *rise)
         lrs = np.exp(np.asarray(state["syn"]["log_lr"]))
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", lr_img=f"{lrs[0]:.3g}",
                         lr_txt=f"{lrs[1]:.3g}")
@@ -226,6 +233,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   _write_outputs(out, jax.tree.map(parallel.to_host, state["syn"]), rows, train, history,
                  cfg.similarity_alpha)
   jsonfile.write(os.path.join(out, SETTINGS), settings(config))
+
+
+_RISE_MESSAGE = (
+    "Distillation into %s is failing: the matching loss rose from %.4g (mean of "
+    "the first %d iterations) to %.4g (the last %d), so the set is getting worse. "
+    "Likely culprits: meta rates too large for this data (distill.lr_images, "
+    "distill.lr_text; distill.meta_optimizer='adam' takes rates that do not depend "
+    "on the gradient's scale), or an image tower trained from scratch "
+    "(model.backbone): LoRA matching on a pretrained tower is what works.")
+
+
+def loss_rise(losses: list[float], window: int,
+              factor: float) -> tuple[float, int, float, int] | None:
+  """(first mean, window, last mean, window) if the last `window` losses average
+  more than `factor` x the first `window`; None otherwise or too early."""
+  if window < 1 or len(losses) < 2 * window:
+    return None
+  first, last = np.mean(losses[:window]), np.mean(losses[-window:])
+  return (float(first), window, float(last), window) if last > factor * first else None
 
 
 def _stop_if_non_finite(state: dict, out: str) -> None:
@@ -254,10 +280,14 @@ def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.
   flat_captions = [c for cs in train.captions for c in cs]
   nearest_captions = [flat_captions[i] for i in nearest]
   images_uint8 = to_uint8(syn["images"])
+  # How far distillation moved the set from the real pairs it started from
+  # (model-space pixels span [-1, 1]; text embeddings have unit norm).
+  start_images = np.asarray(trainer.to_model_space(train.images[rows]))
+  image_change = float(np.sqrt(np.mean((syn["images"] - start_images) ** 2)))
   arrays = dict(images=syn["images"], images_uint8=images_uint8, text_emb=syn["text"],
                 lr_image=np.exp(syn["log_lr"][0]), lr_text=np.exp(syn["log_lr"][1]),
                 init_rows=rows, nearest_caption=np.asarray(nearest_captions),
-                nearest_cosine=cosine.max(axis=1))
+                nearest_cosine=cosine.max(axis=1), image_change_rms=image_change)
   if "sim" in syn:  # The whole learned S, [N images, N texts].
     arrays["similarity"] = np.asarray(similarity.targets(
         syn["sim"], np.arange(len(rows)), similarity_alpha))
@@ -267,8 +297,9 @@ def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.
   viz.loss_curve([h["iteration"] for h in history], [h["loss"] for h in history],
                  os.path.join(out, "matching_loss.png"))
   os.replace(tmp, os.path.join(out, RESULT))  # Last: marks the stage done.
-  logging.info("Distilled %d pairs into %s (learned lr image %.4g, text %.4g).",
-               len(rows), out, arrays["lr_image"], arrays["lr_text"])
+  logging.info("Distilled %d pairs into %s (learned lr image %.4g, text %.4g; "
+               "pixels moved %.3g RMS from the real images they started as).",
+               len(rows), out, arrays["lr_image"], arrays["lr_text"], image_change)
 
 
 def load_distilled(workdir: str, num_pairs: int,

@@ -30,6 +30,7 @@ from vldd_jax.data import input_pipeline
 from vldd_jax.models import build_model, make_apply_fn
 
 REPORTS = ("final", "best_val", "best_test_lors")
+SPLITS = ("test", "val")
 RECALL_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
 RESULTS = "results.json"
 METHODS = ("distilled", "distilled_lowrank") + coreset.METHODS
@@ -183,10 +184,12 @@ def method_row(config: ml_collections.ConfigDict, workdir: str, method: str,
   return evaluate_pairs(config, workdir, method, images, text_emb, lr, lr, test, val)
 
 
-def full_data_row(workdir: str, num_train: int) -> dict:
-  """The experts themselves: fresh students trained on the whole train split."""
-  recalls = [trajectories.read_manifest(workdir, e)["test"]
-             for e in trajectories.finished_experts(workdir)]
+def full_data_row(workdir: str, num_train: int, split: str = "test") -> dict:
+  """The experts themselves: fresh students trained on the whole train split,
+  scored on `split` after their last epoch."""
+  manifests = [trajectories.read_manifest(workdir, e)
+               for e in trajectories.finished_experts(workdir)]
+  recalls = [m["test"] if split == "test" else m["history"][-1]["val"] for m in manifests]
   return summarize("full train split (experts)", num_train, recalls, "final")
 
 
@@ -212,11 +215,17 @@ def format_table(rows: list[dict]) -> str:
 
 
 def load_splits(config: ml_collections.ConfigDict, workdir: str):
-  """(train, test, val) splits; val only when `evaluate.report` selects on it."""
-  report = config.evaluate.report
-  val = input_pipeline.load_split(config, workdir, "val") if report == "best_val" else None
+  """(train, scored, val) splits: `scored` is `evaluate.split`, which every row
+  reports on; val only when `evaluate.report` selects on it."""
+  cfg = config.evaluate
+  if cfg.split not in SPLITS:
+    raise ValueError(f"evaluate.split={cfg.split!r}; expected one of {SPLITS}.")
+  if cfg.split == "val" and cfg.report != "final":
+    raise ValueError(f"evaluate.report={cfg.report!r} selects an epoch on a split; "
+                     "scoring on val, use evaluate.report='final'.")
+  val = input_pipeline.load_split(config, workdir, "val") if cfg.report == "best_val" else None
   return (input_pipeline.load_split(config, workdir, "train"),
-          input_pipeline.load_split(config, workdir, "test"), val)
+          input_pipeline.load_split(config, workdir, cfg.split), val)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -227,11 +236,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   check_methods(config.evaluate.methods)
   train, test, val = load_splits(config, workdir)
   selector = coreset.Selector(config, workdir, train)
-  rows = [full_data_row(workdir, len(train))]
+  rows = [full_data_row(workdir, len(train), config.evaluate.split)]
   rows += [method_row(config, workdir, method, config.distill.num_pairs, selector, test, val)
            for method in config.evaluate.methods]
   rows.append(chance_row(test))
-  table = format_table(rows)
+  table = f"Scored on the {config.evaluate.split} split.\n\n" + format_table(rows)
   print(table)
   jsonfile.write(os.path.join(workdir, RESULTS),
-                 {"rows": rows, "table": table, "config": config.to_dict()})
+                 {"split": config.evaluate.split, "rows": rows, "table": table,
+                  "config": config.to_dict()})

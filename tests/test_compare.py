@@ -5,6 +5,7 @@ import os
 
 import jax
 import pytest
+from flax import traverse_util
 
 from vldd_jax import compare
 from vldd_jax import distill
@@ -65,7 +66,7 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, monkeyp
 
   other = config.copy_and_resolve_references()
   other.evaluate.epochs += 1
-  with pytest.raises(ValueError, match="compare.json holds cells computed with other"):
+  with pytest.raises(ValueError, match=r"compare.json was made with other settings \(evaluate\.epochs: saved 2, config 3\)"):
     compare.run(other, workdir)
 
 
@@ -73,7 +74,9 @@ def test_compare_json_from_before_per_cell_similarity_settings_still_loads(tmp_p
   # Such a file kept the similarity fields in its table-wide settings.
   config = tiny_config(str(tmp_path))
   old = compare.settings(config)
-  old["distill"].update(similarity="none", **compare.similarity_settings(config))
+  old.update({f"distill.{k}": v for k, v in compare.similarity_settings(config).items()},
+             **{"distill.similarity": "none"})
+  old = traverse_util.unflatten_dict(old, sep=".")  # Such files nest the sections.
   rows = [{"method": "random", "budget": 4}, {"method": "distilled_lowrank", "budget": 4}]
   path = tmp_path / compare.RESULT
   path.write_text(json.dumps({"rows": rows, "settings": old}))

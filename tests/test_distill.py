@@ -49,10 +49,10 @@ def test_rerun_with_other_settings_is_refused(distilled):
   config, workdir = distilled
   out = distill.distill_dir(workdir, config.distill.num_pairs)
   with open(os.path.join(out, distill.SETTINGS)) as f:
-    assert json.load(f) == distill.settings(config)
+    assert json.load(f) == distill.settings(config, config.experts.num_experts)
   other = config.copy_and_resolve_references()
   other.distill.lr_images *= 2
-  with pytest.raises(ValueError, match=r"n8 was distilled with other settings "
+  with pytest.raises(ValueError, match=r"n8 was made with other settings "
                                        r"\(distill\.lr_images: saved 10\.0, config 20\.0\)"):
     distill.run(other, workdir)
   fewer = config.copy_and_resolve_references()

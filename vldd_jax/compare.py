@@ -25,6 +25,7 @@ from vldd_jax import config_lib
 from vldd_jax import coreset
 from vldd_jax import evaluate
 from vldd_jax import jsonfile
+from vldd_jax import provenance
 from vldd_jax import viz
 
 RESULT = "compare.json"
@@ -36,13 +37,9 @@ _SIMILARITY_FIELDS = ("similarity", *config_lib.SIMILARITY_FIELDS)
 
 def settings(config: ml_collections.ConfigDict) -> dict:
   """What every cell's numbers depend on besides its method and budget."""
-  out = {name: config[name].to_dict()
-         for name in ("data", "model", "experts", "distill", "evaluate")}
-  out["seed"] = config.seed
-  for name in ("num_pairs", *_SIMILARITY_FIELDS):
-    out["distill"].pop(name)
-  del out["evaluate"]["methods"]
-  return json.loads(json.dumps(out, default=list))
+  ignore = ("distill.num_pairs", "evaluate.methods",
+            *(f"distill.{name}" for name in _SIMILARITY_FIELDS))
+  return provenance.settings(config, "compare", ignore)
 
 
 def similarity_settings(config: ml_collections.ConfigDict) -> dict:
@@ -60,15 +57,14 @@ def load_rows(path: str, config: ml_collections.ConfigDict) -> list[dict]:
     return []
   with open(path) as f:
     saved = json.load(f)
-  saved_settings = saved.get("settings", {})
+  saved_settings = provenance.flatten(saved.get("settings", {}))
   # Files from before per-cell similarity settings hold them for the whole table.
-  legacy = {name: saved_settings.get("distill", {}).pop(name, None)
-            for name in _SIMILARITY_FIELDS}
-  legacy.pop("similarity")
-  if saved_settings != settings(config):
-    raise ValueError(f"{path} holds cells computed with other settings (data, model, "
-                     "experts, distill or evaluate config, or seed); move it away "
-                     "to start a new comparison, or rerun with the settings it records.")
+  legacy = {name: saved_settings.pop(f"distill.{name}", None)
+            for name in config_lib.SIMILARITY_FIELDS}
+  saved_settings.pop("distill.similarity", None)
+  provenance.check(saved_settings, settings(config), path,
+                   "move it away to start a new comparison, or rerun with the "
+                   "settings it records.")
   rows = saved["rows"]
   for row in rows:
     if row["method"] == LOWRANK:

@@ -32,6 +32,7 @@ from vldd_jax import jsonfile
 from vldd_jax import matching
 from vldd_jax import metrics_log
 from vldd_jax import parallel
+from vldd_jax import provenance
 from vldd_jax import similarity
 from vldd_jax import trainer
 from vldd_jax import trajectories
@@ -101,23 +102,18 @@ def _check(config: ml_collections.ConfigDict, experts: list[int], workdir: str) 
                      f"{jax.device_count()} devices.")
 
 
-def settings(config: ml_collections.ConfigDict) -> dict:
-  """What a distilled set depends on: data, text, model, pretrain, experts and
-  distill config and the seed, less the data's location, logging cadence and,
-  for a set without S, the similarity fields."""
-  out = {name: config[name].to_dict()
-         for name in ("data", "text", "model", "pretrain", "experts", "distill")}
-  out["seed"] = config.seed
-  del out["data"]["data_dir"]
-  for name in ("log_every", "checkpoint_every"):
-    del out["distill"][name]
-  if config.distill.similarity == "none":
-    for name in config_lib.SIMILARITY_FIELDS:
-      del out["distill"][name]
-  return json.loads(json.dumps(out, default=list))
+def settings(config: ml_collections.ConfigDict, num_experts: int) -> dict:
+  """What a distilled set depends on (`provenance`), with the number of experts
+  it matches; a set without S does not depend on the similarity fields."""
+  ignore = () if config.distill.similarity == "lowrank" else config_lib.SIMILARITY_FIELDS
+  out = provenance.settings(config, "distill",
+                            ignore=tuple(f"distill.{k}" for k in ignore))
+  out["distill.experts_used"] = num_experts
+  return out
 
 
-def _check_settings(config: ml_collections.ConfigDict, out: str) -> int | None:
+def _check_settings(config: ml_collections.ConfigDict, out: str,
+                    num_experts: int) -> int | None:
   """The iterations `out` was distilled for (None if it records none).
 
   Raises if its settings differ from the config's, except for more
@@ -127,17 +123,14 @@ def _check_settings(config: ml_collections.ConfigDict, out: str) -> int | None:
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    saved = traverse_util.flatten_dict(json.load(f), sep=".")
-  wanted = traverse_util.flatten_dict(settings(config), sep=".")
-  differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
-  if differ == ["distill.iterations"] and wanted[differ[0]] > saved[differ[0]]:
-    logging.info("Distilling %s further: %d -> %d iterations.", out, saved[differ[0]],
-                 wanted[differ[0]])
-  elif differ:
-    listed = ", ".join(f"{k}: saved {saved.get(k)!r}, config {wanted.get(k)!r}"
-                       for k in differ)
-    raise ValueError(f"{out} was distilled with other settings ({listed}); rerun with "
-                     f"those settings, or move that folder away to distill anew.")
+    saved = provenance.flatten(json.load(f))  # Older files nest the sections.
+  wanted = settings(config, num_experts)
+  remedy = "rerun with those settings, or move that folder away to distill anew."
+  if provenance.check(saved, wanted, out, remedy, allowed=("distill.iterations",)):
+    if wanted["distill.iterations"] < saved["distill.iterations"]:
+      provenance.check(saved, wanted, out, remedy)  # Fewer iterations: refused.
+    logging.info("Distilling %s further: %d -> %d iterations.", out,
+                 saved["distill.iterations"], wanted["distill.iterations"])
   return saved["distill.iterations"]
 
 
@@ -153,16 +146,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Distills `config.distill.num_pairs` pairs unless already done."""
   cfg = config.distill
   out = distill_dir(workdir, cfg.num_pairs, cfg.similarity)
-  saved_iterations = _check_settings(config, out)
+  experts = trajectories.finished_experts(workdir, config)
+  if cfg.num_experts > len(experts):
+    raise ValueError(f"distill.num_experts={cfg.num_experts}, but "
+                     f"{trajectories.experts_dir(workdir)} has {len(experts)} finished "
+                     "experts: train more (--config.stage=experts) or use fewer.")
+  experts = experts[:cfg.num_experts or None]
+  saved_iterations = _check_settings(config, out, len(experts))
   finished = os.path.exists(os.path.join(out, RESULT))
   if finished and saved_iterations in (None, cfg.iterations):
     logging.info("Distilled set found: %s", os.path.join(out, RESULT))
     return
-  experts = trajectories.finished_experts(workdir)[:cfg.num_experts or None]
   _check(config, experts, workdir)
   os.makedirs(out, exist_ok=True)
   if not finished:  # A finished set's settings change with its new result, below.
-    jsonfile.write(os.path.join(out, SETTINGS), settings(config))
+    jsonfile.write(os.path.join(out, SETTINGS), settings(config, len(experts)))
   train = input_pipeline.load_split(config, workdir, "train")
   buffer = ExpertBuffer(workdir, experts, cfg.max_start_epoch + cfg.expert_epochs)
   mesh = parallel.make_mesh()
@@ -232,7 +230,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     mngr.wait_until_finished()
   _write_outputs(out, jax.tree.map(parallel.to_host, state["syn"]), rows, train, history,
                  cfg.similarity_alpha)
-  jsonfile.write(os.path.join(out, SETTINGS), settings(config))
+  jsonfile.write(os.path.join(out, SETTINGS), settings(config, len(experts)))
 
 
 _RISE_MESSAGE = (

@@ -184,11 +184,13 @@ def method_row(config: ml_collections.ConfigDict, workdir: str, method: str,
   return evaluate_pairs(config, workdir, method, images, text_emb, lr, lr, test, val)
 
 
-def full_data_row(workdir: str, num_train: int, split: str = "test") -> dict:
+def full_data_row(config: ml_collections.ConfigDict, workdir: str,
+                  num_train: int) -> dict:
   """The experts themselves: fresh students trained on the whole train split,
-  scored on `split` after their last epoch."""
-  manifests = [trajectories.read_manifest(workdir, e)
-               for e in trajectories.finished_experts(workdir)]
+  scored on `evaluate.split` after their last epoch."""
+  experts = trajectories.finished_experts(workdir, config)
+  split = config.evaluate.split
+  manifests = [trajectories.read_manifest(workdir, e) for e in experts]
   recalls = [m["test"] if split == "test" else m["history"][-1]["val"] for m in manifests]
   return summarize("full train split (experts)", num_train, recalls, "final")
 
@@ -234,9 +236,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   Methods (`evaluate.methods`) are evaluated at `distill.num_pairs` pairs.
   """
   check_methods(config.evaluate.methods)
+  trajectories.finished_experts(workdir, config)  # Refuses experts of other settings.
   train, test, val = load_splits(config, workdir)
   selector = coreset.Selector(config, workdir, train)
-  rows = [full_data_row(workdir, len(train), config.evaluate.split)]
+  rows = [full_data_row(config, workdir, len(train))]
   rows += [method_row(config, workdir, method, config.distill.num_pairs, selector, test, val)
            for method in config.evaluate.methods]
   rows.append(chance_row(test))

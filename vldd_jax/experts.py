@@ -6,7 +6,6 @@ to the Orbax store of `trajectories.py`. A rerun skips finished experts and
 resumes an unfinished one at its last saved epoch; the data order of an epoch
 depends only on (seed, expert, epoch), so resuming repeats an uninterrupted run.
 """
-import json
 import os
 import time
 
@@ -19,6 +18,7 @@ from absl import logging
 
 from vldd_jax import metrics_log
 from vldd_jax import parallel
+from vldd_jax import provenance
 from vldd_jax import pretrain
 from vldd_jax import trainer
 from vldd_jax import trajectories
@@ -56,7 +56,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   cfg = config.experts
   parallel.check_divisible(cfg.batch_size, "experts.batch_size")
   for e in range(cfg.num_experts):
-    _check_matches_config(config, workdir, e)
+    trajectories.check_settings(config, workdir, e)
   todo = [e for e in range(cfg.num_experts)
           if not (trajectories.read_manifest(workdir, e) or {}).get("finished")]
   if not todo:
@@ -128,28 +128,11 @@ def _train_expert(config, workdir, expert, student, tx, train_step, embedder,
   _write_manifest(config, workdir, expert, history, finished=True, test=test_recall)
 
 
-def _check_matches_config(config, workdir, expert) -> None:
-  """Refuses to mix experts trained under other settings into one workdir."""
-  manifest = trajectories.read_manifest(workdir, expert)
-  if manifest is None:
-    return
-  saved = {"epochs": manifest["epochs"], **manifest["optimizer"], "model": manifest["model"]}
-  wanted = json.loads(json.dumps({  # As the manifest stores it (tuples as lists).
-      "epochs": config.experts.epochs,
-      **{k: config.experts[k] for k in manifest["optimizer"]},
-      "model": config.model.to_dict()}))
-  differ = sorted(k for k in wanted if saved[k] != wanted[k])
-  if differ:
-    raise ValueError(
-        f"{trajectories.expert_dir(workdir, expert)} was trained with other settings "
-        f"({', '.join(f'{k}: saved {saved[k]!r}, config {wanted[k]!r}' for k in differ)}); "
-        "use a new workdir or delete its experts/ folder.")
-
-
 def _write_manifest(config, workdir, expert, history, *, finished, test=None) -> None:
   manifest = {
       "expert": expert,
       "finished": finished,
+      "settings": provenance.settings(config, "experts"),
       "epochs_done": history[-1]["epoch"],
       "epochs": config.experts.epochs,
       "dtype": "float32",

@@ -10,6 +10,7 @@ weights (no LoRA factors) are saved with Orbax in `<workdir>/pretrain`.
 Real data sets `config.model.backbone` to a Hugging Face ViT folder instead.
 """
 from collections.abc import Callable
+import json
 import os
 import time
 
@@ -26,6 +27,7 @@ from flax import traverse_util
 
 from vldd_jax import jsonfile
 from vldd_jax import parallel
+from vldd_jax import provenance
 from vldd_jax import trainer
 from vldd_jax.data import input_pipeline
 from vldd_jax.data import shapes_captions as vocab
@@ -123,10 +125,22 @@ def backbone_loader(config: ml_collections.ConfigDict,
   if not os.path.exists(summary):
     raise FileNotFoundError(f"{summary} not found: run --config.stage=pretrain first, "
                             "or set config.model.backbone.")
+  _check_settings(config, summary)
   with ocp.CheckpointManager(os.path.join(pretrain_dir(workdir), "ckpt")) as mngr:
     base = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
         tower=ocp.args.StandardRestore())).tower
   return lambda tower: _graft(tower, base)
+
+
+def _check_settings(config: ml_collections.ConfigDict, summary: str) -> None:
+  """Raises if the pretrained tower of `summary` was made under other settings
+  (summaries from before `settings` existed are taken as matching)."""
+  with open(summary) as f:
+    saved = json.load(f).get("settings")
+  if saved is not None:
+    provenance.check(saved, provenance.settings(config, "pretrain"),
+                     os.path.dirname(summary),
+                     "use a new workdir, or delete that folder to pretrain anew.")
 
 
 def _make_step(tower_apply, heads_apply, tx):
@@ -160,6 +174,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                      "a Hugging Face ViT folder (or 'scratch').")
   out = pretrain_dir(workdir)
   if os.path.exists(os.path.join(out, SUMMARY)):
+    _check_settings(config, os.path.join(out, SUMMARY))
     logging.info("Pretrained tower found in %s.", out)
     return
   cfg = config.pretrain
@@ -223,7 +238,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   accuracy = _held_out_accuracy(eval_step, params, held_x, held_t, cfg.batch_size, mesh)
   logging.info("Pretrained tower, held-out accuracy: %s", accuracy)
   jsonfile.write(os.path.join(out, SUMMARY),
-                 {"epochs": cfg.epochs, "held_out_examples": n_held,
+                 {"settings": provenance.settings(config, "pretrain"),
+                  "epochs": cfg.epochs, "held_out_examples": n_held,
                   "held_out_accuracy": accuracy,
                   "seconds_this_run": round(time.time() - t0, 1)})
 

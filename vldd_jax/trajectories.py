@@ -15,10 +15,12 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 from vldd_jax import jsonfile
+from vldd_jax import provenance
 
 MANIFEST = "manifest.json"
 _ARRAY_ITEMS = ("params", "opt_state", "frozen", "correct")
@@ -65,14 +67,39 @@ def read_manifest(workdir: str, expert: int) -> dict | None:
     return json.load(f)
 
 
-def finished_experts(workdir: str) -> list[int]:
-  """Indices of the experts whose training finished, sorted."""
+def check_settings(config: ml_collections.ConfigDict, workdir: str, expert: int) -> None:
+  """Raises if the expert's manifest records other settings than `config`'s.
+
+  Manifests written before `settings` existed are checked on the fields they
+  store (data, text, model, epochs and optimiser).
+  """
+  manifest = read_manifest(workdir, expert)
+  if manifest is None:
+    return
+  wanted = provenance.settings(config, "experts")
+  saved = manifest.get("settings")
+  if saved is None:
+    saved = provenance.flatten({
+        "data": manifest["data"], "text": manifest["text"], "model": manifest["model"],
+        "experts": {"epochs": manifest["epochs"], **manifest["optimizer"]}})
+    wanted = {k: v for k, v in wanted.items() if k in saved}
+  provenance.check(saved, wanted, expert_dir(workdir, expert),
+                   "use a new workdir, or delete its experts/ folder to train anew.")
+
+
+def finished_experts(workdir: str,
+                     config: ml_collections.ConfigDict | None = None) -> list[int]:
+  """Indices of the experts whose training finished, sorted; with `config`,
+  raises if one was trained under other settings (`check_settings`)."""
   root = experts_dir(workdir)
   if not os.path.isdir(root):
     return []
   indices = sorted(int(name.split("_")[1]) for name in os.listdir(root)
                    if name.startswith("expert_"))
-  return [e for e in indices if (read_manifest(workdir, e) or {}).get("finished")]
+  finished = [e for e in indices if (read_manifest(workdir, e) or {}).get("finished")]
+  for e in finished if config is not None else ():
+    check_settings(config, workdir, e)
+  return finished
 
 
 def load_params(workdir: str, expert: int, epoch: int) -> dict:

@@ -1,0 +1,91 @@
+"""Every stage refuses a workdir made under other data, text, model or experts settings."""
+import os
+
+import pytest
+
+from vldd_jax import distill
+from vldd_jax import evaluate
+from vldd_jax import experts
+from vldd_jax import pretrain
+from vldd_jax import trajectories
+
+# (field, new value, the stages whose outputs depend on it).
+CHANGES = [
+    ("data.num_train", 48, ("pretrain", "experts", "distill", "evaluate")),
+    ("data.seed", 1, ("pretrain", "experts", "distill", "evaluate")),
+    ("text.max_length", 64, ("experts", "distill", "evaluate")),
+    ("seed", 7, ("pretrain", "experts", "distill", "evaluate")),
+    ("model.lora.rank", 2, ("experts", "distill", "evaluate")),
+    ("model.vit.depth", 2, ("pretrain", "experts", "distill", "evaluate")),
+    ("experts.lr", 0.05, ("experts", "distill", "evaluate")),
+    ("experts.epochs", 4, ("experts", "distill", "evaluate")),
+]
+STAGES = {"pretrain": pretrain.run, "experts": experts.run, "distill": distill.run,
+          "evaluate": evaluate.run}
+
+
+def _get(config, field):
+  for part in field.split("."):
+    config = config[part]
+  return config
+
+
+def _changed(config, field, value):
+  other = config.copy_and_resolve_references()
+  section, _, name = field.rpartition(".")
+  (_get(other, section) if section else other)[name] = value
+  return other
+
+
+def _snapshot(workdir):
+  return {os.path.join(root, f): os.path.getmtime(os.path.join(root, f))
+          for root, _, files in os.walk(workdir) for f in files}
+
+
+@pytest.mark.parametrize("field,value,stages", CHANGES)
+def test_a_changed_setting_is_refused_by_every_stage_that_depends_on_it(
+    trained, field, value, stages):
+  config, workdir = trained
+  other = _changed(config, field, value)
+  before = _snapshot(workdir)
+  for stage, run in STAGES.items():
+    if stage in stages:
+      with pytest.raises(ValueError, match=rf"was made with other settings \(.*{field}: "
+                                           rf"saved {_get(config, field)!r}, "
+                                           rf"config {value!r}"):
+        run(other, workdir)
+  assert _snapshot(workdir) == before  # Nothing was written or rewritten.
+
+
+def test_unchanged_settings_reuse_the_outputs(trained):
+  config, workdir = trained
+  before = _snapshot(workdir)
+  pretrain.run(config, workdir)
+  experts.run(config, workdir)
+  assert _snapshot(workdir) == before
+  # Neither where the data lives nor how many experts there are changes them.
+  moved = config.copy_and_resolve_references()
+  moved.data.data_dir += "/"
+  assert trajectories.finished_experts(workdir, moved) == [0, 1]
+
+
+def test_distill_refuses_more_experts_than_finished(trained):
+  config, workdir = trained
+  other = config.copy_and_resolve_references()
+  other.distill.num_experts = 3
+  with pytest.raises(ValueError, match=r"distill.num_experts=3, but .*experts has 2 "
+                                       "finished experts"):
+    distill.run(other, workdir)
+
+
+def test_manifests_from_before_settings_are_checked_on_the_fields_they_hold(
+    trained, tmp_path):
+  config, workdir = trained
+  manifest = trajectories.read_manifest(workdir, 0)
+  del manifest["settings"]
+  copy = tmp_path / "work"
+  os.makedirs(trajectories.expert_dir(str(copy), 0))
+  trajectories.write_manifest(str(copy), 0, manifest)
+  assert trajectories.finished_experts(str(copy), config) == [0]
+  with pytest.raises(ValueError, match=r"data\.num_train: saved 64, config 48"):
+    trajectories.finished_experts(str(copy), _changed(config, "data.num_train", 48))

@@ -9,6 +9,7 @@ import pytest
 
 from vldd_jax import distill
 from vldd_jax import evaluate
+from vldd_jax import synthetic
 from vldd_jax.data import input_pipeline
 
 from conftest import ROOT, kill_when_exists, main_cmd, run_main, subprocess_env
@@ -24,8 +25,8 @@ def distilled(trained):
 def test_distilled_outputs(distilled):
   config, workdir = distilled
   n = config.distill.num_pairs
-  out = distill.distill_dir(workdir, n)
-  result = distill.load_distilled(workdir, n)
+  out = synthetic.set_dir(workdir, n)
+  result = synthetic.load(workdir, n)
   assert result["images"].shape == (n, 32, 32, 3) and result["images"].dtype == np.float32
   np.testing.assert_array_equal(result["images_uint8"], distill.to_uint8(result["images"]))
   assert result["text_emb"].shape == (n, 384)
@@ -47,7 +48,7 @@ def test_distilled_outputs(distilled):
 
 def test_rerun_with_other_settings_is_refused(distilled):
   config, workdir = distilled
-  out = distill.distill_dir(workdir, config.distill.num_pairs)
+  out = synthetic.set_dir(workdir, config.distill.num_pairs)
   with open(os.path.join(out, distill.SETTINGS)) as f:
     assert json.load(f) == distill.settings(config, config.experts.num_experts)
   other = config.copy_and_resolve_references()
@@ -64,9 +65,9 @@ def test_rerun_with_other_settings_is_refused(distilled):
   same = config.copy_and_resolve_references()
   same.distill.update(log_every=1, lr_similarity=123.0)
   same.data.data_dir = "/elsewhere"
-  before = os.path.getmtime(os.path.join(out, distill.RESULT))
+  before = os.path.getmtime(os.path.join(out, synthetic.RESULT))
   distill.run(same, workdir)
-  assert os.path.getmtime(os.path.join(out, distill.RESULT)) == before
+  assert os.path.getmtime(os.path.join(out, synthetic.RESULT)) == before
 
 
 def _copy_experts(trained, tmp_path, name):
@@ -85,10 +86,10 @@ def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path
 
   killed = _copy_experts(trained, tmp_path, "killed")
   kill_when_exists(killed, data_dir, flags, killed / "distill" / "n8" / "ckpt" / "2")
-  assert not (killed / "distill" / "n8" / distill.RESULT).exists()
+  assert not (killed / "distill" / "n8" / synthetic.RESULT).exists()
   result = run_main(killed, data_dir, *flags)
   assert "Resuming distillation at iteration" in result.stderr
-  want, got = (distill.load_distilled(str(w), 8) for w in (reference, killed))
+  want, got = (synthetic.load(str(w), 8) for w in (reference, killed))
   for key in ("images", "text_emb", "lr_image", "lr_text"):
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
@@ -101,7 +102,7 @@ def test_non_finite_loss_stops_without_a_bad_checkpoint(trained, data_dir, tmp_p
   assert result.returncode != 0
   assert "non-finite loss or gradient at iteration" in result.stderr
   out = workdir / "distill" / "n8"
-  assert not (out / distill.RESULT).exists()
+  assert not (out / synthetic.RESULT).exists()
   saved = sorted(os.listdir(out / "ckpt")) if (out / "ckpt").exists() else []
   assert saved in ([], ["2"]), saved  # Nothing saved after the first bad iteration.
 
@@ -115,7 +116,7 @@ def four_devices(trained, data_dir, tmp_path_factory):
   """A workdir distilled by one process with 4 devices (meta batch 4)."""
   workdir = _copy_experts(trained, tmp_path_factory.mktemp("devices"), "four")
   run_main(workdir, data_dir, *_DEVICES_FLAGS, devices=4)
-  return distill.load_distilled(str(workdir), 8)
+  return synthetic.load(str(workdir), 8)
 
 
 def _assert_same_set(got, want):
@@ -129,7 +130,7 @@ def test_one_and_four_devices_distill_the_same_set(trained, data_dir, tmp_path,
                                                    four_devices):
   one = _copy_experts(trained, tmp_path, "one")
   run_main(one, data_dir, *_DEVICES_FLAGS)
-  _assert_same_set(distill.load_distilled(str(one), 8), four_devices)
+  _assert_same_set(synthetic.load(str(one), 8), four_devices)
 
 
 def test_two_processes_distill_the_set_of_one_process(trained, data_dir, tmp_path,
@@ -148,7 +149,7 @@ def test_two_processes_distill_the_set_of_one_process(trained, data_dir, tmp_pat
   errors = [p.communicate(timeout=600)[1] for p in procs]
   for p, err in zip(procs, errors):
     assert p.returncode == 0, err[-3000:]
-  _assert_same_set(distill.load_distilled(str(workdir), 8), four_devices)
+  _assert_same_set(synthetic.load(str(workdir), 8), four_devices)
 
 
 def test_evaluate_writes_results_with_every_row(distilled, capsys):
@@ -168,7 +169,7 @@ def test_evaluation_is_deterministic_and_reports_as_asked(distilled):
   config, workdir = distilled
   test = input_pipeline.load_split(config, workdir, "test")
   val = input_pipeline.load_split(config, workdir, "val")
-  data = distill.load_distilled(workdir, 8)
+  data = synthetic.load(workdir, 8)
   run = lambda cfg, seed: evaluate.train_and_evaluate(
       cfg, workdir, data["images"], data["text_emb"], lr_image=0.1, lr_text=0.1,
       seed=seed, test=test, val=val)
@@ -202,7 +203,7 @@ def test_lowrank_distillation_learns_s_and_resumes_with_it(trained, tmp_path):
   distill.run(half, str(resumed))
   # More iterations than a finished set had: it goes on from its last checkpoint.
   distill.run(config, str(resumed))
-  want, got = (distill.load_distilled(str(w), 8, "lowrank") for w in (straight, resumed))
+  want, got = (synthetic.load(str(w), 8, "lowrank") for w in (straight, resumed))
   for key in ("images", "text_emb", "lr_image", "lr_text", "similarity"):
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
   assert want["similarity"].shape == (8, 8)
@@ -217,3 +218,17 @@ def test_loss_rise_compares_the_last_window_with_the_first():
   rising = [1.04, 1.0, 1.1, 1.2, 1.3, 1.32]
   assert distill.loss_rise(rising, 2, 1.2) == pytest.approx((1.02, 2, 1.31, 2))
   assert distill.loss_rise(rising[:3], 2, 1.2) is None  # Too early to tell.
+
+
+def test_a_damaged_set_is_reported_and_written_again(trained, tmp_path):
+  config, _ = trained
+  workdir = _copy_experts(trained, tmp_path, "damaged")
+  distill.run(config, str(workdir))
+  path = workdir / "distill" / "n8" / synthetic.RESULT
+  good = synthetic.read(str(path))
+  path.write_bytes(path.read_bytes()[:100])  # Truncated, as by a full disk.
+  with pytest.raises(ValueError, match=r"n8/distilled.npz is damaged \(BadZipFile"):
+    synthetic.read(str(path))
+  distill.run(config, str(workdir))  # Rewritten from the last checkpoint.
+  for key, value in synthetic.read(str(path)).items():
+    np.testing.assert_array_equal(value, good[key], err_msg=key)

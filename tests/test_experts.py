@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from vldd_jax import backbone
 from vldd_jax import experts
 from vldd_jax import pretrain
 from vldd_jax import trajectories
@@ -21,9 +22,9 @@ def _flat(tree):
 
 def test_pretrain_saves_tower_that_experts_start_from(trained):
   config, workdir = trained
-  summary = json.load(open(os.path.join(pretrain.pretrain_dir(workdir), pretrain.SUMMARY)))
+  summary = json.load(open(os.path.join(backbone.pretrain_dir(workdir), backbone.SUMMARY)))
   assert set(summary["held_out_accuracy"]) == set(pretrain.HEADS)
-  loader = pretrain.backbone_loader(config, workdir)
+  loader = backbone.loader(config, workdir)
   for expert in range(config.experts.num_experts):
     frozen = _flat(trajectories.load_frozen(workdir, expert))
     # The frozen tower is the pretrained one, whatever the expert's seed.

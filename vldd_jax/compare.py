@@ -3,8 +3,9 @@
 For each budget in `compare.budgets` and each method in `evaluate.methods`
 (distilled sets, with or without a learned similarity matrix, and the
 coresets of `coreset.py`), one row from the same `evaluate.method_row` as the
-results table, which distills each budget's set (stage `distill`) from the
-same experts when it is missing.
+results table. A missing distilled set is distilled first (stage `distill`,
+from the same experts): `distill_sets` is how the orchestrators (this stage and
+`pipeline`) make sets; evaluation only evaluates them.
 
 Outputs in the workdir: `compare.json` (rows as in `results.json`, written
 after every cell, so a rerun computes only the missing cells), `compare.md`
@@ -23,10 +24,12 @@ from absl import logging
 
 from vldd_jax import config_lib
 from vldd_jax import coreset
+from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import jsonfile
 from vldd_jax import provenance
 from vldd_jax import viz
+from vldd_jax.data import input_pipeline
 
 RESULT = "compare.json"
 LOWRANK = "distilled_lowrank"
@@ -94,6 +97,17 @@ def _write(workdir: str, rows: list[dict], config: ml_collections.ConfigDict) ->
   jsonfile.write(os.path.join(workdir, RESULT), {"rows": rows, "settings": settings(config)})
 
 
+def distill_sets(config: ml_collections.ConfigDict, workdir: str, budgets, methods,
+                 split: input_pipeline.Split) -> None:
+  """Distills the sets that the distilled ones of `methods` evaluate at `budgets`
+  (stage `distill` keeps finished ones)."""
+  for budget in budgets:
+    for method in methods:
+      set_config = evaluate.distilled_config(config, method, budget, split)
+      if set_config is not None:
+        distill.run(set_config, workdir)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Fills `compare.json` cell by cell, then writes the tables and the plot."""
   methods, budgets = config.evaluate.methods, config.compare.budgets
@@ -104,6 +118,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   selector = coreset.Selector(config, workdir, train)
   cells = [(b, m) for b in budgets for m in methods if (m, b) not in done]
   for budget, method in tqdm.tqdm(cells, desc="compare"):
+    distill_sets(config, workdir, (budget,), (method,), train)
     row = evaluate.method_row(config, workdir, method, budget, selector, test, val)
     if method == LOWRANK:
       row["similarity_settings"] = similarity_settings(config)

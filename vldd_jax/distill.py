@@ -34,20 +34,15 @@ from vldd_jax import metrics_log
 from vldd_jax import parallel
 from vldd_jax import provenance
 from vldd_jax import similarity
+from vldd_jax import synthetic
 from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax import viz
 from vldd_jax.data import input_pipeline
 from vldd_jax.models import build_model, make_apply_fn
 
-RESULT = "distilled.npz"
 SETTINGS = "settings.json"
 SIMILARITIES = ("none", "lowrank")
-
-
-def distill_dir(workdir: str, num_pairs: int, similarity_kind: str = "none") -> str:
-  suffix = "" if similarity_kind == "none" else f"_{similarity_kind}"
-  return os.path.join(workdir, "distill", f"n{num_pairs}{suffix}")
 
 
 class ExpertBuffer:
@@ -145,7 +140,7 @@ def _checkpoint_manager(out: str) -> ocp.CheckpointManager:
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Distills `config.distill.num_pairs` pairs unless already done."""
   cfg = config.distill
-  out = distill_dir(workdir, cfg.num_pairs, cfg.similarity)
+  out = synthetic.set_dir(workdir, cfg.num_pairs, cfg.similarity)
   experts = trajectories.finished_experts(workdir, config)
   if cfg.num_experts > len(experts):
     raise ValueError(f"distill.num_experts={cfg.num_experts}, but "
@@ -153,10 +148,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                      "experts: train more (--config.stage=experts) or use fewer.")
   experts = experts[:cfg.num_experts or None]
   saved_iterations = _check_settings(config, out, len(experts))
-  finished = os.path.exists(os.path.join(out, RESULT))
+  result = os.path.join(out, synthetic.RESULT)
+  finished = os.path.exists(result)
   if finished and saved_iterations in (None, cfg.iterations):
-    logging.info("Distilled set found: %s", os.path.join(out, RESULT))
-    return
+    try:
+      synthetic.read(result)
+      logging.info("Distilled set found: %s", result)
+      return
+    except ValueError as e:  # Damaged: the loop below rewrites it.
+      logging.warning("%s Writing it again.", e)
   _check(config, experts, workdir)
   os.makedirs(out, exist_ok=True)
   if not finished:  # A finished set's settings change with its new result, below.
@@ -294,19 +294,7 @@ def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.
   viz.image_grid(images_uint8, nearest_captions, os.path.join(out, "synthetic_grid.png"))
   viz.loss_curve([h["iteration"] for h in history], [h["loss"] for h in history],
                  os.path.join(out, "matching_loss.png"))
-  os.replace(tmp, os.path.join(out, RESULT))  # Last: marks the stage done.
+  os.replace(tmp, os.path.join(out, synthetic.RESULT))  # Last: marks the stage done.
   logging.info("Distilled %d pairs into %s (learned lr image %.4g, text %.4g; "
                "pixels moved %.3g RMS from the real images they started as).",
                len(rows), out, arrays["lr_image"], arrays["lr_text"], image_change)
-
-
-def load_distilled(workdir: str, num_pairs: int,
-                   similarity_kind: str = "none") -> dict[str, np.ndarray]:
-  """The arrays of `distilled.npz` for a budget (and `similarity` matrix if learned)."""
-  path = os.path.join(distill_dir(workdir, num_pairs, similarity_kind), RESULT)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: run --config.stage=distill with "
-                            f"--config.distill.num_pairs={num_pairs} and "
-                            f"--config.distill.similarity={similarity_kind} first.")
-  with np.load(path) as data:
-    return dict(data)

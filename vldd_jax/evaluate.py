@@ -16,14 +16,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from vldd_jax import backbone
 from vldd_jax import coreset
-from vldd_jax import distill
 from vldd_jax import jsonfile
 from vldd_jax import matching
 from vldd_jax import parallel
-from vldd_jax import pretrain
 from vldd_jax import retrieval
 from vldd_jax import similarity as similarity_lib
+from vldd_jax import synthetic
 from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax.data import input_pipeline
@@ -33,7 +33,9 @@ REPORTS = ("final", "best_val", "best_test_lors")
 SPLITS = ("test", "val")
 RECALL_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
 RESULTS = "results.json"
-METHODS = ("distilled", "distilled_lowrank") + coreset.METHODS
+# Distilled methods and the `distill.similarity` of their sets.
+DISTILLED = {"distilled": "none", "distilled_lowrank": "lowrank"}
+METHODS = tuple(DISTILLED) + coreset.METHODS
 
 
 def lowrank_pairs(config: ml_collections.ConfigDict, split: input_pipeline.Split,
@@ -85,7 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = parallel.make_mesh()
   student = trainer.init_student(
       config.model, jax.random.key(seed), images.shape[1:], text_emb.shape[-1],
-      pretrain.backbone_loader(config, workdir))
+      backbone.loader(config, workdir))
   tx, train_step, embedder = _compiled(config, mesh, lr_image, lr_text,
                                        similarity is not None)
   batch_size = min(cfg.batch_size, len(images))
@@ -159,23 +161,34 @@ def evaluate_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
   return row
 
 
-def method_row(config: ml_collections.ConfigDict, workdir: str, method: str,
-               budget: int, selector: coreset.Selector, test: input_pipeline.Split,
-               val: input_pipeline.Split | None) -> dict:
-  """One row: a distilled set of `budget` (its learned rates), or a coreset.
+def distilled_config(config: ml_collections.ConfigDict, method: str, budget: int,
+                     split: input_pipeline.Split) -> ml_collections.ConfigDict | None:
+  """The config that distills the set a `method` row evaluates at `budget`; None
+  for a coreset.
 
   `distilled` has `budget` pairs; `distilled_lowrank` has as many pairs as fit
   in the storage of `budget` pairs next to its similarity factors
-  (`lowrank_pairs`), and trains with them. A missing distilled set is
-  distilled first (stage `distill`, reusing the experts).
+  (`lowrank_pairs`).
   """
-  if method in ("distilled", "distilled_lowrank"):
-    kind = "lowrank" if method == "distilled_lowrank" else "none"
-    pairs = budget if kind == "none" else lowrank_pairs(config, test, budget)
-    budget_config = config.copy_and_resolve_references()
-    budget_config.distill.update(num_pairs=pairs, similarity=kind)
-    distill.run(budget_config, workdir)
-    syn = distill.load_distilled(workdir, pairs, kind)
+  if method not in DISTILLED:
+    return None
+  kind = DISTILLED[method]
+  out = config.copy_and_resolve_references()
+  out.distill.update(similarity=kind, num_pairs=budget if kind == "none"
+                     else lowrank_pairs(config, split, budget))
+  return out
+
+
+def method_row(config: ml_collections.ConfigDict, workdir: str, method: str,
+               budget: int, selector: coreset.Selector, test: input_pipeline.Split,
+               val: input_pipeline.Split | None) -> dict:
+  """One row: a distilled set of `budget` (with its learned rates and S), or a
+  coreset. The distilled set must exist (stage `distill`, or `compare` and
+  `pipeline`, which make missing ones)."""
+  set_config = distilled_config(config, method, budget, test)
+  if set_config is not None:
+    syn = synthetic.load(workdir, set_config.distill.num_pairs,
+                         set_config.distill.similarity)
     return evaluate_pairs(config, workdir, method, syn["images"], syn["text_emb"],
                           float(syn["lr_image"]), float(syn["lr_text"]), test, val,
                           budget=budget, similarity=syn.get("similarity"))

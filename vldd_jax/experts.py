@@ -16,10 +16,10 @@ import orbax.checkpoint as ocp
 import tqdm
 from absl import logging
 
+from vldd_jax import backbone
 from vldd_jax import metrics_log
 from vldd_jax import parallel
 from vldd_jax import provenance
-from vldd_jax import pretrain
 from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax.data import input_pipeline
@@ -67,14 +67,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   train = input_pipeline.load_split(config, workdir, "train", encoder=encoder)
   val = input_pipeline.load_split(config, workdir, "val", encoder=encoder)
   test = input_pipeline.load_split(config, workdir, "test", encoder=encoder)
-  backbone = pretrain.backbone_loader(config, workdir)
+  tower = backbone.loader(config, workdir)
   mesh = parallel.make_mesh()
   tx = trainer.make_optimizer(cfg.lr, cfg.momentum)
   train_step, embedder = None, None
   for expert in todo:
     student = trainer.init_student(
         config.model, jax.random.fold_in(jax.random.key(config.seed), expert),
-        train.images.shape[1:], train.text_emb.shape[-1], backbone)
+        train.images.shape[1:], train.text_emb.shape[-1], tower)
     if train_step is None:  # One compiled step and embedder for every expert.
       train_step = trainer.make_train_step(student.apply_fn, tx)
       embedder = trainer.Embedder(student.apply_fn, mesh, cfg.eval_batch_size)

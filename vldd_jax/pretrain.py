@@ -9,8 +9,6 @@ weights (no LoRA factors) are saved with Orbax in `<workdir>/pretrain`.
 
 Real data sets `config.model.backbone` to a Hugging Face ViT folder instead.
 """
-from collections.abc import Callable
-import json
 import os
 import time
 
@@ -23,17 +21,16 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 from absl import logging
-from flax import traverse_util
 
+from vldd_jax import backbone
 from vldd_jax import jsonfile
 from vldd_jax import parallel
 from vldd_jax import provenance
 from vldd_jax import trainer
 from vldd_jax.data import input_pipeline
 from vldd_jax.data import shapes_captions as vocab
-from vldd_jax.models import build_model, init_params, load_hf_vit
+from vldd_jax.models import build_model, init_params
 
-SUMMARY = "summary.json"
 _HELD_OUT = 0.1  # Fraction of the pretrain split kept to report accuracy.
 _QUADRANTS = 4
 # Output name -> (classes, multi-label?).
@@ -44,10 +41,6 @@ HEADS = {
     "background_colour": (len(vocab.BACKGROUND_COLOURS), False),
     "background_texture": (len(vocab.TEXTURES), False),
 }
-
-
-def pretrain_dir(workdir: str) -> str:
-  return os.path.join(workdir, "pretrain")
 
 
 def attribute_targets(labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -93,56 +86,6 @@ def _attribute_loss(logits: dict, targets: dict) -> tuple[jax.Array, dict]:
   return total, accuracy
 
 
-def _is_base(path: str) -> bool:
-  return not path.endswith(("/lora_a", "/lora_b"))
-
-
-def _graft(tower: dict, base: dict) -> dict:
-  flat = traverse_util.flatten_dict(tower, sep="/")
-  loaded = traverse_util.flatten_dict(base, sep="/")
-  expected = {k for k in flat if _is_base(k)}
-  if expected != loaded.keys() or any(flat[k].shape != v.shape for k, v in loaded.items()):
-    raise ValueError("The pretrained tower in the workdir does not match config.model "
-                     "(was it pretrained with other model settings?); delete "
-                     "<workdir>/pretrain to pretrain again.")
-  flat.update({k: jnp.asarray(v) for k, v in loaded.items()})
-  return traverse_util.unflatten_dict(flat, sep="/")
-
-
-def backbone_loader(config: ml_collections.ConfigDict,
-                    workdir: str) -> Callable[[dict], dict] | None:
-  """What replaces a fresh tower's base weights: `config.model.backbone`.
-
-  "pretrain": this workdir's pretrain stage; "scratch": nothing (None); any
-  other value: a Hugging Face ViT folder or .safetensors file.
-  """
-  backbone = config.model.backbone
-  if backbone == "scratch":
-    return None
-  if backbone != "pretrain":
-    return lambda tower: load_hf_vit(backbone, target=tower)
-  summary = os.path.join(pretrain_dir(workdir), SUMMARY)
-  if not os.path.exists(summary):
-    raise FileNotFoundError(f"{summary} not found: run --config.stage=pretrain first, "
-                            "or set config.model.backbone.")
-  _check_settings(config, summary)
-  with ocp.CheckpointManager(os.path.join(pretrain_dir(workdir), "ckpt")) as mngr:
-    base = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-        tower=ocp.args.StandardRestore())).tower
-  return lambda tower: _graft(tower, base)
-
-
-def _check_settings(config: ml_collections.ConfigDict, summary: str) -> None:
-  """Raises if the pretrained tower of `summary` was made under other settings
-  (summaries from before `settings` existed are taken as matching)."""
-  with open(summary) as f:
-    saved = json.load(f).get("settings")
-  if saved is not None:
-    provenance.check(saved, provenance.settings(config, "pretrain"),
-                     os.path.dirname(summary),
-                     "use a new workdir, or delete that folder to pretrain anew.")
-
-
 def _make_step(tower_apply, heads_apply, tx):
 
   def loss_fn(params, images, targets):
@@ -172,9 +115,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise ValueError(f"The pretrain stage needs the attribute labels of the shapes "
                      f"dataset, not {config.data.name!r}: set config.model.backbone to "
                      "a Hugging Face ViT folder (or 'scratch').")
-  out = pretrain_dir(workdir)
-  if os.path.exists(os.path.join(out, SUMMARY)):
-    _check_settings(config, os.path.join(out, SUMMARY))
+  out = backbone.pretrain_dir(workdir)
+  if os.path.exists(os.path.join(out, backbone.SUMMARY)):
+    backbone.check_settings(config, os.path.join(out, backbone.SUMMARY))
     logging.info("Pretrained tower found in %s.", out)
     return
   cfg = config.pretrain
@@ -237,7 +180,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
   accuracy = _held_out_accuracy(eval_step, params, held_x, held_t, cfg.batch_size, mesh)
   logging.info("Pretrained tower, held-out accuracy: %s", accuracy)
-  jsonfile.write(os.path.join(out, SUMMARY),
+  jsonfile.write(os.path.join(out, backbone.SUMMARY),
                  {"settings": provenance.settings(config, "pretrain"),
                   "epochs": cfg.epochs, "held_out_examples": n_held,
                   "held_out_accuracy": accuracy,

@@ -1,7 +1,9 @@
 """The stages a run can select with `config.stage`.
 
-`pipeline` runs those of `STAGES` in order; `compare` (every method at every
-budget, a distillation per budget) is run on its own.
+`pipeline` runs data, pretrain and experts, distils the sets that the
+distilled methods of `evaluate.methods` need at `distill.num_pairs`, then
+evaluates; `compare` (every method at every budget, a distillation per budget)
+is run on its own.
 """
 import json
 import os
@@ -14,6 +16,7 @@ from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import experts
 from vldd_jax import pretrain
+from vldd_jax.data import input_pipeline
 from vldd_jax.data import prepare
 
 Stage = Callable[[ml_collections.ConfigDict, str], None]
@@ -28,6 +31,16 @@ STAGES: dict[str, Stage] = {
 ALONE: dict[str, Stage] = {"compare": compare.run}
 
 
+def pipeline(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Data, pretrain and experts; the sets the results table evaluates; evaluate."""
+  for stage in (prepare.run, pretrain.run, experts.run):
+    stage(config, workdir)
+  train = input_pipeline.load_split(config, workdir, "train")
+  compare.distill_sets(config, workdir, (config.distill.num_pairs,),
+                       config.evaluate.methods, train)
+  evaluate.run(config, workdir)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Runs `config.stage`, or every stage in order for `pipeline`."""
   if config.stage != "pipeline" and config.stage not in STAGES | ALONE:
@@ -36,6 +49,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, f"config_{config.stage}.json"), "w") as f:
     json.dump(config.to_dict(), f, indent=2)
-  names = list(STAGES) if config.stage == "pipeline" else [config.stage]
-  for name in names:
-    (STAGES | ALONE)[name](config, workdir)
+  if config.stage == "pipeline":
+    pipeline(config, workdir)
+  else:
+    (STAGES | ALONE)[config.stage](config, workdir)

@@ -56,7 +56,7 @@ def init_student(model_config: ml_collections.ConfigDict, rng: jax.Array,
     image_shape: (H, W, C).
     text_dim: size of the frozen text embeddings.
     backbone: maps the fresh tower parameters `params["img"]` to the ones to
-      use (keeping the fresh LoRA factors); see `pretrain.backbone_loader`.
+      use (keeping the fresh LoRA factors); see `backbone.loader`.
   """
   model = build_model(model_config)
   params = dict(init_params(model, rng, image_shape, text_dim))

@@ -35,6 +35,7 @@ from absl import app, flags
 from benchmarks import common
 from vldd_jax import config_lib
 from vldd_jax import matching
+from vldd_jax import objectives
 from vldd_jax import trainer
 
 _STEPS = flags.DEFINE_list("steps", ["10", "20", "40", "80"], "syn_steps values.")
@@ -87,7 +88,7 @@ def measure(syn_steps: int, remat: bool, iterations: int) -> dict:
   iteration_s, iteration_times = _median_time(iterate, iterations)
 
   step = jax.jit(matching.make_student_step(student.apply_fn, student.trainable,
-                                            cfg.augment))
+                                            objectives.Plain(), cfg.augment))
   batch = (jnp.asarray(syn["images"][:cfg.batch_size]),
            jnp.asarray(syn["text"][:cfg.batch_size]), jnp.exp(syn["log_lr"]))
   step_fn = lambda: step(student.trainable, student.frozen, *batch, key)

@@ -20,6 +20,7 @@ from absl import app, flags
 
 from benchmarks import common
 from vldd_jax import config_lib
+from vldd_jax import objectives
 from vldd_jax import parallel
 from vldd_jax import retrieval
 from vldd_jax import trainer
@@ -34,7 +35,8 @@ def expert_training(steps: int) -> dict:
   batch = config.experts.batch_size
   student = trainer.init_student(config.model, jax.random.key(0), (32, 32, 3), 384)
   tx = trainer.make_optimizer(config.experts.lr, config.experts.momentum)
-  train_step = trainer.make_train_step(student.apply_fn, tx)
+  train_step = trainer.make_train_step(
+      trainer.student_loss(student.apply_fn, objectives.Plain()), tx)
   mesh = parallel.make_mesh()
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)

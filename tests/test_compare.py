@@ -19,7 +19,7 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, monkeyp
                                                                 caplog):
   config, workdir = trained
   config = config.copy_and_resolve_references()
-  config.evaluate.methods = evaluate.METHODS
+  config.evaluate.methods = evaluate.methods()
   with jax.log_compiles(), caplog.at_level(logging.WARNING):
     compare.run(config, workdir)
   # One distillation per (budget, similarity), each compiling its meta step
@@ -30,7 +30,7 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, monkeyp
   path = os.path.join(workdir, compare.RESULT)
   rows = json.load(open(path))["rows"]
   cells = {(r["method"], r["budget"]) for r in rows}
-  assert cells == {(m, b) for m in evaluate.METHODS for b in (4, 8)}
+  assert cells == {(m, b) for m in evaluate.methods() for b in (4, 8)}
   # 7 pairs of 32x32x3 pixels + a 384-d text, plus S's 7 x 21 floats, fit in
   # the storage of 8 pairs; 3 pairs + S in that of 4.
   lowrank = {r["budget"]: r["pairs"] for r in rows if r["method"] == "distilled_lowrank"}
@@ -75,7 +75,8 @@ def test_compare_json_from_before_per_cell_similarity_settings_still_loads(tmp_p
   # Such a file kept the similarity fields in its table-wide settings.
   config = tiny_config(str(tmp_path))
   old = compare.settings(config)
-  old.update({f"distill.{k}": v for k, v in compare.similarity_settings(config).items()},
+  old.update({f"distill.{k}": v for k, v in
+              compare.objective_settings(config, "distilled_lowrank").items()},
              **{"distill.similarity": "none"})
   old = traverse_util.unflatten_dict(old, sep=".")  # Such files nest the sections.
   rows = [{"method": "random", "budget": 4}, {"method": "distilled_lowrank", "budget": 4}]

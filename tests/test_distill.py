@@ -194,7 +194,7 @@ def test_summarize_is_mean_and_population_std():
 
 def test_lowrank_distillation_learns_s_and_resumes_with_it(trained, tmp_path):
   config = trained[0].copy_and_resolve_references()
-  config.distill.update(similarity="lowrank", iterations=4)
+  config.distill.update(objective="lowrank", iterations=4)
   straight = _copy_experts(trained, tmp_path, "straight")
   distill.run(config, str(straight))
   resumed = _copy_experts(trained, tmp_path, "resumed")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from vldd_jax import augment
-from vldd_jax import losses
+from vldd_jax import config_lib
 from vldd_jax import matching
 from vldd_jax import models
-from vldd_jax import similarity
+from vldd_jax import objectives
 from vldd_jax import trainer
 
 TEXT_DIM = 8
@@ -62,7 +62,7 @@ def test_meta_gradient_matches_central_differences():
 
 
 def _python_unrolled_loss(apply_fn, trainable, cfg, syn, start, target, frozen, key):
-  step = matching.make_student_step(apply_fn, trainable, cfg.augment)
+  step = matching.make_student_step(apply_fn, trainable, objectives.Plain(), cfg.augment)
   k_batches, k_steps = jax.random.split(key)
   batches = matching.minibatch_indices(k_batches, syn["text"].shape[0], cfg.syn_steps,
                                        cfg.batch_size)
@@ -192,21 +192,31 @@ def test_augment_draws_per_image_and_passes_gradients(per_image):
     assert np.all(np.abs(grad).sum(axis=(1, 2, 3)) > 0), seed  # Every image gets one.
 
 
+def _lowrank(**fields):
+  cfg = config_lib.distill_config()
+  cfg.update(objective="lowrank", similarity_rank=3, **fields)
+  return objectives.build(cfg)
+
+
 def test_identity_similarity_targets_reduce_to_the_plain_loss():
   apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float32)
-  cfg = matching.UnrollConfig(syn_steps=2, batch_size=4, similarity_loss="softmax")
-  loss = lambda s: matching.make_matching_loss(apply_fn, trainable, cfg)(
-      s, start, target, frozen, jax.random.key(4))
-  with_sim = {**syn, "sim": similarity.init_lowrank(6, 3, jax.random.key(7))}
-  np.testing.assert_allclose(jax.jit(loss)(with_sim), jax.jit(loss)(syn), rtol=1e-6)
+  cfg = matching.UnrollConfig(syn_steps=2, batch_size=4)
+  loss = lambda s, objective: matching.make_matching_loss(
+      apply_fn, trainable, cfg, objective)(s, start, target, frozen, jax.random.key(4))
+  lowrank = _lowrank(similarity_loss="softmax")
+  with_sim = {**syn, **lowrank.init(6, jax.random.key(7))}
+  np.testing.assert_allclose(jax.jit(loss, static_argnums=1)(with_sim, lowrank),
+                             jax.jit(loss, static_argnums=1)(syn, objectives.Plain()),
+                             rtol=1e-6)
 
 
 def test_meta_gradient_reaches_the_similarity_factors():
   with jax.enable_x64(True):
     apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float64)
-    sim = similarity.init_lowrank(6, 3, jax.random.key(7))
+    lowrank = _lowrank()
+    sim = lowrank.init(6, jax.random.key(7))["sim"]
     cfg = matching.UnrollConfig(syn_steps=2, batch_size=4, augment=False)
-    loss = jax.jit(lambda s: matching.make_matching_loss(apply_fn, trainable, cfg)(
+    loss = jax.jit(lambda s: matching.make_matching_loss(apply_fn, trainable, cfg, lowrank)(
         s, start, target, frozen, jax.random.key(4)))
     at_init = jax.grad(loss)({**syn, "sim": sim})["sim"]
     # As LoRA's: with R = 0, L gets no gradient until R moves.
@@ -230,9 +240,11 @@ def test_train_step_trains_against_given_similarity_targets():
   apply_fn, trainable, frozen, _, _, syn = _problem(jnp.float32)
   tx = trainer.make_optimizer(0.1)
   images, text = syn["images"][:4], syn["text"][:4]
-  run = lambda loss, *targets: float(trainer.make_train_step(apply_fn, tx, False, loss)(
-      jax.tree.map(jnp.copy, trainable), tx.init(trainable), frozen, images, text,
-      jax.random.key(0), *targets)[2])
-  plain = run(None)
-  assert run(losses.soft_contrastive_loss, jnp.eye(4)) == pytest.approx(plain, rel=1e-6)
-  assert run(losses.weighted_bce_loss, jnp.eye(4)) != pytest.approx(plain, rel=1e-3)
+  run = lambda objective, *targets: float(trainer.make_train_step(
+      trainer.student_loss(apply_fn, objective), tx)(
+          jax.tree.map(jnp.copy, trainable), tx.init(trainable), frozen, images, text,
+          jax.random.key(0), *targets)[2])
+  plain = run(objectives.Plain())
+  soft, wbce = _lowrank(similarity_loss="softmax"), _lowrank(similarity_loss="wbce")
+  assert run(soft, jnp.eye(4)) == pytest.approx(plain, rel=1e-6)
+  assert run(wbce, jnp.eye(4)) != pytest.approx(plain, rel=1e-3)

@@ -1,18 +1,26 @@
-"""Libraries and evaluation never import a stage; only orchestrators make sets."""
+"""Libraries and evaluation never import a stage; only orchestrators make sets;
+a new objective is one registered class."""
+import json
+import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+from vldd_jax import compare
 from vldd_jax import evaluate
+from vldd_jax import losses
+from vldd_jax import objectives
+from vldd_jax import synthetic
 
 from conftest import ROOT
 
 STAGE_MODULES = ("vldd_jax.compare", "vldd_jax.distill", "vldd_jax.experts",
                  "vldd_jax.pretrain", "vldd_jax.stages", "vldd_jax.main",
                  "vldd_jax.data.prepare")
-LIBRARIES = ("backbone", "coreset", "losses", "matching", "provenance", "retrieval",
-             "similarity", "synthetic", "trainer", "trajectories", "models")
+LIBRARIES = ("backbone", "coreset", "losses", "matching", "objectives", "provenance",
+             "retrieval", "similarity", "synthetic", "trainer", "trajectories", "models")
 
 
 @pytest.mark.parametrize("module", ("evaluate",) + LIBRARIES)
@@ -31,3 +39,31 @@ def test_evaluate_refuses_a_missing_set_instead_of_distilling_it(trained, tmp_pa
   with pytest.raises(FileNotFoundError, match=r"distill/n5/distilled.npz not found: run "
                                               r"--config.stage=distill"):
     evaluate.run(other, workdir)
+
+
+class _HalfTemperature(objectives.Plain):
+  """A toy objective: the plain loss at twice the temperature."""
+  name = "toy"
+  traced = 0  # How often a student loss was built from it.
+
+  def loss(self, image_emb, text_emb, scale, targets):
+    _HalfTemperature.traced += 1
+    return losses.contrastive_loss(image_emb, text_emb, scale / 2)
+
+
+def test_a_new_objective_is_one_registered_class(trained, tmp_path, monkeypatch):
+  config, workdir = trained
+  monkeypatch.setitem(objectives.OBJECTIVES, "toy", _HalfTemperature)
+  work = tmp_path / "work"
+  os.makedirs(work)
+  for folder in ("pretrain", "experts"):
+    shutil.copytree(os.path.join(workdir, folder), work / folder)
+  config = config.copy_and_resolve_references()
+  config.evaluate.methods = ("distilled_toy",)
+  config.compare.budgets = (8,)
+  compare.run(config, str(work))
+  # Distilled into its own folder, and both students trained with its loss.
+  assert synthetic.load(str(work), 8, "toy")["images"].shape[0] == 8
+  assert _HalfTemperature.traced >= 2
+  rows = json.load(open(work / compare.RESULT))["rows"]
+  assert [r["method"] for r in rows] == ["distilled_toy"]

@@ -10,8 +10,8 @@ from the same experts): `distill_sets` is how the orchestrators (this stage and
 Outputs in the workdir: `compare.json` (rows as in `results.json`, written
 after every cell, so a rerun computes only the missing cells), `compare.md`
 (tr@1 and ir@1 by method and budget, then every recall) and `compare.png`.
-Changing a field of the learned similarity (`distill.similarity_*`,
-`distill.lr_similarity`) recomputes only the `distilled_lowrank` cells; any
+Changing a field of an objective (e.g. `distill.similarity_*`,
+`distill.lr_similarity` of LoRS's) recomputes only the cells of its sets; any
 other change of settings is refused.
 """
 import json
@@ -22,38 +22,41 @@ import ml_collections
 import tqdm
 from absl import logging
 
-from vldd_jax import config_lib
 from vldd_jax import coreset
 from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import jsonfile
+from vldd_jax import objectives
 from vldd_jax import provenance
 from vldd_jax import viz
 from vldd_jax.data import input_pipeline
 
 RESULT = "compare.json"
-LOWRANK = "distilled_lowrank"
-# `distill.similarity` is set per method; the learned-similarity cells record
-# the other similarity fields (`similarity_settings`) instead of the table.
-_SIMILARITY_FIELDS = ("similarity", *config_lib.SIMILARITY_FIELDS)
+
+
+def _objective_fields() -> tuple[str, ...]:
+  """The `distill` fields an objective adds: its cells record them
+  (`objective_settings`) instead of the table."""
+  return tuple(dict.fromkeys(f for o in objectives.OBJECTIVES.values() for f in o.fields))
 
 
 def settings(config: ml_collections.ConfigDict) -> dict:
   """What every cell's numbers depend on besides its method and budget."""
-  ignore = ("distill.num_pairs", "evaluate.methods",
-            *(f"distill.{name}" for name in _SIMILARITY_FIELDS))
+  ignore = ("distill.num_pairs", "distill.objective", "evaluate.methods",
+            *(f"distill.{name}" for name in _objective_fields()))
   return provenance.settings(config, "compare", ignore)
 
 
-def similarity_settings(config: ml_collections.ConfigDict) -> dict:
-  """What a `distilled_lowrank` cell depends on beyond `settings`."""
-  return {name: config.distill[name] for name in config_lib.SIMILARITY_FIELDS}
+def objective_settings(config: ml_collections.ConfigDict, method: str) -> dict:
+  """What a distilled cell depends on beyond `settings`: its objective's fields."""
+  fields = objectives.OBJECTIVES[objectives.methods()[method]].fields
+  return {name: config.distill[name] for name in fields}
 
 
 def load_rows(path: str, config: ml_collections.ConfigDict) -> list[dict]:
   """Finished cells of an earlier run with the same settings; [] if none.
 
-  `distilled_lowrank` cells made with other similarity settings are left out
+  Distilled cells made with other settings of their objective are left out
   (recomputed), with a warning.
   """
   if not os.path.exists(path):
@@ -61,23 +64,27 @@ def load_rows(path: str, config: ml_collections.ConfigDict) -> list[dict]:
   with open(path) as f:
     saved = json.load(f)
   saved_settings = provenance.flatten(saved.get("settings", {}))
-  # Files from before per-cell similarity settings hold them for the whole table.
+  # Files from before per-cell settings hold the similarity fields (and the
+  # objective, then `distill.similarity`) for the whole table.
   legacy = {name: saved_settings.pop(f"distill.{name}", None)
-            for name in config_lib.SIMILARITY_FIELDS}
+            for name in _objective_fields()}
   saved_settings.pop("distill.similarity", None)
   provenance.check(saved_settings, settings(config), path,
                    "move it away to start a new comparison, or rerun with the "
                    "settings it records.")
   rows = saved["rows"]
+  distilled = objectives.methods()
   for row in rows:
-    if row["method"] == LOWRANK:
-      row.setdefault("similarity_settings", legacy)
-  stale = [r for r in rows if r["method"] == LOWRANK
-           and r["similarity_settings"] != similarity_settings(config)]
-  if stale:
-    logging.warning("%s: recomputing the %s cells at budgets %s, made with other "
-                    "similarity settings (now %s).", path, LOWRANK,
-                    [r["budget"] for r in stale], similarity_settings(config))
+    if row["method"] in distilled:
+      row.setdefault("objective_settings", row.pop("similarity_settings", None) or
+                     {k: v for k, v in legacy.items()
+                      if k in objectives.OBJECTIVES[distilled[row["method"]]].fields})
+  stale = [r for r in rows if r["method"] in distilled
+           and r["objective_settings"] != objective_settings(config, r["method"])]
+  for row in stale:
+    logging.warning("%s: recomputing the %s cell at budget %d, made with other "
+                    "settings of its objective (now %s).", path, row["method"],
+                    row["budget"], objective_settings(config, row["method"]))
   return [r for r in rows if r not in stale]
 
 
@@ -120,8 +127,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   for budget, method in tqdm.tqdm(cells, desc="compare"):
     distill_sets(config, workdir, (budget,), (method,), train)
     row = evaluate.method_row(config, workdir, method, budget, selector, test, val)
-    if method == LOWRANK:
-      row["similarity_settings"] = similarity_settings(config)
+    if method in objectives.methods():
+      row["objective_settings"] = objective_settings(config, method)
     rows.append(row)
     _write(workdir, rows, config)
   wanted = [r for r in rows if r["budget"] in budgets and r["method"] in methods]

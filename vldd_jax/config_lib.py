@@ -4,11 +4,6 @@ import os
 
 import ml_collections
 
-# The distill fields of a learned similarity matrix (`distill.similarity`):
-# only sets and cells with one depend on them.
-SIMILARITY_FIELDS = ("similarity_rank", "similarity_alpha", "lr_similarity",
-                     "similarity_loss")
-
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
@@ -92,9 +87,11 @@ def distill_config() -> ml_collections.ConfigDict:
       num_experts=0,  # Use the first this many finished experts; 0: all.
       log_every=10,
       checkpoint_every=100,
-      # LoRS (Xu et al., ICML 2024): also learn S = diag(a) + alpha/rank L R^T
-      # as soft targets. Defaults from their Flickr30K 100-pair script.
-      similarity="none",  # "none" | "lowrank".
+      # What the set learns besides its pairs, and its students' loss
+      # (objectives.py): "plain" | "lowrank", LoRS (Xu et al., ICML 2024):
+      # S = diag(a) + alpha/rank L R^T as soft targets, with the defaults of
+      # their Flickr30K 100-pair script below.
+      objective="plain",
       similarity_rank=10,
       similarity_alpha=3.0,
       lr_similarity=10.0,

@@ -10,8 +10,9 @@ non-finite loss stops the run before it can overwrite a good checkpoint.
 is refused rather than resumed or silently handed the old set, except that
 raising `iterations` goes on from the last checkpoint, finished or not.
 
-Outputs in `<workdir>/distill/n<N>/` (`n<N>_lowrank/` with a learned
-similarity matrix, `distill.similarity="lowrank"`): `distilled.npz`,
+Outputs in `<workdir>/distill/n<N>/` (`n<N>_<objective>/` for objectives other
+than "plain", e.g. LoRS's learned similarity, `distill.objective="lowrank"`;
+`synthetic.py`): `distilled.npz`,
 `settings.json`, `synthetic_grid.png` (images with the nearest real caption to
 their text), `matching_loss.png`.
 """
@@ -27,13 +28,12 @@ import tqdm
 from absl import logging
 from flax import traverse_util
 
-from vldd_jax import config_lib
 from vldd_jax import jsonfile
 from vldd_jax import matching
 from vldd_jax import metrics_log
+from vldd_jax import objectives
 from vldd_jax import parallel
 from vldd_jax import provenance
-from vldd_jax import similarity
 from vldd_jax import synthetic
 from vldd_jax import trainer
 from vldd_jax import trajectories
@@ -42,7 +42,6 @@ from vldd_jax.data import input_pipeline
 from vldd_jax.models import build_model, make_apply_fn
 
 SETTINGS = "settings.json"
-SIMILARITIES = ("none", "lowrank")
 
 
 class ExpertBuffer:
@@ -89,9 +88,6 @@ def _check(config: ml_collections.ConfigDict, experts: list[int], workdir: str) 
     raise ValueError(f"distill.max_start_epoch ({cfg.max_start_epoch}) + "
                      f"distill.expert_epochs ({cfg.expert_epochs}) exceeds the experts' "
                      f"{epochs} epochs.")
-  if cfg.similarity not in SIMILARITIES:
-    raise ValueError(f"distill.similarity={cfg.similarity!r}: expected one of "
-                     f"{SIMILARITIES}.")
   if cfg.meta_batch % jax.device_count():
     raise ValueError(f"distill.meta_batch={cfg.meta_batch} must be a multiple of the "
                      f"{jax.device_count()} devices.")
@@ -99,8 +95,8 @@ def _check(config: ml_collections.ConfigDict, experts: list[int], workdir: str) 
 
 def settings(config: ml_collections.ConfigDict, num_experts: int) -> dict:
   """What a distilled set depends on (`provenance`), with the number of experts
-  it matches; a set without S does not depend on the similarity fields."""
-  ignore = () if config.distill.similarity == "lowrank" else config_lib.SIMILARITY_FIELDS
+  it matches; not on the fields of other objectives than its own."""
+  ignore = objectives.other_fields(config.distill.objective)
   out = provenance.settings(config, "distill",
                             ignore=tuple(f"distill.{k}" for k in ignore))
   out["distill.experts_used"] = num_experts
@@ -140,7 +136,8 @@ def _checkpoint_manager(out: str) -> ocp.CheckpointManager:
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Distills `config.distill.num_pairs` pairs unless already done."""
   cfg = config.distill
-  out = synthetic.set_dir(workdir, cfg.num_pairs, cfg.similarity)
+  objective = objectives.build(cfg)
+  out = synthetic.set_dir(workdir, cfg.num_pairs, cfg.objective)
   experts = trajectories.finished_experts(workdir, config)
   if cfg.num_experts > len(experts):
     raise ValueError(f"distill.num_experts={cfg.num_experts}, but "
@@ -167,20 +164,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   frozen = parallel.put_replicated(_shared_frozen(workdir, experts), mesh)
   trainable_like = jax.tree.map(lambda x: x[0, 0], buffer.params)
   apply_fn = make_apply_fn(build_model(config.model))
-  lowrank = cfg.similarity == "lowrank"
   unroll = matching.UnrollConfig(cfg.syn_steps, min(cfg.batch_size, cfg.num_pairs),
-                                 cfg.augment, cfg.augment_per_image,
-                                 similarity_alpha=cfg.similarity_alpha,
-                                 similarity_loss=cfg.similarity_loss)
+                                 cfg.augment, cfg.augment_per_image)
   tx = matching.make_meta_optimizer(cfg.lr_images, cfg.lr_text, cfg.lr_lr, cfg.momentum,
-                                    cfg.lr_similarity if lowrank else None,
-                                    cfg.meta_optimizer)
-  meta_step = matching.make_meta_step(apply_fn, trainable_like, unroll, tx)
+                                    objective.rates(), cfg.meta_optimizer)
+  meta_step = matching.make_meta_step(apply_fn, trainable_like, unroll, tx, objective)
   syn, rows = matching.init_synthetic(train, cfg.num_pairs, cfg.init,
                                       config.experts.lr, config.seed)
-  if lowrank:
-    syn["sim"] = jax.device_get(similarity.init_lowrank(
-        cfg.num_pairs, cfg.similarity_rank, jax.random.key(config.seed)))
+  syn.update(jax.device_get(objective.init(cfg.num_pairs, jax.random.key(config.seed))))
   state = matching.init_state(syn, tx)
   history: list[dict] = []
 
@@ -229,7 +220,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                                   history=ocp.args.JsonSave(history)))
     mngr.wait_until_finished()
   _write_outputs(out, jax.tree.map(parallel.to_host, state["syn"]), rows, train, history,
-                 cfg.similarity_alpha)
+                 objective)
   jsonfile.write(os.path.join(out, SETTINGS), settings(config, len(experts)))
 
 
@@ -268,7 +259,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.Split,
-                   history: list[dict], similarity_alpha: float) -> None:
+                   history: list[dict], objective: objectives.Plain) -> None:
   if jax.process_index():
     return
   real = train.text_emb.reshape(-1, train.text_emb.shape[-1])
@@ -285,10 +276,8 @@ def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.
   arrays = dict(images=syn["images"], images_uint8=images_uint8, text_emb=syn["text"],
                 lr_image=np.exp(syn["log_lr"][0]), lr_text=np.exp(syn["log_lr"][1]),
                 init_rows=rows, nearest_caption=np.asarray(nearest_captions),
-                nearest_cosine=cosine.max(axis=1), image_change_rms=image_change)
-  if "sim" in syn:  # The whole learned S, [N images, N texts].
-    arrays["similarity"] = np.asarray(similarity.targets(
-        syn["sim"], np.arange(len(rows)), similarity_alpha))
+                nearest_cosine=cosine.max(axis=1), image_change_rms=image_change,
+                **objective.export(syn))
   tmp = os.path.join(out, "distilled.tmp.npz")
   np.savez(tmp, **arrays)
   viz.image_grid(images_uint8, nearest_captions, os.path.join(out, "synthetic_grid.png"))

@@ -19,10 +19,9 @@ from absl import logging
 from vldd_jax import backbone
 from vldd_jax import coreset
 from vldd_jax import jsonfile
-from vldd_jax import matching
+from vldd_jax import objectives
 from vldd_jax import parallel
 from vldd_jax import retrieval
-from vldd_jax import similarity as similarity_lib
 from vldd_jax import synthetic
 from vldd_jax import trainer
 from vldd_jax import trajectories
@@ -33,39 +32,43 @@ REPORTS = ("final", "best_val", "best_test_lors")
 SPLITS = ("test", "val")
 RECALL_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
 RESULTS = "results.json"
-# Distilled methods and the `distill.similarity` of their sets.
-DISTILLED = {"distilled": "none", "distilled_lowrank": "lowrank"}
-METHODS = tuple(DISTILLED) + coreset.METHODS
 
 
-def lowrank_pairs(config: ml_collections.ConfigDict, split: input_pipeline.Split,
-                  budget: int) -> int:
-  """Pairs that fit, with their similarity factors, in the storage of `budget` pairs.
+def methods() -> tuple[str, ...]:
+  """Every row `evaluate.methods` can ask for: one per registered objective's
+  distilled sets, then the coresets."""
+  return tuple(objectives.methods()) + coreset.METHODS
 
-  A pair stores an image and a text embedding; S stores N (1 + 2 rank) floats.
-  LoRS compares 99 pairs + S with 100 pairs the same way.
+
+def storage_fair_pairs(objective: objectives.Plain, split: input_pipeline.Split,
+                       budget: int) -> int:
+  """Pairs that fit, with what the objective learns, in the storage of `budget` pairs.
+
+  A pair stores an image and a text embedding; LoRS's S stores N (1 + 2 rank)
+  floats, and LoRS compares 99 pairs + S with 100 pairs the same way.
   """
   per_pair = int(np.prod(split.images.shape[1:])) + split.text_emb.shape[-1]
-  rank = config.distill.similarity_rank
   pairs = budget
-  while pairs * per_pair + similarity_lib.num_floats(pairs, rank) > budget * per_pair:
+  while pairs * per_pair + objective.extra_floats(pairs) > budget * per_pair:
     pairs -= 1
   return pairs
 
 
-def check_methods(methods) -> None:
+def check_methods(methods_asked) -> None:
   """Raises unless every entry of `evaluate.methods` is known."""
-  unknown = [m for m in methods if m not in METHODS]
-  if unknown or not methods:
-    raise ValueError(f"evaluate.methods={tuple(methods)!r}: expected a non-empty "
-                     f"subset of {METHODS}.")
+  known = methods()
+  unknown = [m for m in methods_asked if m not in known]
+  if unknown or not methods_asked:
+    raise ValueError(f"evaluate.methods={tuple(methods_asked)!r}: expected a non-empty "
+                     f"subset of {known}.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        images: np.ndarray, text_emb: np.ndarray, *, lr_image: float,
                        lr_text: float, seed: int, test: input_pipeline.Split,
                        val: input_pipeline.Split | None = None,
-                       similarity: np.ndarray | None = None) -> dict[str, float]:
+                       objective: objectives.Plain | None = None,
+                       targets: np.ndarray | None = None) -> dict[str, float]:
   """Trains a fresh student on pairs and returns its test recall (percent).
 
   Args:
@@ -76,8 +79,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     lr_image, lr_text: SGD rates of the image and text sides.
     seed: the student's initialisation and data order.
     test, val: splits to report on and (for `best_val`) select on.
-    similarity: a learned [N, N] target matrix: the student then trains with
-      `distill.similarity_loss` against it, as during distillation.
+    objective: the distilled set's objective (default: plain pairs), whose
+      student loss the student trains with, as during distillation.
+    targets: the set's learned [N, N] targets (`Objective.eval_targets`).
   """
   cfg = config.evaluate
   if cfg.report not in REPORTS:
@@ -88,8 +92,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   student = trainer.init_student(
       config.model, jax.random.key(seed), images.shape[1:], text_emb.shape[-1],
       backbone.loader(config, workdir))
-  tx, train_step, embedder = _compiled(config, mesh, lr_image, lr_text,
-                                       similarity is not None)
+  objective = objective or objectives.Plain()
+  tx, train_step, embedder = _compiled(config, mesh, lr_image, lr_text, objective)
   batch_size = min(cfg.batch_size, len(images))
   batch_size -= batch_size % jax.device_count()
   trainable, frozen = parallel.put_replicated((student.trainable, student.frozen), mesh)
@@ -98,7 +102,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   for epoch in range(1, cfg.epochs + 1):
     trainable, opt_state, loss, _ = trainer.train_epoch(
         train_step, trainable, opt_state, frozen, images, text_emb,
-        batch_size=batch_size, seed=(seed, epoch), mesh=mesh, similarity=similarity)
+        batch_size=batch_size, seed=(seed, epoch), mesh=mesh, targets=targets)
     if cfg.report != "final":
       split = val if cfg.report == "best_val" else test
       score = trainer.evaluate_retrieval(embedder, trainable, frozen, split)["r_mean"]
@@ -114,18 +118,17 @@ _COMPILED: dict[str, tuple] = {}
 
 
 def _compiled(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-              lr_image: float, lr_text: float, with_similarity: bool) -> tuple:
+              lr_image: float, lr_text: float, objective: objectives.Plain) -> tuple:
   """(optimizer, train step, embedder), built once per settings so seeds reuse them."""
-  loss_name = config.distill.similarity_loss if with_similarity else None
+  objective_fields = {f: objective.cfg[f] for f in objective.fields}
   key = json.dumps([config.model.to_dict(), config.evaluate.to_dict(),
-                    config.experts.eval_batch_size, lr_image, lr_text, loss_name,
-                    jax.device_count()], sort_keys=True, default=str)
+                    config.experts.eval_batch_size, lr_image, lr_text, objective.name,
+                    objective_fields, jax.device_count()], sort_keys=True, default=str)
   if key not in _COMPILED:
     apply_fn = make_apply_fn(build_model(config.model))
     tx = trainer.make_optimizer(lr_image, config.evaluate.momentum, lr_text=lr_text)
-    loss = matching.SIMILARITY_LOSSES[loss_name] if with_similarity else None
-    _COMPILED[key] = (tx, trainer.make_train_step(apply_fn, tx, config.evaluate.augment,
-                                                  loss),
+    loss = trainer.student_loss(apply_fn, objective, config.evaluate.augment)
+    _COMPILED[key] = (tx, trainer.make_train_step(loss, tx),
                       trainer.Embedder(apply_fn, mesh, config.experts.eval_batch_size))
   return _COMPILED[key]
 
@@ -145,15 +148,16 @@ def evaluate_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
                    images: np.ndarray, text_emb: np.ndarray, lr_image: float,
                    lr_text: float, test: input_pipeline.Split,
                    val: input_pipeline.Split | None, budget: int | None = None,
-                   similarity: np.ndarray | None = None) -> dict:
+                   objective: objectives.Plain | None = None,
+                   targets: np.ndarray | None = None) -> dict:
   """`train_and_evaluate` over `config.evaluate.seeds` seeds, as one row.
 
-  `budget` (default: the number of pairs) labels the row; it differs when a
-  similarity matrix takes part of the storage.
+  `budget` (default: the number of pairs) labels the row; it differs when what
+  the objective learned takes part of the storage.
   """
   recalls = [train_and_evaluate(config, workdir, images, text_emb, lr_image=lr_image,
                                 lr_text=lr_text, seed=1000 + s, test=test, val=val,
-                                similarity=similarity)
+                                objective=objective, targets=targets)
              for s in range(config.evaluate.seeds)]
   row = summarize(method, budget or len(images), recalls, config.evaluate.report)
   row["pairs"] = len(images)
@@ -164,34 +168,31 @@ def evaluate_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
 def distilled_config(config: ml_collections.ConfigDict, method: str, budget: int,
                      split: input_pipeline.Split) -> ml_collections.ConfigDict | None:
   """The config that distills the set a `method` row evaluates at `budget`; None
-  for a coreset.
-
-  `distilled` has `budget` pairs; `distilled_lowrank` has as many pairs as fit
-  in the storage of `budget` pairs next to its similarity factors
-  (`lowrank_pairs`).
-  """
-  if method not in DISTILLED:
+  for a coreset. The set has as many pairs as fit, next to what its objective
+  learns, in the storage of `budget` pairs (`storage_fair_pairs`)."""
+  name = objectives.methods().get(method)
+  if name is None:
     return None
-  kind = DISTILLED[method]
   out = config.copy_and_resolve_references()
-  out.distill.update(similarity=kind, num_pairs=budget if kind == "none"
-                     else lowrank_pairs(config, split, budget))
+  out.distill.objective = name
+  out.distill.num_pairs = storage_fair_pairs(objectives.build(out.distill), split, budget)
   return out
 
 
 def method_row(config: ml_collections.ConfigDict, workdir: str, method: str,
                budget: int, selector: coreset.Selector, test: input_pipeline.Split,
                val: input_pipeline.Split | None) -> dict:
-  """One row: a distilled set of `budget` (with its learned rates and S), or a
-  coreset. The distilled set must exist (stage `distill`, or `compare` and
+  """One row: a distilled set of `budget` (with its learned rates and targets),
+  or a coreset. The distilled set must exist (stage `distill`, or `compare` and
   `pipeline`, which make missing ones)."""
   set_config = distilled_config(config, method, budget, test)
   if set_config is not None:
-    syn = synthetic.load(workdir, set_config.distill.num_pairs,
-                         set_config.distill.similarity)
+    objective = objectives.build(set_config.distill)
+    syn = synthetic.load(workdir, set_config.distill.num_pairs, objective.name)
     return evaluate_pairs(config, workdir, method, syn["images"], syn["text_emb"],
                           float(syn["lr_image"]), float(syn["lr_text"]), test, val,
-                          budget=budget, similarity=syn.get("similarity"))
+                          budget=budget, objective=objective,
+                          targets=objective.eval_targets(syn))
   images, text_emb = selector.select(method, budget)
   lr = config.evaluate.lr
   return evaluate_pairs(config, workdir, method, images, text_emb, lr, lr, test, val)

@@ -20,6 +20,7 @@ from vldd_jax import backbone
 from vldd_jax import metrics_log
 from vldd_jax import parallel
 from vldd_jax import provenance
+from vldd_jax import objectives
 from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax.data import input_pipeline
@@ -76,7 +77,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         config.model, jax.random.fold_in(jax.random.key(config.seed), expert),
         train.images.shape[1:], train.text_emb.shape[-1], tower)
     if train_step is None:  # One compiled step and embedder for every expert.
-      train_step = trainer.make_train_step(student.apply_fn, tx)
+      train_step = trainer.make_train_step(
+          trainer.student_loss(student.apply_fn, objectives.Plain()), tx)
       embedder = trainer.Embedder(student.apply_fn, mesh, cfg.eval_batch_size)
     _train_expert(config, workdir, expert, student, tx, train_step, embedder,
                   train, val, test, mesh)

@@ -1,9 +1,9 @@
 """Synthetic-set state, the trajectory-matching loss and the jitted meta step.
 
 A synthetic set is `{"images": [N, H, W, C] model-space floats, "text": [N, D]
-frozen-encoder embeddings, "log_lr": [2] (image side, text side)}`, plus
-optionally "sim": the factors of a learned similarity matrix (`similarity.py`)
-whose minibatch blocks are the student loss's soft targets. From an
+frozen-encoder embeddings, "log_lr": [2] (image side, text side)}`, plus the
+parts its objective learns (`objectives.py`, e.g. LoRS's similarity factors,
+whose minibatch blocks are the student loss's soft targets). From an
 expert's parameters at epoch t, `syn_steps` student SGD steps on synthetic
 minibatches give theta_N; the loss is ||theta_N - theta*_{t+M}||^2 /
 ||theta*_t - theta*_{t+M}||^2 over the trainable partition (Cazenavette et
@@ -20,18 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vldd_jax import augment as augment_lib
-from vldd_jax import losses
-from vldd_jax import similarity
+from vldd_jax import objectives
 from vldd_jax.data.input_pipeline import Split
 from vldd_jax.models.partition import ApplyFn, text_side_mask
-from vldd_jax.trainer import to_model_space
+from vldd_jax.trainer import student_loss, to_model_space
 
 LR_SIDES = ("image", "text")
-# Student losses against learned similarity targets: LoRS's default (WBCE) and
-# the soft-target InfoNCE, which equals the plain loss while S is the identity.
-SIMILARITY_LOSSES = {"wbce": losses.weighted_bce_loss,
-                     "softmax": losses.soft_contrastive_loss}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +36,6 @@ class UnrollConfig:
   augment: bool = True
   augment_per_image: bool = True  # DSA's draws per image; False: one per minibatch.
   remat: bool = True
-  similarity_alpha: float = 3.0  # Scale of L @ R.T in S (LoRS Flickr30K: 3).
-  similarity_loss: str = "wbce"  # A key of SIMILARITY_LOSSES.
 
 
 def init_synthetic(train: Split, num_pairs: int, init: str, lr_init: float,
@@ -83,31 +75,21 @@ def minibatch_indices(key: jax.Array, num_pairs: int, steps: int,
   return order[:steps * batch_size].reshape(steps, batch_size)
 
 
-def make_student_step(apply_fn: ApplyFn, trainable_like: dict, augment: bool,
-                      similarity_loss: str = "wbce",
+def make_student_step(apply_fn: ApplyFn, trainable_like: dict,
+                      objective: objectives.Plain, augment: bool,
                       augment_per_image: bool = True) -> Callable:
   """One SGD step on a synthetic minibatch with the (image, text) learning rates.
 
   Returns `step(trainable, frozen, images, text, lrs, key, targets=None) ->
-  trainable`; with a [B, B] `targets` the loss is `SIMILARITY_LOSSES[
-  similarity_loss]` against it, else the plain contrastive loss.
+  trainable`, the gradient being of `trainer.student_loss`, as for evaluation
+  students.
   """
   is_text = text_side_mask(trainable_like)
-  if similarity_loss not in SIMILARITY_LOSSES:
-    raise ValueError(f"similarity loss {similarity_loss!r}: expected one of "
-                     f"{sorted(SIMILARITY_LOSSES)}.")
-
-  def loss_fn(trainable, frozen, images, text, key, targets):
-    img, txt, scale = apply_fn(trainable, frozen, images, text, train=True, rng=key)
-    if targets is None:
-      return losses.contrastive_loss(img, txt, scale)
-    return SIMILARITY_LOSSES[similarity_loss](img, txt, scale, targets)
+  loss_fn = student_loss(apply_fn, objective, augment, augment_per_image)
 
   def step(trainable, frozen, images, text, lrs, key, targets=None):
-    k_aug, k_dropout = jax.random.split(key)
-    if augment:
-      images = augment_lib.augment(images, k_aug, augment_per_image)
-    grads = jax.grad(loss_fn)(trainable, frozen, images, text, k_dropout, targets)
+    grads, _ = jax.grad(loss_fn, has_aux=True)(trainable, frozen, images, text, key,
+                                               targets)
     return jax.tree.map(lambda p, g, t: p - jnp.where(t, lrs[1], lrs[0]) * g,
                         trainable, grads, is_text)
 
@@ -119,10 +101,14 @@ def _sq_dist(a: dict, b: dict) -> jax.Array:
                                                        jax.tree.leaves(b)))
 
 
-def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict,
-                       cfg: UnrollConfig) -> Callable:
-  """`loss(syn, start, target, frozen, key)`: normalised distance after the unroll."""
-  step = make_student_step(apply_fn, trainable_like, cfg.augment, cfg.similarity_loss,
+def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfig,
+                       objective: objectives.Plain | None = None) -> Callable:
+  """`loss(syn, start, target, frozen, key)`: normalised distance after the unroll.
+
+  `objective` (default: plain pairs) gives the student loss and its targets.
+  """
+  objective = objective or objectives.Plain()
+  step = make_student_step(apply_fn, trainable_like, objective, cfg.augment,
                            cfg.augment_per_image)
 
   def loss(syn, start, target, frozen, key):
@@ -133,10 +119,8 @@ def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict,
 
     def body(params, xs):
       rows, k = xs
-      targets = (similarity.targets(syn["sim"], rows, cfg.similarity_alpha)
-                 if "sim" in syn else None)
       return step(params, frozen, syn["images"][rows], syn["text"][rows], lrs, k,
-                  targets), None
+                  objective.targets(syn, rows)), None
 
     if cfg.remat:
       body = jax.checkpoint(body)
@@ -150,7 +134,7 @@ META_OPTIMIZERS = ("sgd", "adam")
 
 
 def make_meta_optimizer(lr_images: float, lr_text: float, lr_lr: float,
-                        momentum: float, lr_similarity: float | None = None,
+                        momentum: float, extra_rates: dict[str, float] | None = None,
                         optimizer: str = "sgd") -> optax.GradientTransformation:
   """One rate per synthetic-set part, with SGD or Adam.
 
@@ -159,15 +143,13 @@ def make_meta_optimizer(lr_images: float, lr_text: float, lr_lr: float,
   dataset and tower. "adam": a step is about `rate` per coordinate whatever
   the gradient's scale (momentum is Adam's own), so a rate says how far a
   pixel, an embedding entry or a log rate moves per iteration.
-  `lr_similarity` is the rate of the similarity factors, for sets that have
-  them (LoRS Flickr30K: 10).
+  `extra_rates` are those of the parts an objective learns
+  (`Objective.rates`).
   """
   if optimizer not in META_OPTIMIZERS:
     raise ValueError(f"distill.meta_optimizer={optimizer!r}: expected one of "
                      f"{META_OPTIMIZERS}.")
-  rates = {"images": lr_images, "text": lr_text, "log_lr": lr_lr}
-  if lr_similarity is not None:
-    rates["sim"] = lr_similarity
+  rates = {"images": lr_images, "text": lr_text, "log_lr": lr_lr, **(extra_rates or {})}
   make = ((lambda rate: optax.sgd(rate, momentum=momentum)) if optimizer == "sgd"
           else optax.adam)
   return optax.multi_transform(
@@ -177,7 +159,8 @@ def make_meta_optimizer(lr_images: float, lr_text: float, lr_lr: float,
 
 
 def make_meta_step(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfig,
-                   tx: optax.GradientTransformation) -> Callable:
+                   tx: optax.GradientTransformation,
+                   objective: objectives.Plain | None = None) -> Callable:
   """The jitted `meta_step(state, starts, targets, frozen, key) -> (state, loss)`.
 
   `starts`/`targets` stack a meta batch of expert parameters on a leading axis
@@ -186,7 +169,7 @@ def make_meta_step(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfig,
   gradient is not finite leaves `syn` unchanged and is recorded there (-1: none),
   so the caller can stop without a host sync per iteration. `state` is donated.
   """
-  matching_loss = make_matching_loss(apply_fn, trainable_like, cfg)
+  matching_loss = make_matching_loss(apply_fn, trainable_like, cfg, objective)
 
   def mean_loss(syn, starts, targets, frozen, key):
     keys = jax.random.split(key, jax.tree.leaves(starts)[0].shape[0])

@@ -1,10 +1,11 @@
 """The distilled-set file: where stage `distill` writes a set, and loading it.
 
-`<workdir>/distill/n<N>/distilled.npz` (`n<N>_lowrank/` with a learned
-similarity matrix) holds `images` (model space), `images_uint8`, `text_emb`,
+`<workdir>/distill/n<N>/distilled.npz` (`n<N>_<objective>/` for objectives
+other than "plain") holds `images` (model space), `images_uint8`, `text_emb`,
 the learned rates `lr_image` and `lr_text`, `init_rows`, the nearest real
 caption of each text (`nearest_caption`, `nearest_cosine`),
-`image_change_rms` and, with S, `similarity` [N, N].
+`image_change_rms` and what the objective learned (`Objective.export`, e.g.
+LoRS's `similarity` [N, N]).
 """
 import os
 import zipfile
@@ -14,9 +15,9 @@ import numpy as np
 RESULT = "distilled.npz"
 
 
-def set_dir(workdir: str, num_pairs: int, similarity_kind: str = "none") -> str:
+def set_dir(workdir: str, num_pairs: int, objective: str = "plain") -> str:
   """The folder of the set of `num_pairs` pairs (and its checkpoints, settings)."""
-  suffix = "" if similarity_kind == "none" else f"_{similarity_kind}"
+  suffix = "" if objective == "plain" else f"_{objective}"
   return os.path.join(workdir, "distill", f"n{num_pairs}{suffix}")
 
 
@@ -31,12 +32,11 @@ def read(path: str) -> dict[str, np.ndarray]:
                      "last checkpoint.") from e
 
 
-def load(workdir: str, num_pairs: int,
-         similarity_kind: str = "none") -> dict[str, np.ndarray]:
-  """The arrays of the set of `num_pairs` pairs (and its `similarity` if learned)."""
-  path = os.path.join(set_dir(workdir, num_pairs, similarity_kind), RESULT)
+def load(workdir: str, num_pairs: int, objective: str = "plain") -> dict[str, np.ndarray]:
+  """The arrays of the set of `num_pairs` pairs distilled with `objective`."""
+  path = os.path.join(set_dir(workdir, num_pairs, objective), RESULT)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: run --config.stage=distill with "
                             f"--config.distill.num_pairs={num_pairs} and "
-                            f"--config.distill.similarity={similarity_kind} first.")
+                            f"--config.distill.objective={objective} first.")
   return read(path)

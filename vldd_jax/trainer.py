@@ -16,7 +16,7 @@ import optax
 import tqdm
 
 from vldd_jax import augment as augment_lib
-from vldd_jax import losses
+from vldd_jax import objectives
 from vldd_jax import parallel
 from vldd_jax import retrieval
 from vldd_jax.data.input_pipeline import Split
@@ -81,28 +81,36 @@ def make_optimizer(lr: float, momentum: float = 0.0,
       text_side_mask)
 
 
-def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation,
-                    augment: bool = False,
-                    similarity_loss: Callable | None = None) -> TrainStep:
-  """The jitted step `(trainable, opt_state, frozen, images, text_emb, rng[, targets])`.
+def student_loss(apply_fn: ApplyFn, objective: objectives.Plain, augment: bool = False,
+                 augment_per_image: bool = True) -> Callable:
+  """The loss every student trains with: experts, distillation and evaluation.
+
+  Returns `loss(trainable, frozen, images, text_emb, key, targets=None) ->
+  (loss, (image_emb, text_emb))`: images (uint8 or model space) get DSA
+  (`augment.py`) if `augment`, then `objective.loss` against `targets`, the
+  [B, B] block of the set's learned targets (None for pairs).
+  """
+
+  def loss_fn(trainable, frozen, images, text_emb, key, targets=None):
+    images = to_model_space(images)
+    k_aug, k_dropout = jax.random.split(key)
+    if augment:
+      images = augment_lib.augment(images, k_aug, augment_per_image)
+    img, txt, scale = apply_fn(trainable, frozen, images, text_emb, train=True,
+                               rng=k_dropout)
+    return objective.loss(img, txt, scale, targets), (img, txt)
+
+  return loss_fn
+
+
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> TrainStep:
+  """The jitted step `(trainable, opt_state, frozen, images, text_emb, rng[, targets])`
+  of `loss_fn` (a `student_loss`).
 
   Returns `(trainable, opt_state, loss, correct)` where `correct[i]` says
   whether image i's most similar text in the batch is its own. The first two
-  inputs are donated. `augment` applies the DSA augmentation of distillation
-  (`augment.py`) to each batch. With `similarity_loss` (e.g.
-  `losses.weighted_bce_loss`) the loss is that against `targets`, the [B, B]
-  block of a learned similarity matrix.
+  inputs are donated.
   """
-
-  def loss_fn(trainable, frozen, images, text_emb, rng, targets):
-    images = to_model_space(images)
-    if augment:
-      rng, k_aug = jax.random.split(rng)
-      images = augment_lib.augment(images, k_aug)
-    img, txt, scale = apply_fn(trainable, frozen, images, text_emb, train=True, rng=rng)
-    if similarity_loss is None:
-      return losses.contrastive_loss(img, txt, scale), (img, txt)
-    return similarity_loss(img, txt, scale, targets), (img, txt)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def train_step(trainable, opt_state, frozen, images, text_emb, rng, targets=None):
@@ -119,7 +127,7 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation,
 def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptState,
                 frozen: dict, images: np.ndarray, text_emb: np.ndarray, *,
                 batch_size: int, seed: tuple[int, ...], mesh: jax.sharding.Mesh,
-                desc: str | None = None, similarity: np.ndarray | None = None
+                desc: str | None = None, targets: np.ndarray | None = None
                 ) -> tuple[dict, optax.OptState, float, np.ndarray]:
   """One epoch over the pairs in a random order, one random caption per image.
 
@@ -131,7 +139,7 @@ def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptStat
     images: [N, H, W, C], uint8 or model-space floats.
     text_emb: [N, captions_per_image, D] or [N, D] (one text per image).
     seed: e.g. (run seed, expert, epoch).
-    similarity: [N, N] learned targets, for a step made with `similarity_loss`.
+    targets: [N, N] learned student targets of the pairs (`Objective.eval_targets`).
 
   Returns:
     (trainable, opt_state, mean loss, correct) with `correct` int8 [N]: 1 if the
@@ -153,10 +161,10 @@ def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptStat
     rows = order[i * batch_size:(i + 1) * batch_size]
     batch = parallel.put_batch((images[rows], text_emb[rows]), mesh)
     rng_i = parallel.put_replicated(jax.random.fold_in(key, i), mesh)
-    targets = () if similarity is None else (
-        parallel.put_replicated(similarity[np.ix_(rows, rows)], mesh),)
+    block = () if targets is None else (
+        parallel.put_replicated(targets[np.ix_(rows, rows)], mesh),)
     trainable, opt_state, loss, correct = train_step(
-        trainable, opt_state, frozen, *batch, rng_i, *targets)
+        trainable, opt_state, frozen, *batch, rng_i, *block)
     step_losses.append(loss)
     step_correct.append(correct)
   record = np.full(n, -1, np.int8)

@@ -1,0 +1,121 @@
+"""Distillation objectives: what a set learns besides its pairs, and its students' loss.
+
+An objective is one class in `OBJECTIVES`, chosen by `distill.objective`. The
+distillation student (`matching`) and the evaluation student (`trainer`) both
+train with `trainer.student_loss`, which calls `Objective.loss`, so the two
+cannot drift apart. A set of objective `name` lives in `distill/n<N>_<name>`
+(`n<N>` for "plain") and is the row `distilled_<name>` (`distilled`) of the
+results tables.
+"""
+from typing import ClassVar
+
+import jax
+import ml_collections
+import numpy as np
+
+from vldd_jax import losses
+from vldd_jax import similarity
+
+
+class Plain:
+  """Pairs trained with the symmetric InfoNCE loss (VLDD)."""
+  name: ClassVar[str] = "plain"
+  # The `distill` fields a set of this objective depends on beyond the shared ones.
+  fields: ClassVar[tuple[str, ...]] = ()
+
+  def __init__(self, cfg: ml_collections.ConfigDict | None = None):
+    self.cfg = cfg  # `config.distill`; the plain loss needs none of it.
+
+  def init(self, num_pairs: int, key: jax.Array) -> dict:
+    """Learnable parts of the set beyond images, text and log rates."""
+    return {}
+
+  def rates(self) -> dict[str, float]:
+    """Their meta learning rates, by part."""
+    return {}
+
+  def targets(self, syn: dict, rows: jax.Array) -> jax.Array | None:
+    """[B, B] student targets for the minibatch `rows` of the set; None: pairs."""
+    return None
+
+  def loss(self, image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array,
+           targets: jax.Array | None) -> jax.Array:
+    """The student's loss on a minibatch."""
+    return losses.contrastive_loss(image_emb, text_emb, scale)
+
+  def export(self, syn: dict) -> dict[str, np.ndarray]:
+    """Arrays `distilled.npz` stores for the learned parts."""
+    return {}
+
+  def eval_targets(self, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The [N, N] targets an evaluation student trains against, from `export`."""
+    return None
+
+  def extra_floats(self, num_pairs: int) -> int:
+    """Storage of the learned parts, in floats (budgets count it)."""
+    return 0
+
+
+class LowRankSimilarity(Plain):
+  """LoRS (Xu et al., ICML 2024): also learn S = diag(a) + alpha/rank L R^T,
+  the soft targets of the student loss (`similarity.py`)."""
+  name = "lowrank"
+  fields = ("similarity_rank", "similarity_alpha", "lr_similarity", "similarity_loss")
+  # LoRS's default (WBCE) and the soft-target InfoNCE, which equals the plain
+  # loss while S is the identity.
+  LOSSES = {"wbce": losses.weighted_bce_loss, "softmax": losses.soft_contrastive_loss}
+
+  def __init__(self, cfg: ml_collections.ConfigDict):
+    super().__init__(cfg)
+    if cfg.similarity_loss not in self.LOSSES:
+      raise ValueError(f"distill.similarity_loss={cfg.similarity_loss!r}: expected one "
+                       f"of {sorted(self.LOSSES)}.")
+
+  def init(self, num_pairs, key):
+    return {"sim": similarity.init_lowrank(num_pairs, self.cfg.similarity_rank, key)}
+
+  def rates(self):
+    return {"sim": self.cfg.lr_similarity}
+
+  def targets(self, syn, rows):
+    return similarity.targets(syn["sim"], rows, self.cfg.similarity_alpha)
+
+  def loss(self, image_emb, text_emb, scale, targets):
+    return self.LOSSES[self.cfg.similarity_loss](image_emb, text_emb, scale, targets)
+
+  def export(self, syn):
+    rows = np.arange(syn["sim"]["a"].shape[0])
+    return {"similarity": np.asarray(self.targets(syn, rows))}  # The whole S.
+
+  def eval_targets(self, arrays):
+    return arrays["similarity"]
+
+  def extra_floats(self, num_pairs):
+    return similarity.num_floats(num_pairs, self.cfg.similarity_rank)
+
+
+OBJECTIVES: dict[str, type[Plain]] = {o.name: o for o in (Plain, LowRankSimilarity)}
+
+
+def build(cfg: ml_collections.ConfigDict) -> Plain:
+  """The objective `cfg.objective` (`cfg` is `config.distill`)."""
+  if cfg.objective not in OBJECTIVES:
+    raise ValueError(f"distill.objective={cfg.objective!r}: expected one of "
+                     f"{sorted(OBJECTIVES)}.")
+  return OBJECTIVES[cfg.objective](cfg)
+
+
+def method(name: str) -> str:
+  """The results-table row of an objective's sets."""
+  return "distilled" if name == Plain.name else f"distilled_{name}"
+
+
+def methods() -> dict[str, str]:
+  """{row: objective} for every registered objective."""
+  return {method(name): name for name in OBJECTIVES}
+
+
+def other_fields(name: str) -> tuple[str, ...]:
+  """The `distill` fields of every objective but `name` (a set ignores them)."""
+  return tuple(f for o in OBJECTIVES.values() if o.name != name for f in o.fields
+               if f not in OBJECTIVES[name].fields)

@@ -248,3 +248,24 @@ def test_train_step_trains_against_given_similarity_targets():
   soft, wbce = _lowrank(similarity_loss="softmax"), _lowrank(similarity_loss="wbce")
   assert run(soft, jnp.eye(4)) == pytest.approx(plain, rel=1e-6)
   assert run(wbce, jnp.eye(4)) != pytest.approx(plain, rel=1e-3)
+
+
+def test_normalized_meta_steps_have_the_rate_as_rms_and_the_gradients_direction():
+  apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float32)
+  cfg = matching.UnrollConfig(syn_steps=2, batch_size=4, augment=False)
+  rates = {"images": 1e-2, "text": 1e-3, "log_lr": 1e-1}
+  tx = matching.make_meta_optimizer(rates["images"], rates["text"], rates["log_lr"],
+                                    momentum=0.5, optimizer="normalized")
+  loss = matching.make_matching_loss(apply_fn, trainable, cfg)
+  grads = jax.grad(lambda s: sum(loss(s, start, target, frozen, k) for k in
+                                 jax.random.split(jax.random.key(0), 2)))(syn)
+  before = jax.tree.map(np.asarray, syn)
+  state = matching.init_state(syn, tx)
+  meta_step = matching.make_meta_step(apply_fn, trainable, cfg, tx)
+  stack = lambda tree: jax.tree.map(lambda x: jnp.stack([x, x]), tree)
+  state, _ = meta_step(state, stack(start), stack(target), frozen, jax.random.key(0))
+  for part, rate in rates.items():
+    step = np.asarray(state["syn"][part]) - before[part]
+    np.testing.assert_allclose(np.sqrt(np.mean(step ** 2)), rate, rtol=1e-3, err_msg=part)
+    cosine = -np.vdot(step, grads[part]) / np.linalg.norm(step) / np.linalg.norm(grads[part])
+    assert cosine > 0.999, part  # Down the gradient, not its sign.

@@ -130,30 +130,42 @@ def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfi
   return loss
 
 
-META_OPTIMIZERS = ("sgd", "adam")
+META_OPTIMIZERS = ("sgd", "normalized", "adam")
+
+
+def _normalize_rms() -> optax.GradientTransformation:
+  """Divides each gradient array by its root mean square (ours)."""
+  return optax.stateless(lambda updates, _: jax.tree.map(
+      lambda g: g / (jnp.sqrt(jnp.mean(jnp.square(g))) + 1e-20), updates))
 
 
 def make_meta_optimizer(lr_images: float, lr_text: float, lr_lr: float,
                         momentum: float, extra_rates: dict[str, float] | None = None,
                         optimizer: str = "sgd") -> optax.GradientTransformation:
-  """One rate per synthetic-set part, with SGD or Adam.
+  """One rate per synthetic-set part, with SGD, normalised SGD or Adam.
 
   "sgd": SGD with `momentum` (the VLDD/MTT code: 0.5); a step is rate x
   gradient, so good rates depend on the gradient's scale, hence on the
-  dataset and tower. "adam": a step is about `rate` per coordinate whatever
-  the gradient's scale (momentum is Adam's own), so a rate says how far a
-  pixel, an embedding entry or a log rate moves per iteration.
-  `extra_rates` are those of the parts an objective learns
+  dataset and tower. "normalized": the same on each part's gradient divided
+  by its root mean square, so a rate is the RMS step of that part per
+  iteration (before momentum) whatever the gradient's scale, and the step
+  keeps the gradient's direction. "adam": a step of about the rate per
+  coordinate (momentum is Adam's own), which also moves coordinates whose
+  gradient is tiny. `extra_rates` are those of the parts an objective learns
   (`Objective.rates`).
   """
   if optimizer not in META_OPTIMIZERS:
     raise ValueError(f"distill.meta_optimizer={optimizer!r}: expected one of "
                      f"{META_OPTIMIZERS}.")
   rates = {"images": lr_images, "text": lr_text, "log_lr": lr_lr, **(extra_rates or {})}
-  make = ((lambda rate: optax.sgd(rate, momentum=momentum)) if optimizer == "sgd"
-          else optax.adam)
+  makers = {
+      "sgd": lambda rate: optax.sgd(rate, momentum=momentum),
+      "normalized": lambda rate: optax.chain(_normalize_rms(),
+                                             optax.sgd(rate, momentum=momentum)),
+      "adam": optax.adam,
+  }
   return optax.multi_transform(
-      {name: make(rate) for name, rate in rates.items()},
+      {name: makers[optimizer](rate) for name, rate in rates.items()},
       lambda syn: {name: jax.tree.map(lambda _, n=name: n, part)
                    for name, part in syn.items()})
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vldd_jax import config_lib
+from vldd_jax import stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,3 +59,47 @@ def test_unknown_stage_is_a_clear_error(tmp_path):
   assert result.returncode != 0
   assert "config.stage='distil'" in result.stderr
   assert "'pipeline'" in result.stderr
+
+
+@pytest.mark.parametrize("field,value", [
+    ("distill.syn_steps", 0), ("distill.iterations", 0), ("distill.num_pairs", -1),
+    ("distill.log_every", 0), ("distill.checkpoint_every", 0), ("distill.meta_batch", 0),
+    ("distill.lr_images", -1.0), ("experts.lr", 0.0), ("experts.lr", -0.1),
+    ("evaluate.lr", -0.1), ("evaluate.seeds", 0), ("evaluate.epochs", 0),
+    ("evaluate.batch_size", 0), ("experts.batch_size", 0), ("distill.momentum", 1.0)])
+def test_nonsense_settings_are_refused_before_anything_is_written(tmp_path, field, value):
+  config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError, match=rf"Invalid config: {field}={value!r}: expected"):
+    stages.run(config, str(tmp_path / "work"))
+  assert not (tmp_path / "work").exists()
+
+
+def test_all_meta_rates_zero_is_refused(tmp_path):
+  config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
+  config.distill.update(lr_images=0.0, lr_text=0.0, lr_lr=0.0)
+  with pytest.raises(ValueError, match="lr_images, lr_text and lr_lr are all 0"):
+    stages.run(config, str(tmp_path))
+
+
+def test_unknown_config_field_names_the_field_and_its_siblings(tmp_path):
+  result = _main(tmp_path, "--config=configs/shapes.py:tiny", "--config.distill.foo=1")
+  assert result.returncode != 0
+  assert ("--config.distill.foo: distill has no field 'foo' (its fields: augment, "
+          in result.stderr), result.stderr[-2000:]
+  result = _main(tmp_path, "--config=configs/shapes.py:tiny", "--config.nope.x=1")
+  assert "--config.nope.x: the config has no field 'nope'" in result.stderr
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_with_the_holders_pid(tmp_path):
+  config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
+  config.stage = "nothing-to-do"
+  with stages.workdir_lock(str(tmp_path)):
+    result = _main(tmp_path, "--config=configs/shapes.py:tiny", "--config.stage=data")
+    assert result.returncode != 0
+    assert f"{tmp_path} is in use by PID {os.getpid()} on " in result.stderr, (
+        result.stderr[-2000:])
+  # Released: the lock no longer blocks (a wrong stage fails on its own).
+  with pytest.raises(ValueError, match="config.stage='nothing-to-do'"):
+    stages.run(config, str(tmp_path))

@@ -122,6 +122,63 @@ def compare_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(budgets=(100, 200, 500, 1000)))
 
 
+_POSITIVE_INTS = (
+    "data.num_train", "data.num_val", "data.num_test", "data.num_pretrain",
+    "data.image_size", "text.max_length", "text.batch_size", "pretrain.epochs",
+    "pretrain.batch_size", "experts.num_experts", "experts.epochs", "experts.batch_size",
+    "experts.eval_batch_size", "distill.num_pairs", "distill.syn_steps",
+    "distill.batch_size", "distill.expert_epochs", "distill.max_start_epoch",
+    "distill.iterations", "distill.meta_batch", "distill.log_every",
+    "distill.checkpoint_every", "evaluate.seeds", "evaluate.epochs",
+    "evaluate.batch_size")
+_POSITIVE_FLOATS = ("pretrain.lr", "experts.lr", "evaluate.lr")
+_NON_NEGATIVE = ("distill.num_experts", "distill.lr_images", "distill.lr_text",
+                 "distill.lr_lr", "distill.lr_similarity", "pretrain.weight_decay")
+_FRACTIONS = ("experts.momentum", "distill.momentum", "evaluate.momentum")  # In [0, 1).
+
+
+def _get(config: ml_collections.ConfigDict, path: str):
+  for part in path.split("."):
+    if part not in config:
+      return None
+    config = config[part]
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming every field with a value no stage can use.
+
+  Run once, up front, before a run makes any folder; each stage still checks
+  what only it can know (e.g. the experts' epochs against the trajectory window).
+  """
+  errors = []
+  for path in _POSITIVE_INTS:
+    value = _get(config, path)
+    if value is not None and not (isinstance(value, int) and value > 0):
+      errors.append(f"{path}={value!r}: expected a positive integer")
+  for path in _POSITIVE_FLOATS:
+    value = _get(config, path)
+    if value is not None and not value > 0:
+      errors.append(f"{path}={value!r}: expected a positive number")
+  for path in _NON_NEGATIVE:
+    value = _get(config, path)
+    if value is not None and not value >= 0:
+      errors.append(f"{path}={value!r}: expected a number >= 0")
+  for path in _FRACTIONS:
+    value = _get(config, path)
+    if value is not None and not 0 <= value < 1:
+      errors.append(f"{path}={value!r}: expected a momentum in [0, 1)")
+  distill = config.get("distill")
+  if distill is not None and not (distill.lr_images or distill.lr_text or distill.lr_lr):
+    errors.append("distill.lr_images, lr_text and lr_lr are all 0: distillation would "
+                  "return its initial pairs")
+  if distill is not None and distill.loss_rise_warning < 1:
+    errors.append(f"distill.loss_rise_warning={distill.loss_rise_warning!r}: expected "
+                  "a factor >= 1")
+  if errors:
+    raise ValueError("Invalid config: " + "; ".join(errors) + ".")
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """The config that `--config=spec` gives, e.g. `load_config("configs/shapes.py:quick")`.
 

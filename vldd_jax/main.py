@@ -5,12 +5,14 @@ r"""Command-line entry point: one stage, or the whole pipeline.
       --config.stage=data --config.data.num_train=2000 --workdir=/tmp/vldd
 """
 import logging as py_logging
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from vldd_jax import config_lib
 from vldd_jax import parallel
 from vldd_jax import stages
 
@@ -32,5 +34,33 @@ def main(argv: list[str]) -> None:
   stages.run(_CONFIG.value, _WORKDIR.value)
 
 
+def unknown_field(argv: list[str]) -> str | None:
+  """What is wrong with the first `--config.<field>` of `argv` that the config
+  file lacks (ml_collections only says `AttributeError: 'foo'`); None if none."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  config = config_lib.load_config(spec)
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0]
+    node, walked = config, []
+    for part in path.split("."):
+      if not hasattr(node, "keys") or part not in node:
+        where = ".".join(walked) or "the config"
+        fields = sorted(node.keys()) if hasattr(node, "keys") else []
+        return (f"--config.{path}: {where} has no field {part!r} "
+                f"(its fields: {', '.join(fields)}).")
+      node, walked = node[part], walked + [part]
+  return None
+
+
 if __name__ == "__main__":
-  app.run(main)
+  try:
+    app.run(main)
+  except (AttributeError, KeyError):
+    message = unknown_field(sys.argv)
+    if message is None:
+      raise
+    sys.exit(message)

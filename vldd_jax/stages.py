@@ -5,13 +5,18 @@ distilled methods of `evaluate.methods` need at `distill.num_pairs`, then
 evaluates; `compare` (every method at every budget, a distillation per budget)
 is run on its own.
 """
+import contextlib
+import fcntl
 import json
 import os
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 
+import jax
 import ml_collections
 
 from vldd_jax import compare
+from vldd_jax import config_lib
 from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import experts
@@ -20,6 +25,7 @@ from vldd_jax.data import input_pipeline
 from vldd_jax.data import prepare
 
 Stage = Callable[[ml_collections.ConfigDict, str], None]
+LOCK = ".lock"
 
 STAGES: dict[str, Stage] = {
     "data": prepare.run,
@@ -41,15 +47,39 @@ def pipeline(config: ml_collections.ConfigDict, workdir: str) -> None:
   evaluate.run(config, workdir)
 
 
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """Holds `<workdir>/.lock` for this run; a second run on the workdir stops with
+  the holder's PID. The OS drops the lock when the process ends, even killed."""
+  if jax.process_index():  # Process 0 holds it for all hosts of a run.
+    yield
+    return
+  with open(os.path.join(workdir, LOCK), "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      raise RuntimeError(f"{workdir} is in use by {f.read().strip() or 'another run'}; "
+                         "wait for that run to end, or use another workdir.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"PID {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    yield
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Runs `config.stage`, or every stage in order for `pipeline`."""
+  """Runs `config.stage`, or every stage in order for `pipeline`, after checking
+  the config and taking the workdir's lock."""
   if config.stage != "pipeline" and config.stage not in STAGES | ALONE:
     raise ValueError(f"config.stage={config.stage!r}: expected 'pipeline' or "
                      f"one of {list(STAGES | ALONE)}.")
+  config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, f"config_{config.stage}.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2)
-  if config.stage == "pipeline":
-    pipeline(config, workdir)
-  else:
-    (STAGES | ALONE)[config.stage](config, workdir)
+  with workdir_lock(workdir):
+    with open(os.path.join(workdir, f"config_{config.stage}.json"), "w") as f:
+      json.dump(config.to_dict(), f, indent=2)
+    if config.stage == "pipeline":
+      pipeline(config, workdir)
+    else:
+      (STAGES | ALONE)[config.stage](config, workdir)

@@ -1,6 +1,8 @@
 """Stages distill and evaluate on the tiny config: outputs, resume, NaN stop, devices."""
 import json
+import logging
 import os
+import re
 import socket
 import subprocess
 
@@ -232,3 +234,26 @@ def test_a_damaged_set_is_reported_and_written_again(trained, tmp_path):
   distill.run(config, str(workdir))  # Rewritten from the last checkpoint.
   for key, value in synthetic.read(str(path)).items():
     np.testing.assert_array_equal(value, good[key], err_msg=key)
+
+
+def test_a_failing_distillation_warns_and_an_improving_one_does_not(trained, tmp_path,
+                                                                    caplog):
+  config, _ = trained
+  config = config.copy_and_resolve_references()
+  config.distill.update(iterations=8, log_every=2, checkpoint_every=8)
+  # The default rates, with the draw noise of the tiny config removed (one
+  # expert, start epoch 0, the whole set per step, no augmentation): the loss
+  # falls from 0.99 to 0.77.
+  quiet = config.copy_and_resolve_references()
+  quiet.distill.update(num_experts=1, max_start_epoch=1, augment=False, batch_size=8)
+  with caplog.at_level(logging.WARNING):
+    distill.run(quiet, str(_copy_experts(trained, tmp_path, "improving")))
+  assert "is failing" not in caplog.text
+  # Pixels thrown an RMS of 3 per iteration: the set gets worse at once.
+  config.distill.update(meta_optimizer="normalized", lr_images=3.0, lr_text=0.3)
+  with caplog.at_level(logging.WARNING):
+    distill.run(config, str(_copy_experts(trained, tmp_path, "failing")))
+  assert re.search(r"Distillation into \S+/n8 is failing: the matching loss rose from "
+                   r"[\d.]+ \(mean of the first 2 iterations\) to [\d.]+ \(the last 2\)",
+                   caplog.text), caplog.text[-2000:]
+  assert sum("is failing" in r.getMessage() for r in caplog.records) == 1  # Once a run.

@@ -228,8 +228,8 @@ _RISE_MESSAGE = (
     "Distillation into %s is failing: the matching loss rose from %.4g (mean of "
     "the first %d iterations) to %.4g (the last %d), so the set is getting worse. "
     "Likely culprits: meta rates too large for this data (distill.lr_images, "
-    "distill.lr_text; distill.meta_optimizer='adam' takes rates that do not depend "
-    "on the gradient's scale), or an image tower trained from scratch "
+    "distill.lr_text; with distill.meta_optimizer='normalized' a rate is the RMS "
+    "step per iteration, whatever the gradient's scale), or an image tower trained from scratch "
     "(model.backbone): LoRA matching on a pretrained tower is what works.")
 
 

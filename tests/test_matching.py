@@ -10,6 +10,7 @@ from vldd_jax import matching
 from vldd_jax import models
 from vldd_jax import objectives
 from vldd_jax import trainer
+from vldd_jax.data.input_pipeline import Split
 
 TEXT_DIM = 8
 IMAGE = (16, 16, 3)
@@ -207,7 +208,7 @@ def test_identity_similarity_targets_reduce_to_the_plain_loss():
   with_sim = {**syn, **lowrank.init(6, jax.random.key(7))}
   np.testing.assert_allclose(jax.jit(loss, static_argnums=1)(with_sim, lowrank),
                              jax.jit(loss, static_argnums=1)(syn, objectives.Plain()),
-                             rtol=1e-6)
+                             atol=1e-6)
 
 
 def test_meta_gradient_reaches_the_similarity_factors():
@@ -269,3 +270,26 @@ def test_normalized_meta_steps_have_the_rate_as_rms_and_the_gradients_direction(
     np.testing.assert_allclose(np.sqrt(np.mean(step ** 2)), rate, rtol=1e-3, err_msg=part)
     cosine = -np.vdot(step, grads[part]) / np.linalg.norm(step) / np.linalg.norm(grads[part])
     assert cosine > 0.999, part  # Down the gradient, not its sign.
+
+
+def test_init_synthetic_from_real_pairs_their_caption_mean_or_noise():
+  rng = np.random.default_rng(0)
+  text_emb = rng.standard_normal((10, 5, TEXT_DIM)).astype(np.float32)
+  text_emb /= np.linalg.norm(text_emb, axis=-1, keepdims=True)
+  train = Split(images=rng.integers(0, 256, (10,) + IMAGE, dtype=np.uint8),
+                captions=[["c"] * 5] * 10, text_emb=text_emb, labels={})
+  real, rows = matching.init_synthetic(train, 4, "real", 0.1, seed=0)
+  mean, rows_mean = matching.init_synthetic(train, 4, "real_mean", 0.1, seed=0)
+  np.testing.assert_array_equal(rows, rows_mean)
+  np.testing.assert_array_equal(real["images"], mean["images"])
+  np.testing.assert_allclose(real["images"], trainer.to_model_space(train.images[rows]),
+                             atol=1e-6)
+  for i, row in enumerate(rows):  # One of its own captions / their mean, unit norm.
+    assert any(np.array_equal(real["text"][i], c) for c in text_emb[row])
+    centre = text_emb[row].mean(axis=0)
+    np.testing.assert_allclose(mean["text"][i], centre / np.linalg.norm(centre), rtol=1e-5)
+  np.testing.assert_allclose(real["log_lr"], np.log([0.1, 0.1]))
+  noise, _ = matching.init_synthetic(train, 4, "noise", 0.1, seed=0)
+  np.testing.assert_allclose(np.linalg.norm(noise["text"], axis=-1), 1.0, rtol=1e-5)
+  with pytest.raises(ValueError, match="distill.init='mean'"):
+    matching.init_synthetic(train, 4, "mean", 0.1, seed=0)

@@ -67,7 +67,9 @@ def distill_config() -> ml_collections.ConfigDict:
   """Trajectory matching; defaults from the VLDD code (distill.py) unless noted."""
   return ml_collections.ConfigDict(dict(
       num_pairs=100,  # The budget N of synthetic pairs.
-      init="real",  # "real": N random training pairs, one caption each; "noise".
+      # "real": N random training pairs, one caption each; "real_mean": each
+      # image with the mean of its captions' embeddings (ours); "noise".
+      init="real",
       syn_steps=20,  # Student steps unrolled per iteration.
       batch_size=100,  # Synthetic pairs per student step (at most num_pairs).
       expert_epochs=3,  # M: the target is the expert M epochs after the start.

@@ -40,7 +40,10 @@ class UnrollConfig:
 
 def init_synthetic(train: Split, num_pairs: int, init: str, lr_init: float,
                    seed: int) -> tuple[dict, np.ndarray]:
-  """N synthetic pairs from random real pairs (one caption each) or from noise.
+  """N synthetic pairs from random real pairs or from noise.
+
+  `init`: "real" (each image with one of its captions), "real_mean" (each
+  image with the unit-norm mean of its captions' embeddings) or "noise".
 
   Returns:
     (synthetic set, indices of the real images it started from).
@@ -56,9 +59,12 @@ def init_synthetic(train: Split, num_pairs: int, init: str, lr_init: float,
   if init == "noise":
     images = rng.standard_normal(images.shape).astype(np.float32)
     text = rng.standard_normal(text.shape).astype(np.float32)
-    text /= np.linalg.norm(text, axis=-1, keepdims=True)
+  elif init == "real_mean":
+    text = train.text_emb[rows].mean(axis=1)
   elif init != "real":
-    raise ValueError(f"distill.init={init!r}; expected 'real' or 'noise'.")
+    raise ValueError(f"distill.init={init!r}; expected 'real', 'real_mean' or 'noise'.")
+  if init != "real":  # Real captions' embeddings have unit norm already.
+    text = text / np.linalg.norm(text, axis=-1, keepdims=True)
   log_lr = np.full(len(LR_SIDES), np.log(lr_init), np.float32)
   return {"images": images, "text": text, "log_lr": log_lr}, rows
 

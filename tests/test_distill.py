@@ -107,6 +107,30 @@ def test_non_finite_loss_stops_without_a_bad_checkpoint(trained, data_dir, tmp_p
   assert not (out / synthetic.RESULT).exists()
   saved = sorted(os.listdir(out / "ckpt")) if (out / "ckpt").exists() else []
   assert saved in ([], ["2"]), saved  # Nothing saved after the first bad iteration.
+  if not saved:  # Nothing to resume: nothing blocks a corrected rerun either.
+    assert "no checkpoint was saved before it" in result.stderr
+    assert not (out / distill.SETTINGS).exists()
+    run_main(workdir, data_dir, "--config.stage=distill")
+    assert (out / synthetic.RESULT).exists()
+  else:
+    assert f"the last good checkpoint ({out}/ckpt/2) is kept" in result.stderr
+
+
+def test_a_checkpoint_past_the_asked_iterations_is_refused(trained, data_dir, tmp_path):
+  # A finished 4-iteration set, then a run to 6 killed after its last
+  # checkpoint: settings.json and distilled.npz still say 4, ckpt/ holds 6.
+  workdir = _copy_experts(trained, tmp_path, "past")
+  out = workdir / "distill" / "n8"
+  run_main(workdir, data_dir, "--config.stage=distill")
+  four = {name: (out / name).read_bytes() for name in (distill.SETTINGS, synthetic.RESULT)}
+  run_main(workdir, data_dir, "--config.stage=distill", "--config.distill.iterations=6")
+  for name, content in four.items():
+    (out / name).write_bytes(content)
+  result = run_main(workdir, data_dir, "--config.stage=distill",
+                    "--config.distill.iterations=5", check=False)
+  assert result.returncode != 0
+  assert re.search(r"n8/ckpt holds iteration 6, past distill.iterations=5", result.stderr)
+  assert (out / synthetic.RESULT).read_bytes() == four[synthetic.RESULT]  # Kept.
 
 
 _DEVICES_FLAGS = ("--config.stage=distill", "--config.distill.meta_batch=4",

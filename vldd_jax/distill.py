@@ -156,8 +156,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       logging.warning("%s Writing it again.", e)
   _check(config, experts, workdir)
   os.makedirs(out, exist_ok=True)
-  if not finished:  # A finished set's settings change with its new result, below.
-    jsonfile.write(os.path.join(out, SETTINGS), settings(config, len(experts)))
   train = input_pipeline.load_split(config, workdir, "train")
   buffer = ExpertBuffer(workdir, experts, cfg.max_start_epoch + cfg.expert_epochs)
   mesh = parallel.make_mesh()
@@ -180,6 +178,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
           state=ocp.args.StandardRestore(state), history=ocp.args.JsonRestore()))
       state, history = restored.state, list(restored.history)
+      if int(state["iteration"]) > cfg.iterations:  # A longer run was stopped.
+        raise ValueError(
+            f"{out}/ckpt holds iteration {int(state['iteration'])}, past "
+            f"distill.iterations={cfg.iterations}: rerun with at least that many "
+            "iterations, or move that folder away to distill anew.")
       logging.info("Resuming distillation at iteration %d.", int(state["iteration"]))
     state = parallel.put_replicated(state, mesh)
     start = int(state["iteration"])
@@ -198,7 +201,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       pending.append((it, loss))
       done = it + 1 == cfg.iterations
       if (it + 1) % cfg.log_every == 0 or done:
-        _stop_if_non_finite(state, out)
+        _stop_if_non_finite(state, out, mngr)
         losses = jax.device_get([l for _, l in pending])
         history += [{"iteration": i, "loss": float(l)} for (i, _), l in zip(pending, losses)]
         pending = []
@@ -215,7 +218,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             "lr_text": float(lrs[1]),
             "seconds_per_iteration": (time.time() - t0) / (it + 1 - start)})
       if (it + 1) % cfg.checkpoint_every == 0 or done:
-        _stop_if_non_finite(state, out)
+        _stop_if_non_finite(state, out, mngr)
+        if not finished and mngr.latest_step() is None:
+          # Recorded with the first checkpoint, so a run that fails before it
+          # leaves nothing that blocks a corrected rerun. A finished set keeps
+          # its settings until its longer result replaces it, below.
+          jsonfile.write(os.path.join(out, SETTINGS), settings(config, len(experts)))
         mngr.save(it + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   history=ocp.args.JsonSave(history)))
     mngr.wait_until_finished()
@@ -243,13 +251,21 @@ def loss_rise(losses: list[float], window: int,
   return (float(first), window, float(last), window) if last > factor * first else None
 
 
-def _stop_if_non_finite(state: dict, out: str) -> None:
+def _stop_if_non_finite(state: dict, out: str, mngr: ocp.CheckpointManager) -> None:
   first_bad = int(state["first_bad"])
-  if first_bad >= 0:
-    raise FloatingPointError(
-        f"Distillation hit a non-finite loss or gradient at iteration {first_bad}; "
-        f"the last good checkpoint in {out}/ckpt is kept. Lower distill.lr_images, "
-        "distill.lr_text or distill.lr_lr, then rerun to resume from it.")
+  if first_bad < 0:
+    return
+  if mngr.latest_step() is None:
+    where = ("no checkpoint was saved before it, so a rerun with corrected settings "
+             "starts afresh")
+  else:
+    where = (f"the last good checkpoint ({out}/ckpt/{mngr.latest_step()}) is kept; "
+             "to retry with other settings, move that folder away first")
+  raise FloatingPointError(
+      f"Distillation hit a non-finite loss or gradient at iteration {first_bad}; "
+      f"{where}. Likely culprits: meta rates too large (distill.lr_images, "
+      "distill.lr_text, distill.lr_lr), or experts that did not move between the "
+      "epochs matched (the loss divides by that distance).")
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -281,3 +281,20 @@ def test_a_failing_distillation_warns_and_an_improving_one_does_not(trained, tmp
                    r"[\d.]+ \(mean of the first 2 iterations\) to [\d.]+ \(the last 2\)",
                    caplog.text), caplog.text[-2000:]
   assert sum("is failing" in r.getMessage() for r in caplog.records) == 1  # Once a run.
+
+
+def test_a_diverged_student_is_reported_without_losing_the_other_rows(distilled):
+  config, workdir = distilled
+  test = input_pipeline.load_split(config, workdir, "test")
+  data = synthetic.load(workdir, 8)
+  rows = [evaluate.evaluate_pairs(config, workdir, name, data["images"], data["text_emb"],
+                                  lr, lr, test, None)
+          for name, lr in (("huge_lr", 1e30), ("sane_lr", 0.1))]
+  assert rows[0]["diverged"] == config.evaluate.seeds and rows[0]["tr@1"] is None
+  assert rows[1]["diverged"] == 0 and 0 <= rows[1]["tr@1"] <= 100
+  table = evaluate.format_table(rows)
+  assert "| huge_lr (2/2 students diverged) | 8 | diverged |" in table
+  assert "| sane_lr | 8 | " in table and "diverged" not in table.splitlines()[-1]
+  partial = evaluate.summarize("mixed", 8, [None, dict.fromkeys(evaluate.RECALL_KEYS, 10.0)],
+                               "final")
+  assert partial["diverged"] == 1 and partial["tr@1"] == 10.0

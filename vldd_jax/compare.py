@@ -92,7 +92,7 @@ def pivot_table(rows: list[dict], key: str) -> str:
   """Markdown: one row per method, one column per budget, `key` mean ± std."""
   budgets = sorted({r["budget"] for r in rows})
   methods = list(dict.fromkeys(r["method"] for r in rows))
-  cell = {(r["method"], r["budget"]): f"{r[key]:.1f} ± {r[key + '_std']:.1f}" for r in rows}
+  cell = {(r["method"], r["budget"]): evaluate.format_cell(r, key) for r in rows}
   lines = [f"| {key} | " + " | ".join(f"{b} pairs" for b in budgets) + " |",
            "|---|" + "---:|" * len(budgets)]
   lines += [f"| {m} | " + " | ".join(cell.get((m, b), "–") for b in budgets) + " |"

@@ -68,8 +68,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        lr_text: float, seed: int, test: input_pipeline.Split,
                        val: input_pipeline.Split | None = None,
                        objective: objectives.Plain | None = None,
-                       targets: np.ndarray | None = None) -> dict[str, float]:
-  """Trains a fresh student on pairs and returns its test recall (percent).
+                       targets: np.ndarray | None = None) -> dict[str, float] | None:
+  """Trains a fresh student on pairs and returns its test recall (percent), or
+  None if its loss diverged.
 
   Args:
     config: the run config (`model`, `evaluate`, `seed` are read).
@@ -109,7 +110,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if score > best_score:
         best_score, best = score, jax.tree.map(np.asarray, trainable)
   if not np.isfinite(loss):
-    logging.warning("Evaluation student (seed %d) diverged: loss %s.", seed, loss)
+    logging.warning("Evaluation student (seed %d) diverged: loss %s; its row counts it "
+                    "as diverged.", seed, loss)
+    return None
   return trainer.evaluate_retrieval(embedder, best if best is not None else trainable,
                                     frozen, test)
 
@@ -133,15 +136,28 @@ def _compiled(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   return _COMPILED[key]
 
 
-def summarize(method: str, budget: int, recalls: list[dict[str, float]],
+def summarize(method: str, budget: int, recalls: list[dict[str, float] | None],
               report: str) -> dict:
-  """One results row: mean and std over seeds of every recall."""
-  row = {"method": method, "budget": budget, "seeds": len(recalls), "report": report}
+  """One results row: mean and std over seeds of every recall; `diverged`
+  counts the students that diverged (None), left out of the mean (a row whose
+  students all diverged has None recalls)."""
+  finished = [r for r in recalls if r is not None]
+  row = {"method": method, "budget": budget, "seeds": len(recalls), "report": report,
+         "diverged": len(recalls) - len(finished)}
   for key in RECALL_KEYS:
-    values = np.array([r[key] for r in recalls])
-    row[key] = round(float(values.mean()), 2)
-    row[key + "_std"] = round(float(values.std()), 2)
+    values = np.array([r[key] for r in finished])
+    row[key] = round(float(values.mean()), 2) if finished else None
+    row[key + "_std"] = round(float(values.std()), 2) if finished else None
   return row
+
+
+def format_cell(row: dict, key: str) -> str:
+  """`mean ± std` of a recall over seeds, or `diverged`."""
+  if row[key] is None:
+    return "diverged"
+  if row["seeds"] - row.get("diverged", 0) > 1:
+    return f"{row[key]:.1f} ± {row[key + '_std']:.1f}"
+  return f"{row[key]:.1f}"
 
 
 def evaluate_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
@@ -224,8 +240,9 @@ def format_table(rows: list[dict]) -> str:
     label = row["method"] + (f" [{row['report']}]" if row["report"] in REPORTS[1:] else "")
     if row.get("pairs", row["budget"]) != row["budget"]:
       label += f" ({row['pairs']} pairs + S)"
-    cells = [f"{row[k]:.1f} ± {row[k + '_std']:.1f}" if row["seeds"] > 1 else f"{row[k]:.1f}"
-             for k in RECALL_KEYS]
+    if row.get("diverged"):
+      label += f" ({row['diverged']}/{row['seeds']} students diverged)"
+    cells = [format_cell(row, k) for k in RECALL_KEYS]
     lines.append(f"| {label} | {row['budget']} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

@@ -44,7 +44,8 @@ def budget_plot(rows: list[dict], keys: tuple[str, ...], path: str) -> None:
   methods = list(dict.fromkeys(r["method"] for r in rows))
   for ax, key in zip(axes.flat, keys):
     for method in methods:
-      mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["budget"])
+      mine = sorted((r for r in rows if r["method"] == method and r[key] is not None),
+                    key=lambda r: r["budget"])
       ax.errorbar([r["budget"] for r in mine], [r[key] for r in mine],
                   yerr=[r[key + "_std"] for r in mine], marker="o", capsize=3,
                   label=method)

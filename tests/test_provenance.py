@@ -1,12 +1,16 @@
 """Every stage refuses a workdir made under other data, text, model or experts settings."""
 import os
 
+import chex
+import jax
 import pytest
 
+from vldd_jax import backbone
 from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import experts
 from vldd_jax import pretrain
+from vldd_jax import trainer
 from vldd_jax import trajectories
 
 # (field, new value, the stages whose outputs depend on it).
@@ -89,3 +93,18 @@ def test_manifests_from_before_settings_are_checked_on_the_fields_they_hold(
   assert trajectories.finished_experts(str(copy), config) == [0]
   with pytest.raises(ValueError, match=r"data\.num_train: saved 64, config 48"):
     trajectories.finished_experts(str(copy), _changed(config, "data.num_train", 48))
+
+
+def test_another_workdirs_pretrained_tower_serves_other_data_with_the_same_tower(
+    trained):
+  config, workdir = trained
+  other = _changed(config, "data.num_train", 48)
+  other.model.backbone = os.path.join(workdir, "pretrain")
+  student = lambda cfg, load: trainer.init_student(cfg.model, jax.random.key(0),
+                                                   (32, 32, 3), 384, load)
+  mine = student(config, backbone.loader(config, workdir))
+  borrowed = student(other, backbone.loader(other, "/nonexistent"))
+  chex.assert_trees_all_equal(borrowed.frozen, mine.frozen)  # The same base weights.
+  deeper = _changed(other, "model.vit.depth", 2)
+  with pytest.raises(ValueError, match=r"model\.vit\.depth: saved 1, config 2"):
+    backbone.loader(deeper, "/nonexistent")

@@ -17,6 +17,8 @@ from vldd_jax import provenance
 from vldd_jax.models import load_hf_vit
 
 SUMMARY = "summary.json"
+# The settings a pretrained tower used on other data must share with the config.
+TOWER_FIELDS = ("model.tower", "model.vit.", "model.convnet.")
 
 
 def pretrain_dir(workdir: str) -> str:
@@ -44,31 +46,43 @@ def loader(config: ml_collections.ConfigDict,
            workdir: str) -> Callable[[dict], dict] | None:
   """What replaces a fresh tower's base weights: `config.model.backbone`.
 
-  "pretrain": this workdir's pretrain stage; "scratch": nothing (None); any
-  other value: a Hugging Face ViT folder or .safetensors file.
+  "pretrain": this workdir's pretrain stage; "scratch": nothing (None); a
+  folder holding `summary.json`: another workdir's `pretrain/` (e.g. the
+  shapes tower for other data; only its tower settings must match); any other
+  value: a Hugging Face ViT folder or .safetensors file.
   """
   source = config.model.backbone
   if source == "scratch":
     return None
-  if source != "pretrain":
+  if source == "pretrain":
+    folder, fields = pretrain_dir(workdir), None
+  elif os.path.exists(os.path.join(source, SUMMARY)):
+    folder, fields = source, TOWER_FIELDS
+  else:
     return lambda tower: load_hf_vit(source, target=tower)
-  summary = os.path.join(pretrain_dir(workdir), SUMMARY)
+  summary = os.path.join(folder, SUMMARY)
   if not os.path.exists(summary):
     raise FileNotFoundError(f"{summary} not found: run --config.stage=pretrain first, "
                             "or set config.model.backbone.")
-  check_settings(config, summary)
-  with ocp.CheckpointManager(os.path.join(pretrain_dir(workdir), "ckpt")) as mngr:
+  check_settings(config, summary, fields)
+  with ocp.CheckpointManager(os.path.join(folder, "ckpt")) as mngr:
     base = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
         tower=ocp.args.StandardRestore())).tower
   return lambda tower: _graft(tower, base)
 
 
-def check_settings(config: ml_collections.ConfigDict, summary: str) -> None:
+def check_settings(config: ml_collections.ConfigDict, summary: str,
+                   fields: tuple[str, ...] | None = None) -> None:
   """Raises if the pretrained tower of `summary` was made under other settings
-  (summaries from before `settings` existed are taken as matching)."""
+  (of those starting with one of `fields`, if given); summaries from before
+  `settings` existed are taken as matching."""
   with open(summary) as f:
     saved = json.load(f).get("settings")
-  if saved is not None:
-    provenance.check(saved, provenance.settings(config, "pretrain"),
-                     os.path.dirname(summary),
-                     "use a new workdir, or delete that folder to pretrain anew.")
+  if saved is None:
+    return
+  wanted = provenance.settings(config, "pretrain")
+  if fields is not None:
+    saved, wanted = ({k: v for k, v in d.items() if k.startswith(fields)}
+                     for d in (saved, wanted))
+  provenance.check(saved, wanted, os.path.dirname(summary),
+                   "use a new workdir, or delete that folder to pretrain anew.")

@@ -40,10 +40,11 @@ def settings(config: ml_collections.ConfigDict, kind: str,
   for name in DEPENDS[kind]:
     value = config
     for part in name.split("."):
-      value = value[part]
+      value = value.get(part) if isinstance(value, ml_collections.ConfigDict) else None
     if isinstance(value, ml_collections.ConfigDict):
       value = value.to_dict()
-    nested[name] = value
+    if value is not None:  # A config without the section (no pretrain stage).
+      nested[name] = value
   return flatten(nested, ignore)
 
 

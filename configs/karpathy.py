@@ -13,8 +13,14 @@ model.safetensors):
   python -m vldd_jax.main --config=configs/karpathy.py:backbone=/models/vit-base \
       --config.stage=experts ... --workdir=/tmp/vldd_f30k
 
+Every stage runs with the settings measured on shapes (3 experts x 10 epochs,
+100 pairs; docs/quality.md); override any field with `--config.<field>=...`.
+
 Config arguments (after the `:`): `image_size=N` (default 224); `backbone=PATH`
-sets the image tower to that ViT's architecture and weights.
+sets the image tower to that ViT's architecture and weights. Without it the
+tower starts from scratch and trains whole (`model.trainable="all"`), or set
+`--config.model.backbone=<other workdir>/pretrain` (with its `model.trainable`)
+to borrow a tower pretrained there.
 """
 import ml_collections
 
@@ -46,5 +52,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.backbone = arg.backbone
   else:
     config.model.backbone = "scratch"
+  # Unused: the pretrain stage needs shapes' attribute labels; the tower comes
+  # from `backbone=`, another workdir's `pretrain/` folder, or "scratch".
+  config.pretrain = ml_collections.ConfigDict(dict(
+      epochs=10, batch_size=128, lr=1e-3, weight_decay=1e-4))
+  # A tower from scratch must train (and be matched) whole, as the VLDD code's;
+  # frozen random towers would not be shared by the experts.
+  if config.model.backbone == "scratch":
+    config.model.trainable = "all"
   config.experts = config_lib.experts_config()
+  config.experts.update(num_experts=3, epochs=10)  # As shapes; the paper: 20 x 10.
+  # The settings measured on shapes, whose normalised meta rates need no
+  # retuning per dataset (docs/quality.md).
+  config.distill = config_lib.small_data_distill_config()
+  config.evaluate = config_lib.evaluate_config()
+  config.compare = config_lib.compare_config()
   return config

@@ -56,7 +56,7 @@ def test_rerun_with_other_settings_is_refused(distilled):
   other = config.copy_and_resolve_references()
   other.distill.lr_images *= 2
   with pytest.raises(ValueError, match=r"n8 was made with other settings "
-                                       r"\(distill\.lr_images: saved 10\.0, config 20\.0\)"):
+                                       r"\(distill\.lr_images: saved 0\.002, config 0\.004\)"):
     distill.run(other, workdir)
   fewer = config.copy_and_resolve_references()
   fewer.distill.iterations -= 1

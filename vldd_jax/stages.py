@@ -3,7 +3,7 @@
 `pipeline` runs data, pretrain and experts, distils the sets that the
 distilled methods of `evaluate.methods` need at `distill.num_pairs`, then
 evaluates; `compare` (every method at every budget, a distillation per budget)
-is run on its own.
+runs on its own, or at the end of the pipeline with `compare.in_pipeline`.
 """
 import contextlib
 import fcntl
@@ -38,13 +38,16 @@ ALONE: dict[str, Stage] = {"compare": compare.run}
 
 
 def pipeline(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Data, pretrain and experts; the sets the results table evaluates; evaluate."""
+  """Data, pretrain and experts; the sets the results table evaluates; evaluate;
+  then `compare` if `compare.in_pipeline`."""
   for stage in (prepare.run, pretrain.run, experts.run):
     stage(config, workdir)
   train = input_pipeline.load_split(config, workdir, "train")
   compare.distill_sets(config, workdir, (config.distill.num_pairs,),
                        config.evaluate.methods, train)
   evaluate.run(config, workdir)
+  if config.compare.in_pipeline:
+    compare.run(config, workdir)
 
 
 @contextlib.contextmanager

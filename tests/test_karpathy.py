@@ -215,7 +215,25 @@ def _remove_image(data, image_root):
   os.remove(os.path.join(image_root, "gray.png"))
 
 
+def _outside_root(data, image_root):
+  data["images"][2]["filename"] = "../../outside/x.png"
+
+
+def _absolute(data, image_root):
+  data["images"][2]["filename"] = os.path.join(image_root, "gray.png")
+
+
+def _repeated_in_test(data, image_root):
+  leaked = dict(data["images"][0], split="test")
+  data["images"].append(leaked)
+
+
 @pytest.mark.parametrize("mutate,message", [
+    (_outside_root, r"images\[2\] \('../../outside/x.png'\): the image path leaves "
+                    "image_root"),
+    (_absolute, r"images\[2\] \('/.*gray.png'\): the image path leaves image_root"),
+    (_repeated_in_test, r"images\[\d+\] \('.*'\): the same image as images\[0\] "
+                        r".* in split '(train|restval|val|test)'"),
     (_no_images, "no top-level 'images' list"),
     (_del("filename"), r"images\[2\]: missing key\(s\) 'filename'"),
     (_del("split"), r"images\[2\] \('gray.png'\): missing key\(s\) 'split'"),

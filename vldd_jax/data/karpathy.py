@@ -180,6 +180,8 @@ def read_annotations(ann_file: str, image_root: str, *,
   entries: dict[str, list[Entry]] = {split: [] for split in SPLITS}
   errors: list[str] = []
   skipped: list[dict] = []
+  root = os.path.realpath(image_root)
+  seen: dict[str, str] = {}  # Resolved image path -> where it was listed first.
   for index, image in enumerate(data["images"]):
     if not isinstance(image, dict):
       errors.append(f"images[{index}]: expected an object, got "
@@ -213,6 +215,16 @@ def read_annotations(ann_file: str, image_root: str, *,
       split = "train"
 
     path = os.path.join(image_root, filename)
+    resolved = os.path.realpath(path)
+    if os.path.isabs(filename) or os.path.commonpath([root, resolved]) != root:
+      errors.append(f"{where}: the image path leaves image_root ({image_root}); "
+                    "entries name files inside it.")
+      continue
+    if resolved in seen:  # Within a split a duplicate; across splits a leak.
+      errors.append(f"{where}: the same image as {seen[resolved]}; each image "
+                    "may appear once (in one split).")
+      continue
+    seen[resolved] = f"{where} in split {image['split']!r}"
     if not sentences:
       problem = "has no captions."
     elif len(sentences) < captions_per_image:

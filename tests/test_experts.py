@@ -95,7 +95,7 @@ def test_killed_run_resumes_to_the_same_trajectories(data_dir, tmp_path):
   _run_stages(reference, data_dir, *flags)
 
   killed = tmp_path / "killed"
-  _run_stages(killed, data_dir, "--config.experts.num_experts=0")  # Pretrain only.
+  run_main(killed, data_dir, "--config.stage=pretrain")
   kill_when_exists(killed, data_dir, ("--config.stage=experts", *flags),
                    killed / "experts" / "expert_000" / "ckpt" / "2")
   assert not trajectories.finished_experts(str(killed)) == [0, 1], "killed too late"

@@ -108,3 +108,16 @@ def test_another_workdirs_pretrained_tower_serves_other_data_with_the_same_tower
   deeper = _changed(other, "model.vit.depth", 2)
   with pytest.raises(ValueError, match=r"model\.vit\.depth: saved 1, config 2"):
     backbone.loader(deeper, "/nonexistent")
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{not json", r"manifest.json is not valid JSON \(Expecting property name"),
+    ("[1, 2]", r"manifest.json holds a list, expected a JSON object")])
+def test_a_garbage_json_file_is_named_with_what_to_do(trained, tmp_path, content,
+                                                      message):
+  config, workdir = trained
+  copy = tmp_path / "work"
+  os.makedirs(trajectories.expert_dir(str(copy), 0))
+  (copy / "experts" / "expert_000" / trajectories.MANIFEST).write_text(content)
+  with pytest.raises(ValueError, match=message + ".*move its folder away"):
+    trajectories.finished_experts(str(copy), config)

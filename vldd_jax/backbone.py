@@ -5,7 +5,6 @@ the config through the settings its summary records), "scratch" keeps the
 fresh initialisation, anything else is a Hugging Face ViT folder or file.
 """
 from collections.abc import Callable
-import json
 import os
 
 import jax.numpy as jnp
@@ -13,6 +12,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from vldd_jax import jsonfile
 from vldd_jax import provenance
 from vldd_jax.models import load_hf_vit
 
@@ -76,8 +76,7 @@ def check_settings(config: ml_collections.ConfigDict, summary: str,
   """Raises if the pretrained tower of `summary` was made under other settings
   (of those starting with one of `fields`, if given); summaries from before
   `settings` existed are taken as matching."""
-  with open(summary) as f:
-    saved = json.load(f).get("settings")
+  saved = jsonfile.read(summary).get("settings")
   if saved is None:
     return
   wanted = provenance.settings(config, "pretrain")

@@ -14,7 +14,6 @@ Changing a field of an objective (e.g. `distill.similarity_*`,
 `distill.lr_similarity` of LoRS's) recomputes only the cells of its sets; any
 other change of settings is refused.
 """
-import json
 import os
 
 import jax
@@ -61,8 +60,7 @@ def load_rows(path: str, config: ml_collections.ConfigDict) -> list[dict]:
   """
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    saved = json.load(f)
+  saved = jsonfile.read(path)
   saved_settings = provenance.flatten(saved.get("settings", {}))
   # Files from before per-cell settings hold the similarity fields (and the
   # objective, then `distill.similarity`) for the whole table.

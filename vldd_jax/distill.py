@@ -16,7 +16,6 @@ than "plain", e.g. LoRS's learned similarity, `distill.objective="lowrank"`;
 `settings.json`, `synthetic_grid.png` (images with the nearest real caption to
 their text), `matching_loss.png`.
 """
-import json
 import os
 import time
 
@@ -113,8 +112,7 @@ def _check_settings(config: ml_collections.ConfigDict, out: str,
   path = os.path.join(out, SETTINGS)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    saved = provenance.flatten(json.load(f))  # Older files nest the sections.
+  saved = provenance.flatten(jsonfile.read(path))  # Older files nest the sections.
   wanted = settings(config, num_experts)
   remedy = "rerun with those settings, or move that folder away to distill anew."
   if provenance.check(saved, wanted, out, remedy, allowed=("distill.iterations",)):

@@ -11,7 +11,6 @@ Layout under `<workdir>/experts/expert_NNN/`:
 
 Loading one (expert, epoch) reads only that checkpoint's `params` item.
 """
-import json
 import os
 
 import jax
@@ -63,8 +62,7 @@ def read_manifest(workdir: str, expert: int) -> dict | None:
   path = os.path.join(expert_dir(workdir, expert), MANIFEST)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return jsonfile.read(path)
 
 
 def check_settings(config: ml_collections.ConfigDict, workdir: str, expert: int) -> None:

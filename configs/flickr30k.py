@@ -100,63 +100,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       learn_temperature=False,  # VLDD code.
   )
   # LoRA rank/alpha/targets: library default (the paper gives none we follow).
-  if arg.backbone:
-    # Paper: LoRA matching on a pretrained ViT, only adapters and heads move.
-    config.model.trainable = "lora+heads"
-  else:
-    # A tower from scratch must train (and be matched) whole, as the VLDD code's
-    # NFNet tower; with frozen random towers the experts would not share one.
-    config.model.trainable = "all"
+  # configs/karpathy.py sets what trains: LoRA + heads on a `backbone=` ViT (the
+  # paper), the whole tower from scratch without one; and an unused pretrain
+  # section (that stage needs shapes' labels).
 
-  # Unused: the pretrain stage only runs for model.backbone="pretrain", which needs
-  # shapes' attribute labels; here the tower is `backbone=` or "scratch". Values as
-  # configs/shapes.py, so that every stage finds its section.
-  config.pretrain = ml_collections.ConfigDict(dict(
-      epochs=10, batch_size=128, lr=1e-3, weight_decay=1e-4))
-
+  # The paper's code is the source of config_lib's expert, distillation and
+  # evaluation defaults (cited there); only these differ from them.
   config.experts = config_lib.experts_config()
-  config.experts.update(
-      num_experts=100,  # VLDD code, buffer.py (default number of experts).
-      epochs=50,  # VLDD code, buffer.py; one checkpoint per epoch.
-      batch_size=128,  # VLDD code, buffer.py.
-      lr=0.1,  # VLDD code, buffer.py: plain SGD; also the initial learned student lr.
-      momentum=0.0,  # VLDD code, buffer.py.
-      eval_batch_size=500,  # Library default.
-  )
-
+  config.experts.num_experts = 100  # VLDD code, buffer.py (default number of experts).
   config.distill = config_lib.distill_config()
-  config.distill.update(
-      num_pairs=100,  # Paper: the headline budget (Table 1's smallest).
-      init="real",  # Paper: synthetic pairs start from random real pairs.
-      syn_steps=20,  # VLDD code, distill.py.
-      batch_size=100,  # VLDD code, distill.py: student minibatch.
-      expert_epochs=3,  # VLDD code, distill.py.
-      max_start_epoch=25,  # VLDD code, distill.py.
-      iterations=50_000,  # VLDD code, distill.py.
-      lr_images=1000.0,  # VLDD code, distill.py (lr_img); see README on shapes.
-      lr_text=1000.0,  # VLDD code, distill.py (lr_txt); theirs: unnormalised BERT.
-      lr_lr=1e-3,  # VLDD code, distill.py; ours steps the log of the rate.
-      momentum=0.5,  # VLDD code, distill.py: SGD momentum on pixels and text.
-      augment=True,  # VLDD code: differentiable augmentation on synthetic images.
-      meta_batch=1,  # Library default.
-      num_experts=0,  # Library default: every finished expert.
-      log_every=10,  # Library default.
-      checkpoint_every=100,  # Library default.
-  )
-
+  config.distill.iterations = 50_000  # VLDD code, distill.py.
   config.evaluate = config_lib.evaluate_config()
-  config.evaluate.update(
-      seeds=5,  # VLDD code: 5 evaluation repeats.
-      epochs=50,  # VLDD code: 50 epochs on the distilled set.
-      report="final",  # VLDD code: the final epoch; nothing selected on test.
-      batch_size=100,  # Library default.
-      lr=0.1,  # Library default: the expert rate, for real pairs (coresets).
-      momentum=0.0,  # Library default.
-      augment=True,  # Library default: the same DSA for every method.
-  )
-
-  config.compare = config_lib.compare_config()
-  config.compare.budgets = (100, 200, 500, 1000)  # Paper Table 1.
+  config.evaluate.seeds = 5  # VLDD code: 5 evaluation repeats.
+  config.compare = config_lib.compare_config()  # Paper Table 1: 100 to 1000 pairs.
 
   if arg.runlocal:
     if not arg.backbone:

@@ -33,16 +33,12 @@ from vldd_jax.data import input_pipeline
 RESULT = "compare.json"
 
 
-def _objective_fields() -> tuple[str, ...]:
-  """The `distill` fields an objective adds: its cells record them
-  (`objective_settings`) instead of the table."""
-  return tuple(dict.fromkeys(f for o in objectives.OBJECTIVES.values() for f in o.fields))
-
-
 def settings(config: ml_collections.ConfigDict) -> dict:
   """What every cell's numbers depend on besides its method and budget."""
+  # The objectives' fields: each distilled cell records its own
+  # (`objective_settings`) instead of the table.
   ignore = ("distill.num_pairs", "distill.objective", "evaluate.methods",
-            *(f"distill.{name}" for name in _objective_fields()))
+            *(f"distill.{name}" for name in objectives.all_fields()))
   return provenance.settings(config, "compare", ignore)
 
 
@@ -65,7 +61,7 @@ def load_rows(path: str, config: ml_collections.ConfigDict) -> list[dict]:
   # Files from before per-cell settings hold the similarity fields (and the
   # objective, then `distill.similarity`) for the whole table.
   legacy = {name: saved_settings.pop(f"distill.{name}", None)
-            for name in _objective_fields()}
+            for name in objectives.all_fields()}
   saved_settings.pop("distill.similarity", None)
   provenance.check(saved_settings, settings(config), path,
                    "move it away to start a new comparison, or rerun with the "

@@ -163,9 +163,10 @@ _NON_NEGATIVE = ("distill.num_experts", "distill.lr_images", "distill.lr_text",
 _FRACTIONS = ("experts.momentum", "distill.momentum", "evaluate.momentum")  # In [0, 1).
 
 
-def _get(config: ml_collections.ConfigDict, path: str):
+def get_field(config: ml_collections.ConfigDict, path: str):
+  """The value at a dotted `path` ("distill.lr_images"); None if absent."""
   for part in path.split("."):
-    if part not in config:
+    if not isinstance(config, ml_collections.ConfigDict) or part not in config:
       return None
     config = config[part]
   return config
@@ -179,19 +180,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """
   errors = []
   for path in _POSITIVE_INTS:
-    value = _get(config, path)
+    value = get_field(config, path)
     if value is not None and not (isinstance(value, int) and value > 0):
       errors.append(f"{path}={value!r}: expected a positive integer")
   for path in _POSITIVE_FLOATS:
-    value = _get(config, path)
+    value = get_field(config, path)
     if value is not None and not value > 0:
       errors.append(f"{path}={value!r}: expected a positive number")
   for path in _NON_NEGATIVE:
-    value = _get(config, path)
+    value = get_field(config, path)
     if value is not None and not value >= 0:
       errors.append(f"{path}={value!r}: expected a number >= 0")
   for path in _FRACTIONS:
-    value = _get(config, path)
+    value = get_field(config, path)
     if value is not None and not 0 <= value < 1:
       errors.append(f"{path}={value!r}: expected a momentum in [0, 1)")
   distill = config.get("distill")

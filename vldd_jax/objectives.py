@@ -115,7 +115,11 @@ def methods() -> dict[str, str]:
   return {method(name): name for name in OBJECTIVES}
 
 
+def all_fields() -> tuple[str, ...]:
+  """The `distill` fields of every registered objective."""
+  return tuple(dict.fromkeys(f for o in OBJECTIVES.values() for f in o.fields))
+
+
 def other_fields(name: str) -> tuple[str, ...]:
   """The `distill` fields of every objective but `name` (a set ignores them)."""
-  return tuple(f for o in OBJECTIVES.values() if o.name != name for f in o.fields
-               if f not in OBJECTIVES[name].fields)
+  return tuple(f for f in all_fields() if f not in OBJECTIVES[name].fields)

@@ -12,6 +12,8 @@ import json
 import ml_collections
 from flax import traverse_util
 
+from vldd_jax import config_lib
+
 # The config sections (or single fields) each kind of output depends on.
 DEPENDS = {
     # The tower is pretrained without LoRA or heads, so the rest of `model`
@@ -38,9 +40,7 @@ def settings(config: ml_collections.ConfigDict, kind: str,
   """
   nested = {}
   for name in DEPENDS[kind]:
-    value = config
-    for part in name.split("."):
-      value = value.get(part) if isinstance(value, ml_collections.ConfigDict) else None
+    value = config_lib.get_field(config, name)
     if isinstance(value, ml_collections.ConfigDict):
       value = value.to_dict()
     if value is not None:  # A config without the section (no pretrain stage).

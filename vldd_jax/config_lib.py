@@ -98,6 +98,12 @@ def distill_config() -> ml_collections.ConfigDict:
       similarity_alpha=3.0,
       lr_similarity=10.0,
       similarity_loss="wbce",  # "wbce" (LoRS) | "softmax" (soft-target InfoNCE).
+      # objective="blend": RepBlend's representation blending, lam ~
+      # Beta(blend_alpha, blend_alpha) (their distill script: alpha_2=1), and
+      # an EMA of the set with this decay as the saved set (PTM-ST: 0.99 over
+      # thousands of iterations); 0 turns either off.
+      blend_alpha=1.0,
+      ema_decay=0.99,
   ))
 
 
@@ -159,8 +165,10 @@ _POSITIVE_INTS = (
     "evaluate.batch_size")
 _POSITIVE_FLOATS = ("pretrain.lr", "experts.lr", "evaluate.lr")
 _NON_NEGATIVE = ("distill.num_experts", "distill.lr_images", "distill.lr_text",
-                 "distill.lr_lr", "distill.lr_similarity", "pretrain.weight_decay")
-_FRACTIONS = ("experts.momentum", "distill.momentum", "evaluate.momentum")  # In [0, 1).
+                 "distill.lr_lr", "distill.lr_similarity", "distill.blend_alpha",
+                 "pretrain.weight_decay")
+_FRACTIONS = ("experts.momentum", "distill.momentum", "evaluate.momentum",
+              "distill.ema_decay")  # In [0, 1).
 
 
 def get_field(config: ml_collections.ConfigDict, path: str):
@@ -194,7 +202,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for path in _FRACTIONS:
     value = get_field(config, path)
     if value is not None and not 0 <= value < 1:
-      errors.append(f"{path}={value!r}: expected a momentum in [0, 1)")
+      errors.append(f"{path}={value!r}: expected a number in [0, 1)")
   distill = config.get("distill")
   if distill is not None and not (distill.lr_images or distill.lr_text or distill.lr_lr):
     errors.append("distill.lr_images, lr_text and lr_lr are all 0: distillation would "

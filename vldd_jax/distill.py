@@ -38,7 +38,7 @@ from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax import viz
 from vldd_jax.data import input_pipeline
-from vldd_jax.models import build_model, make_apply_fn
+from vldd_jax.models import build_model, make_apply_fn, make_feature_fn
 
 SETTINGS = "settings.json"
 
@@ -159,16 +159,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   mesh = parallel.make_mesh()
   frozen = parallel.put_replicated(_shared_frozen(workdir, experts), mesh)
   trainable_like = jax.tree.map(lambda x: x[0, 0], buffer.params)
-  apply_fn = make_apply_fn(build_model(config.model))
+  model = build_model(config.model)
+  apply_fn = make_apply_fn(model)
   unroll = matching.UnrollConfig(cfg.syn_steps, min(cfg.batch_size, cfg.num_pairs),
                                  cfg.augment, cfg.augment_per_image)
   tx = matching.make_meta_optimizer(cfg.lr_images, cfg.lr_text, cfg.lr_lr, cfg.momentum,
                                     objective.rates(), cfg.meta_optimizer)
-  meta_step = matching.make_meta_step(apply_fn, trainable_like, unroll, tx, objective)
+  meta_step = matching.make_meta_step(apply_fn, trainable_like, unroll, tx, objective,
+                                      make_feature_fn(model))
   syn, rows = matching.init_synthetic(train, cfg.num_pairs, cfg.init,
                                       config.experts.lr, config.seed)
   syn.update(jax.device_get(objective.init(cfg.num_pairs, jax.random.key(config.seed))))
-  state = matching.init_state(syn, tx)
+  state = matching.init_state(syn, tx, ema=objective.ema_decay() > 0)
   history: list[dict] = []
 
   with _checkpoint_manager(out) as mngr:
@@ -225,7 +227,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         mngr.save(it + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   history=ocp.args.JsonSave(history)))
     mngr.wait_until_finished()
-  _write_outputs(out, jax.tree.map(parallel.to_host, state["syn"]), rows, train, history,
+  saved = state["ema"] if "ema" in state else state["syn"]
+  _write_outputs(out, jax.tree.map(parallel.to_host, saved), rows, train, history,
                  objective)
   jsonfile.write(os.path.join(out, SETTINGS), settings(config, len(experts)))
 

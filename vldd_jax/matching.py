@@ -23,7 +23,7 @@ import optax
 from vldd_jax import objectives
 from vldd_jax.data.input_pipeline import Split
 from vldd_jax.models.partition import ApplyFn, text_side_mask
-from vldd_jax.trainer import student_loss, to_model_space
+from vldd_jax.trainer import augmented_images, student_loss, to_model_space
 
 LR_SIDES = ("image", "text")
 
@@ -36,6 +36,9 @@ class UnrollConfig:
   augment: bool = True
   augment_per_image: bool = True  # DSA's draws per image; False: one per minibatch.
   remat: bool = True
+  # With a frozen tower (model.trainable="heads"), embed every step's images in
+  # one batch before the unroll, which then runs the heads only.
+  hoist_tower: bool = True
 
 
 def init_synthetic(train: Split, num_pairs: int, init: str, lr_init: float,
@@ -83,15 +86,17 @@ def minibatch_indices(key: jax.Array, num_pairs: int, steps: int,
 
 def make_student_step(apply_fn: ApplyFn, trainable_like: dict,
                       objective: objectives.Plain, augment: bool,
-                      augment_per_image: bool = True) -> Callable:
+                      augment_per_image: bool = True, features: bool = False) -> Callable:
   """One SGD step on a synthetic minibatch with the (image, text) learning rates.
 
   Returns `step(trainable, frozen, images, text, lrs, key, targets=None) ->
   trainable`, the gradient being of `trainer.student_loss`, as for evaluation
-  students.
+  students, with the objective's representation blending (`blend_alpha`).
+  `features=True`: `images` are tower features (`trainer.student_loss`).
   """
   is_text = text_side_mask(trainable_like)
-  loss_fn = student_loss(apply_fn, objective, augment, augment_per_image)
+  loss_fn = student_loss(apply_fn, objective, augment, augment_per_image,
+                         objective.blend_alpha(), features)
 
   def step(trainable, frozen, images, text, lrs, key, targets=None):
     grads, _ = jax.grad(loss_fn, has_aux=True)(trainable, frozen, images, text, key,
@@ -108,29 +113,41 @@ def _sq_dist(a: dict, b: dict) -> jax.Array:
 
 
 def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfig,
-                       objective: objectives.Plain | None = None) -> Callable:
+                       objective: objectives.Plain | None = None,
+                       feature_fn: Callable | None = None) -> Callable:
   """`loss(syn, start, target, frozen, key)`: normalised distance after the unroll.
 
   `objective` (default: plain pairs) gives the student loss and its targets.
+  When no tower parameter trains (`model.trainable="heads"`) and `feature_fn`
+  (`models.make_feature_fn`) is given, the tower embeds all steps' augmented
+  minibatches at once before the unroll: the same loss, without running the
+  tower, or rematerialising it, inside the scan (RepBlend's head-only matching).
   """
   objective = objective or objectives.Plain()
+  hoist = cfg.hoist_tower and feature_fn is not None and "img" not in trainable_like
   step = make_student_step(apply_fn, trainable_like, objective, cfg.augment,
-                           cfg.augment_per_image)
+                           cfg.augment_per_image, features=hoist)
 
   def loss(syn, start, target, frozen, key):
     k_batches, k_steps = jax.random.split(key)
     batches = minibatch_indices(k_batches, syn["text"].shape[0], cfg.syn_steps,
                                 cfg.batch_size)
+    step_keys = jax.random.split(k_steps, cfg.syn_steps)
     lrs = jnp.exp(syn["log_lr"])
+    features = None  # Else each step indexes its images inside the scan.
+    if hoist:
+      features = jax.vmap(lambda rows, k: feature_fn(start, frozen, augmented_images(
+          syn["images"][rows], k, cfg.augment, cfg.augment_per_image)))(batches, step_keys)
 
     def body(params, xs):
-      rows, k = xs
-      return step(params, frozen, syn["images"][rows], syn["text"][rows], lrs, k,
+      rows, x, k = xs
+      x = syn["images"][rows] if x is None else x
+      return step(params, frozen, x, syn["text"][rows], lrs, k,
                   objective.targets(syn, rows)), None
 
     if cfg.remat:
       body = jax.checkpoint(body)
-    final, _ = jax.lax.scan(body, start, (batches, jax.random.split(k_steps, cfg.syn_steps)))
+    final, _ = jax.lax.scan(body, start, (batches, features, step_keys))
     return _sq_dist(final, target) / _sq_dist(start, target)
 
   return loss
@@ -178,16 +195,20 @@ def make_meta_optimizer(lr_images: float, lr_text: float, lr_lr: float,
 
 def make_meta_step(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfig,
                    tx: optax.GradientTransformation,
-                   objective: objectives.Plain | None = None) -> Callable:
+                   objective: objectives.Plain | None = None,
+                   feature_fn: Callable | None = None) -> Callable:
   """The jitted `meta_step(state, starts, targets, frozen, key) -> (state, loss)`.
 
   `starts`/`targets` stack a meta batch of expert parameters on a leading axis
   (sharded over devices); the loss is their mean matching loss. `state` holds
   `syn`, `opt_state`, `iteration` and `first_bad`: an iteration whose loss or
   gradient is not finite leaves `syn` unchanged and is recorded there (-1: none),
-  so the caller can stop without a host sync per iteration. `state` is donated.
+  so the caller can stop without a host sync per iteration. A state made by
+  `init_state(..., ema=True)` also keeps `ema`, the exponential moving average
+  of `syn` with the objective's `ema_decay` (PTM-ST). `state` is donated.
   """
-  matching_loss = make_matching_loss(apply_fn, trainable_like, cfg, objective)
+  matching_loss = make_matching_loss(apply_fn, trainable_like, cfg, objective, feature_fn)
+  ema_decay = (objective or objectives.Plain()).ema_decay()
 
   def mean_loss(syn, starts, targets, frozen, key):
     keys = jax.random.split(key, jax.tree.leaves(starts)[0].shape[0])
@@ -204,16 +225,24 @@ def make_meta_step(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfig,
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     first_bad = jnp.where((state["first_bad"] < 0) & ~finite, state["iteration"],
                           state["first_bad"])
-    return {"syn": keep(syn, state["syn"]),
-            "opt_state": keep(opt_state, state["opt_state"]),
-            "iteration": state["iteration"] + 1,
-            "first_bad": first_bad}, loss
+    new_state = {"syn": keep(syn, state["syn"]),
+                 "opt_state": keep(opt_state, state["opt_state"]),
+                 "iteration": state["iteration"] + 1,
+                 "first_bad": first_bad}
+    if "ema" in state:
+      new_state["ema"] = jax.tree.map(lambda e, x: ema_decay * e + (1 - ema_decay) * x,
+                                      state["ema"], new_state["syn"])
+    return new_state, loss
 
   return meta_step
 
 
-def init_state(syn: dict, tx: optax.GradientTransformation) -> dict:
-  """The meta-optimisation state at iteration 0."""
+def init_state(syn: dict, tx: optax.GradientTransformation, ema: bool = False) -> dict:
+  """The meta-optimisation state at iteration 0; `ema`: also keep a moving
+  average of the set, starting at the set."""
   syn = jax.tree.map(jnp.asarray, syn)
-  return {"syn": syn, "opt_state": tx.init(syn), "iteration": jnp.int32(0),
-          "first_bad": jnp.int32(-1)}
+  state = {"syn": syn, "opt_state": tx.init(syn), "iteration": jnp.int32(0),
+           "first_bad": jnp.int32(-1)}
+  if ema:
+    state["ema"] = jax.tree.map(jnp.copy, syn)
+  return state

@@ -55,6 +55,16 @@ class Plain:
     """Storage of the learned parts, in floats (budgets count it)."""
     return 0
 
+  def blend_alpha(self) -> float:
+    """Beta(alpha, alpha) of the distillation students' representation
+    blending (`trainer.student_loss`); 0: none."""
+    return 0.0
+
+  def ema_decay(self) -> float:
+    """Decay of the moving average of the set that is saved (`matching.
+    make_meta_step`); 0: the set itself."""
+    return 0.0
+
 
 class LowRankSimilarity(Plain):
   """LoRS (Xu et al., ICML 2024): also learn S = diag(a) + alpha/rank L R^T,
@@ -94,7 +104,22 @@ class LowRankSimilarity(Plain):
     return similarity.num_floats(num_pairs, self.cfg.similarity_rank)
 
 
-OBJECTIVES: dict[str, type[Plain]] = {o.name: o for o in (Plain, LowRankSimilarity)}
+class Blend(Plain):
+  """Pairs distilled against modality collapse: RepBlend's representation
+  blending (Zhang et al., NeurIPS 2025) in every distillation student step,
+  and PTM-ST's exponential moving average of the set as what is saved (ICLR
+  2026). Evaluation students train on the pairs as plain ones."""
+  name = "blend"
+  fields = ("blend_alpha", "ema_decay")
+
+  def blend_alpha(self):
+    return float(self.cfg.blend_alpha)
+
+  def ema_decay(self):
+    return float(self.cfg.ema_decay)
+
+
+OBJECTIVES: dict[str, type[Plain]] = {o.name: o for o in (Plain, LowRankSimilarity, Blend)}
 
 
 def build(cfg: ml_collections.ConfigDict) -> Plain:

@@ -82,25 +82,46 @@ def make_optimizer(lr: float, momentum: float = 0.0,
 
 
 def student_loss(apply_fn: ApplyFn, objective: objectives.Plain, augment: bool = False,
-                 augment_per_image: bool = True) -> Callable:
+                 augment_per_image: bool = True, blend_alpha: float = 0.0,
+                 features: bool = False) -> Callable:
   """The loss every student trains with: experts, distillation and evaluation.
 
   Returns `loss(trainable, frozen, images, text_emb, key, targets=None) ->
   (loss, (image_emb, text_emb))`: images (uint8 or model space) get DSA
   (`augment.py`) if `augment`, then `objective.loss` against `targets`, the
   [B, B] block of the set's learned targets (None for pairs).
+
+  `blend_alpha > 0` blends each head's input with a permutation of the batch
+  by lam ~ Beta(alpha, alpha), the same for images and texts (RepBlend, Zhang
+  et al., NeurIPS 2025; distillation students only). `features=True`: `images`
+  are tower features, already augmented (`augmented_images`), for a frozen
+  tower run once outside the unroll (`matching`).
   """
 
   def loss_fn(trainable, frozen, images, text_emb, key, targets=None):
-    images = to_model_space(images)
-    k_aug, k_dropout = jax.random.split(key)
-    if augment:
-      images = augment_lib.augment(images, k_aug, augment_per_image)
+    _, k_dropout = jax.random.split(key)
+    if not features:
+      images = augmented_images(images, key, augment, augment_per_image)
+    blend = None
+    if blend_alpha > 0:
+      k_lam, k_perm = jax.random.split(jax.random.fold_in(key, 1))
+      blend = (jax.random.beta(k_lam, blend_alpha, blend_alpha),
+               jax.random.permutation(k_perm, text_emb.shape[0]))
     img, txt, scale = apply_fn(trainable, frozen, images, text_emb, train=True,
-                               rng=k_dropout)
+                               rng=k_dropout, features=features, blend=blend)
     return objective.loss(img, txt, scale, targets), (img, txt)
 
   return loss_fn
+
+
+def augmented_images(images: jax.Array, key: jax.Array, augment: bool,
+                     augment_per_image: bool = True) -> jax.Array:
+  """A student step's input images: model space, with DSA drawn from `key` (the
+  step's key, as `student_loss` splits it) if `augment`."""
+  images = to_model_space(images)
+  if augment:
+    images = augment_lib.augment(images, jax.random.split(key)[0], augment_per_image)
+  return images
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> TrainStep:

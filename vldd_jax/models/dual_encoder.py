@@ -95,8 +95,15 @@ class DualEncoder(nn.Module):
 
   def embed_images(self, images: jax.Array, *, train: bool = False) -> jax.Array:
     """Images [B, H, W, C] (normalised floats) to unit embeddings [B, embed_dim]."""
-    del train  # The towers have no dropout.
-    z = self.img(images)
+    return self.embed_image_features(self.image_features(images), train=train)
+
+  def image_features(self, images: jax.Array) -> jax.Array:
+    """The tower's output [B, features] (the image head's input)."""
+    return self.img(images)
+
+  def embed_image_features(self, z: jax.Array, *, train: bool = False) -> jax.Array:
+    """Tower features [B, features] to unit embeddings [B, embed_dim]."""
+    del train  # The image head has no dropout.
     if self.image_head == "linear":
       z = self.img_head(z)
     elif z.shape[-1] != self.embed_dim:

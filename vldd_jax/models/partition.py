@@ -69,22 +69,44 @@ def merge_params(trainable: dict, frozen: dict) -> dict:
 
 
 def make_apply_fn(model: nn.Module) -> ApplyFn:
-  """Returns the pure `apply_fn(trainable, frozen, images, text_emb, *, train, rng)`.
+  """Returns the pure `apply_fn(trainable, frozen, images, text_emb, *, train, rng,
+  features, blend)`.
 
   It returns `(image_emb, text_emb, logit_scale)`; pass `images=None` or
   `text_emb=None` to embed one side only (its output is then None). `rng` feeds
-  dropout and is needed only when `train` is True.
+  dropout and is needed only when `train` is True. `features=True`: `images`
+  are already the tower's output (`make_feature_fn`). `blend=(lam, perm)`
+  mixes each head's input with its rows `perm`, lam * x + (1 - lam) * x[perm]
+  (RepBlend's representation blending).
   """
 
   def apply_fn(trainable: dict, frozen: dict, images: jax.Array | None,
                text_emb: jax.Array | None, *, train: bool = False,
-               rng: jax.Array | None = None):
+               rng: jax.Array | None = None, features: bool = False,
+               blend: tuple[jax.Array, jax.Array] | None = None):
+    mix = (lambda x: x) if blend is None else (
+        lambda x: blend[0] * x + (1 - blend[0]) * x[blend[1]])
+
     def run(module):
-      img = None if images is None else module.embed_images(images, train=train)
-      txt = None if text_emb is None else module.embed_texts(text_emb, train=train)
+      img = txt = None
+      if images is not None:
+        z = images if features else module.image_features(images)
+        img = module.embed_image_features(mix(z), train=train)
+      if text_emb is not None:
+        txt = module.embed_texts(mix(text_emb), train=train)
       return img, txt, module.logit_scale()
 
     rngs = None if rng is None else {"dropout": rng}
     return model.apply({"params": merge_params(trainable, frozen)}, method=run, rngs=rngs)
 
   return apply_fn
+
+
+def make_feature_fn(model: nn.Module) -> Callable[[dict, dict, jax.Array], jax.Array]:
+  """Returns `features(trainable, frozen, images)`: the image tower's output."""
+
+  def features(trainable: dict, frozen: dict, images: jax.Array) -> jax.Array:
+    return model.apply({"params": merge_params(trainable, frozen)}, images,
+                       method=lambda module, x: module.image_features(x))
+
+  return features

@@ -10,6 +10,7 @@ from flax import traverse_util
 from vldd_jax import compare
 from vldd_jax import distill
 from vldd_jax import evaluate
+from vldd_jax import objectives
 from vldd_jax import synthetic
 
 from conftest import tiny_config
@@ -22,11 +23,18 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, monkeyp
   config.evaluate.methods = evaluate.methods()
   with jax.log_compiles(), caplog.at_level(logging.WARNING):
     compare.run(config, workdir)
-  # One distillation per (budget, similarity), each compiling its meta step
+  # One distillation per (budget, objective), each compiling its meta step
   # once for all its iterations: nothing in the loop triggers a recompile.
   compiles = [r for r in caplog.records
               if r.getMessage().startswith("Compiling jit(meta_step)")]
-  assert len(compiles) == 4, [r.getMessage()[:200] for r in compiles]
+  assert len(compiles) == 2 * len(objectives.OBJECTIVES), [r.getMessage()[:200]
+                                                           for r in compiles]
+  # Evaluation compiles one train step per student loss and input, whatever
+  # the learned rates: each objective's float sets and the coresets' uint8
+  # images, at batches of 4 and 8 pairs (LoRS: 3 and 7).
+  train_steps = [r for r in caplog.records
+                 if r.getMessage().startswith("Compiling jit(train_step)")]
+  assert len(train_steps) == 2 * (len(objectives.OBJECTIVES) + 1), len(train_steps)
   path = os.path.join(workdir, compare.RESULT)
   rows = json.load(open(path))["rows"]
   cells = {(r["method"], r["budget"]) for r in rows}

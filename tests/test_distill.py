@@ -96,6 +96,25 @@ def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
+def test_a_second_process_reads_its_compilations_from_the_cache(trained, data_dir,
+                                                               tmp_path):
+  cache = tmp_path / "xla"
+  env = dict(subprocess_env(), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  entries = []
+  for name in ("first", "second"):
+    workdir = _copy_experts(trained, tmp_path, name)
+    result = subprocess.run(main_cmd(workdir, data_dir, "--config.stage=distill",
+                                     f"--compile_cache={cache}"),
+                            cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    entries.append({f: os.stat(cache / f).st_mtime_ns for f in os.listdir(cache)})
+  assert len(entries[0]) >= 2  # At least the meta step and the student step.
+  # The second process compiled (and so wrote) nothing: it read every entry.
+  assert entries[1] == entries[0]
+  want, got = (synthetic.load(str(tmp_path / w), 8) for w in ("first", "second"))
+  np.testing.assert_array_equal(got["images"], want["images"])
+
+
 def test_non_finite_loss_stops_without_a_bad_checkpoint(trained, data_dir, tmp_path):
   workdir = _copy_experts(trained, tmp_path, "nan")
   result = run_main(workdir, data_dir, "--config.stage=distill",

@@ -85,6 +85,10 @@ def distill_config() -> ml_collections.ConfigDict:
       # A run whose matching loss, averaged over log_every iterations, climbs
       # this factor above its first average is failing: warn (ours).
       loss_rise_warning=1.2,
+      # "exact": the meta-gradient through every student step; "first_order":
+      # without the second-order terms across steps (each step's gradient taken
+      # at constant parameters, as RepBlend's code does), cheaper per iteration.
+      gradient="exact",
       meta_batch=1,  # Trajectories per iteration, split over devices.
       num_experts=0,  # Use the first this many finished experts; 0: all.
       log_every=10,
@@ -167,6 +171,7 @@ _POSITIVE_FLOATS = ("pretrain.lr", "experts.lr", "evaluate.lr")
 _NON_NEGATIVE = ("distill.num_experts", "distill.lr_images", "distill.lr_text",
                  "distill.lr_lr", "distill.lr_similarity", "distill.blend_alpha",
                  "pretrain.weight_decay")
+GRADIENTS = ("exact", "first_order")  # distill.gradient
 _FRACTIONS = ("experts.momentum", "distill.momentum", "evaluate.momentum",
               "distill.ema_decay")  # In [0, 1).
 
@@ -207,6 +212,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if distill is not None and not (distill.lr_images or distill.lr_text or distill.lr_lr):
     errors.append("distill.lr_images, lr_text and lr_lr are all 0: distillation would "
                   "return its initial pairs")
+  if distill is not None and distill.get("gradient", "exact") not in GRADIENTS:
+    errors.append(f"distill.gradient={distill.gradient!r}: expected one of {GRADIENTS}")
   if distill is not None and distill.loss_rise_warning < 1:
     errors.append(f"distill.loss_rise_warning={distill.loss_rise_warning!r}: expected "
                   "a factor >= 1")

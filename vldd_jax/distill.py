@@ -162,7 +162,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   model = build_model(config.model)
   apply_fn = make_apply_fn(model)
   unroll = matching.UnrollConfig(cfg.syn_steps, min(cfg.batch_size, cfg.num_pairs),
-                                 cfg.augment, cfg.augment_per_image)
+                                 cfg.augment, cfg.augment_per_image,
+                                 first_order=cfg.gradient == "first_order")
   tx = matching.make_meta_optimizer(cfg.lr_images, cfg.lr_text, cfg.lr_lr, cfg.momentum,
                                     objective.rates(), cfg.meta_optimizer)
   meta_step = matching.make_meta_step(apply_fn, trainable_like, unroll, tx, objective,

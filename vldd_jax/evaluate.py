@@ -94,11 +94,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       config.model, jax.random.key(seed), images.shape[1:], text_emb.shape[-1],
       backbone.loader(config, workdir))
   objective = objective or objectives.Plain()
-  tx, train_step, embedder = _compiled(config, mesh, lr_image, lr_text, objective)
+  train_step, embedder = _compiled(config, mesh, objective)
   batch_size = min(cfg.batch_size, len(images))
   batch_size -= batch_size % jax.device_count()
   trainable, frozen = parallel.put_replicated((student.trainable, student.frozen), mesh)
-  opt_state = tx.init(trainable)
+  # The rates live in the state, so every student shares one compiled step.
+  opt_state = parallel.put_replicated(trainer.make_optimizer(
+      lr_image, cfg.momentum, lr_text=lr_text, rates_in_state=True).init(trainable), mesh)
   best, best_score = None, -np.inf
   for epoch in range(1, cfg.epochs + 1):
     trainable, opt_state, loss, _ = trainer.train_epoch(
@@ -121,17 +123,19 @@ _COMPILED: dict[str, tuple] = {}
 
 
 def _compiled(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-              lr_image: float, lr_text: float, objective: objectives.Plain) -> tuple:
-  """(optimizer, train step, embedder), built once per settings so seeds reuse them."""
+              objective: objectives.Plain) -> tuple:
+  """(train step, embedder), built once per student loss, whatever the rates
+  (they are in the optimizer state), so every seed and set reuses them."""
   objective_fields = {f: objective.cfg[f] for f in objective.fields}
   key = json.dumps([config.model.to_dict(), config.evaluate.to_dict(),
-                    config.experts.eval_batch_size, lr_image, lr_text, objective.name,
-                    objective_fields, jax.device_count()], sort_keys=True, default=str)
+                    config.experts.eval_batch_size, objective.name, objective_fields,
+                    jax.device_count()], sort_keys=True, default=str)
   if key not in _COMPILED:
     apply_fn = make_apply_fn(build_model(config.model))
-    tx = trainer.make_optimizer(lr_image, config.evaluate.momentum, lr_text=lr_text)
+    tx = trainer.make_optimizer(config.evaluate.lr, config.evaluate.momentum,
+                                lr_text=config.evaluate.lr, rates_in_state=True)
     loss = trainer.student_loss(apply_fn, objective, config.evaluate.augment)
-    _COMPILED[key] = (tx, trainer.make_train_step(loss, tx),
+    _COMPILED[key] = (trainer.make_train_step(loss, tx),
                       trainer.Embedder(apply_fn, mesh, config.experts.eval_batch_size))
   return _COMPILED[key]
 

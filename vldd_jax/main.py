@@ -15,12 +15,18 @@ from ml_collections import config_flags
 from vldd_jax import config_lib
 from vldd_jax import parallel
 from vldd_jax import stages
+from vldd_jax import xla_cache
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a configs/*.py file, optionally with `:arg`.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for everything a run writes; reruns resume there.")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", xla_cache.DEFAULT,
+    "Folder of XLA's persistent compilation cache, so a later run on this machine "
+    "reuses what an earlier one compiled (default: $VLDD_COMPILE_CACHE or "
+    "~/.cache/vldd_jax/xla); '' turns it off.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -30,6 +36,7 @@ def main(argv: list[str]) -> None:
   # Orbax narrates every save at INFO; keep its warnings only.
   logging.get_absl_handler().addFilter(
       lambda r: r.levelno >= py_logging.WARNING or "/orbax/" not in r.pathname)
+  xla_cache.enable(_COMPILE_CACHE.value)
   parallel.initialize(_CONFIG.value.multihost)
   stages.run(_CONFIG.value, _WORKDIR.value)
 

@@ -39,6 +39,10 @@ class UnrollConfig:
   # With a frozen tower (model.trainable="heads"), embed every step's images in
   # one batch before the unroll, which then runs the heads only.
   hoist_tower: bool = True
+  # First order (as RepBlend's and the MTT-family first-order variants): each
+  # step's gradient is taken at parameters treated as constants, so the
+  # meta-gradient drops the second-order terms across steps.
+  first_order: bool = False
 
 
 def init_synthetic(train: Split, num_pairs: int, init: str, lr_init: float,
@@ -86,21 +90,24 @@ def minibatch_indices(key: jax.Array, num_pairs: int, steps: int,
 
 def make_student_step(apply_fn: ApplyFn, trainable_like: dict,
                       objective: objectives.Plain, augment: bool,
-                      augment_per_image: bool = True, features: bool = False) -> Callable:
+                      augment_per_image: bool = True, features: bool = False,
+                      first_order: bool = False) -> Callable:
   """One SGD step on a synthetic minibatch with the (image, text) learning rates.
 
   Returns `step(trainable, frozen, images, text, lrs, key, targets=None) ->
   trainable`, the gradient being of `trainer.student_loss`, as for evaluation
   students, with the objective's representation blending (`blend_alpha`).
   `features=True`: `images` are tower features (`trainer.student_loss`).
+  `first_order`: the gradient is taken at `stop_gradient(trainable)`, so the new
+  parameters depend on the set only through this step's gradient.
   """
   is_text = text_side_mask(trainable_like)
   loss_fn = student_loss(apply_fn, objective, augment, augment_per_image,
                          objective.blend_alpha(), features)
 
   def step(trainable, frozen, images, text, lrs, key, targets=None):
-    grads, _ = jax.grad(loss_fn, has_aux=True)(trainable, frozen, images, text, key,
-                                               targets)
+    at = jax.lax.stop_gradient(trainable) if first_order else trainable
+    grads, _ = jax.grad(loss_fn, has_aux=True)(at, frozen, images, text, key, targets)
     return jax.tree.map(lambda p, g, t: p - jnp.where(t, lrs[1], lrs[0]) * g,
                         trainable, grads, is_text)
 
@@ -126,7 +133,8 @@ def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfi
   objective = objective or objectives.Plain()
   hoist = cfg.hoist_tower and feature_fn is not None and "img" not in trainable_like
   step = make_student_step(apply_fn, trainable_like, objective, cfg.augment,
-                           cfg.augment_per_image, features=hoist)
+                           cfg.augment_per_image, features=hoist,
+                           first_order=cfg.first_order)
 
   def loss(syn, start, target, frozen, key):
     k_batches, k_steps = jax.random.split(key)

@@ -66,18 +66,23 @@ def init_student(model_config: ml_collections.ConfigDict, rng: jax.Array,
   return Student(make_apply_fn(model), trainable, frozen)
 
 
-def make_optimizer(lr: float, momentum: float = 0.0,
-                   lr_text: float | None = None) -> optax.GradientTransformation:
+def make_optimizer(lr: float, momentum: float = 0.0, lr_text: float | None = None,
+                   rates_in_state: bool = False) -> optax.GradientTransformation:
   """Plain SGD (the paper's experts: lr 0.1, no momentum), optional momentum.
 
   With `lr_text`, the text side (`partition.is_text_side`) uses that rate and
   the image side `lr`, as a distilled set's two learned rates ask.
+  `rates_in_state`: the rates live in the optimizer state
+  (`optax.inject_hyperparams`), so one compiled train step serves students of
+  any rates: build it once, and `init` each student's state from an optimizer
+  made with its rates.
   """
+  sgd = optax.inject_hyperparams(optax.sgd) if rates_in_state else optax.sgd
   if lr_text is None:
-    return optax.sgd(lr, momentum=momentum or None)
+    return sgd(lr, momentum=momentum or None)
   return optax.multi_transform(
-      {False: optax.sgd(lr, momentum=momentum or None),
-       True: optax.sgd(lr_text, momentum=momentum or None)},
+      {False: sgd(lr, momentum=momentum or None),
+       True: sgd(lr_text, momentum=momentum or None)},
       text_side_mask)
 
 

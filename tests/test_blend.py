@@ -3,11 +3,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
+from vldd_jax import distill
 from vldd_jax import matching
 from vldd_jax import models
 from vldd_jax import objectives
 from vldd_jax import trainer
+from vldd_jax import trajectories
 from test_matching import IMAGE, TEXT_DIM, _perturb, _problem
 
 
@@ -142,3 +145,14 @@ def test_ema_with_decay_zero_is_the_set_and_otherwise_the_moving_average():
       expected = 0.6 * expected + 0.4 * syn[part]
     np.testing.assert_allclose(state["ema"][part], expected, rtol=1e-5, atol=1e-7)
     assert not np.allclose(state["ema"][part], state["syn"][part]), part
+
+
+def test_head_only_experts_with_frozen_lora_are_refused_with_the_fix(monkeypatch):
+  frozen = {0: {"img": {"block": {"lora_a": np.zeros(3)}, "w": np.ones(2)}},
+            1: {"img": {"block": {"lora_a": np.ones(3)}, "w": np.ones(2)}}}
+  monkeypatch.setattr(trajectories, "load_frozen", lambda workdir, e: frozen[e])
+  with pytest.raises(ValueError, match=r"img/block/lora_a.*model\.lora\.rank=0"):
+    distill._shared_frozen("w", [0, 1])
+  frozen[1] = {"img": {"block": {"lora_a": np.zeros(3)}, "w": np.zeros(2)}}
+  with pytest.raises(ValueError, match=r"\(img/w, \.\.\.\): distillation needs a shared"):
+    distill._shared_frozen("w", [0, 1])

@@ -69,11 +69,17 @@ def _shared_frozen(workdir: str, experts: list[int]) -> dict:
   for e in experts[1:]:
     other = traverse_util.flatten_dict(jax.device_get(trajectories.load_frozen(workdir, e)),
                                        sep="/")
-    if other.keys() != reference.keys() or any(
-        not np.array_equal(other[k], reference[k]) for k in reference):
-      raise ValueError(f"Experts 0 and {e} have different frozen parameters: "
-                       "distillation needs a shared backbone (model.backbone "
-                       "'pretrain' or a checkpoint, or model.trainable='all').")
+    differ = sorted(k for k in reference.keys() | other.keys() if k not in other or
+                    k not in reference or not np.array_equal(other[k], reference[k]))
+    if any("lora_" in k for k in differ):
+      raise ValueError(f"Experts 0 and {e} have different frozen LoRA factors "
+                       f"({differ[0]}, ...): with model.trainable='heads' the experts "
+                       "must share their tower, so train them with model.lora.rank=0.")
+    if differ:
+      raise ValueError(f"Experts 0 and {e} have different frozen parameters "
+                       f"({differ[0]}, ...): distillation needs a shared backbone "
+                       "(model.backbone 'pretrain' or a checkpoint, or "
+                       "model.trainable='all').")
   return frozen
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from benchmarks import common
-from benchmarks import distill_bench
+from benchmarks import shapes_problem
 from vldd_jax import objectives
 from vldd_jax import trainer
 from vldd_jax import xla_cache
@@ -33,7 +33,7 @@ _CHILD = flags.DEFINE_string("child", None, "Cache folder to compile with (inter
 def _compile_times(cache: str) -> dict:
   xla_cache.enable(cache)
   config, student, syn, meta_step, state, starts, targets, key = (
-      distill_bench.default_problem(8))
+      shapes_problem.build(8))
   start = time.perf_counter()
   lowered = meta_step.lower(state, starts, targets, student.frozen, key)
   trace_s = time.perf_counter() - start

@@ -29,14 +29,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 from benchmarks import common
-from vldd_jax import config_lib
+from benchmarks import shapes_problem
 from vldd_jax import matching
 from vldd_jax import objectives
-from vldd_jax import trainer
 
 _STEPS = flags.DEFINE_list("steps", ["10", "20", "40", "80"], "syn_steps values.")
 _ITERATIONS = flags.DEFINE_integer("iterations", 7, "Timed meta steps per setting.")
@@ -55,33 +53,9 @@ def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
   return statistics.median(times), times
 
 
-def default_problem(syn_steps: int, remat: bool = True, augment: bool | None = None,
-                    first_order: bool = False) -> tuple:
-  """(config, student, syn, meta_step, state, starts, targets, key) of the default
-  shapes distillation (`augment` None: the config's)."""
-  config = config_lib.load_config("configs/shapes.py")
-  cfg = config.distill
-  student = trainer.init_student(config.model, jax.random.key(0), (32, 32, 3), 384)
-  rng = np.random.default_rng(0)
-  text = rng.standard_normal((cfg.num_pairs, 384)).astype(np.float32)
-  syn = {"images": rng.standard_normal((cfg.num_pairs, 32, 32, 3)).astype(np.float32),
-         "text": text / np.linalg.norm(text, axis=1, keepdims=True),
-         "log_lr": np.full(2, np.log(config.experts.lr), np.float32)}
-  starts = jax.tree.map(lambda x: x[None], student.trainable)
-  targets = jax.tree.map(lambda x: x + 0.01, starts)
-  unroll = matching.UnrollConfig(
-      syn_steps, cfg.batch_size, cfg.augment if augment is None else augment,
-      cfg.augment_per_image, remat=remat, first_order=first_order)
-  tx = matching.make_meta_optimizer(cfg.lr_images, cfg.lr_text, cfg.lr_lr, cfg.momentum,
-                                    optimizer=cfg.meta_optimizer)
-  meta_step = matching.make_meta_step(student.apply_fn, student.trainable, unroll, tx)
-  state = matching.init_state(syn, tx)
-  return config, student, syn, meta_step, state, starts, targets, jax.random.key(1)
-
-
 def measure(syn_steps: int, remat: bool, iterations: int) -> dict:
   """One setting, in this process."""
-  config, student, syn, meta_step, state, starts, targets, key = default_problem(
+  config, student, syn, meta_step, state, starts, targets, key = shapes_problem.build(
       syn_steps, remat)
   cfg = config.distill
   rss_before = common.peak_rss_mib()

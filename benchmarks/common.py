@@ -3,6 +3,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 
 import jax
 
@@ -39,3 +40,10 @@ def write(name: str, result: dict, table: str | None = None) -> None:
     with open(os.path.join(RESULTS_DIR, f"{name}.md"), "w", encoding="utf-8") as f:
       f.write(table + "\n")
     print(table)
+
+
+def child_result(cmd: list[str]) -> dict:
+  """Runs a benchmark child process; the JSON it printed after `RESULT_MARKER`
+  (or, for a foreign command, its last line)."""
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+  return json.loads(out.split(RESULT_MARKER)[-1].strip().splitlines()[-1])

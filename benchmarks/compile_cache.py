@@ -11,7 +11,6 @@ cache, the second should read everything back. A third process without the
 cache is the control. Writes benchmarks/results/compile_cache.{json,md}.
 """
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,10 +60,8 @@ def main(argv):
   with tempfile.TemporaryDirectory() as cache:
     for process, folder in (("first (empty cache)", cache), ("second (same cache)", cache),
                             ("no cache", "")):
-      out = subprocess.run([sys.executable, "-m", "benchmarks.compile_cache",
-                            f"--child={folder}"], check=True, capture_output=True,
-                           text=True).stdout
-      rows.append({"process": process, **json.loads(out.split(common.RESULT_MARKER)[-1])})
+      rows.append({"process": process, **common.child_result(
+          [sys.executable, "-m", "benchmarks.compile_cache", f"--child={folder}"])})
       print(rows[-1], flush=True)
   lines = ["| process | meta step trace (s) | meta step compile (s) | "
            "evaluation train step trace + compile (s) |", "|---|---:|---:|---:|"]

@@ -23,7 +23,6 @@ Writes benchmarks/results/distill_bench.{json,md}.
 """
 import json
 import statistics
-import subprocess
 import sys
 import time
 
@@ -131,11 +130,9 @@ def main(argv):
   for steps in map(int, _STEPS.value):
     for remat in (True, False):
       flag = "--remat" if remat else "--noremat"
-      out = subprocess.run(
+      row = common.child_result(
           [sys.executable, "-m", "benchmarks.distill_bench", f"--only_steps={steps}",
-           flag, f"--iterations={_ITERATIONS.value}"],
-          check=True, capture_output=True, text=True).stdout
-      row = json.loads(out.split(common.RESULT_MARKER)[-1])
+           flag, f"--iterations={_ITERATIONS.value}"])
       print(row, flush=True)
       rows.append(row)
   by = {(r["syn_steps"], r["remat"]): r for r in rows}

@@ -17,7 +17,6 @@ benchmarks/results/meta_step_vs_reference.{json,md}.
 import json
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 
@@ -50,11 +49,6 @@ def _measure(steps: int, gradient: str, iterations: int) -> dict:
           "peak_rss_mib": round(common.peak_rss_mib())}
 
 
-def _run(cmd: list[str]) -> dict:
-  out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-  return json.loads(out.split(common.RESULT_MARKER)[-1].strip().splitlines()[-1])
-
-
 def main(argv):
   del argv
   if _CHILD.value:
@@ -70,7 +64,7 @@ def main(argv):
       if _REFERENCE.value:
         cmds["reference"] = shlex.split(_REFERENCE.value) + [str(steps)]
       for name, cmd in cmds.items():
-        runs.append({"name": name, "syn_steps": steps, **_run(cmd)})
+        runs.append({"name": name, "syn_steps": steps, **common.child_result(cmd)})
         print(runs[-1], flush=True)
   rows = []
   for steps in map(int, _STEPS.value):

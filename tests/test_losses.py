@@ -142,3 +142,26 @@ def test_weighted_bce_matches_its_definition():
   eye = jnp.eye(5)
   np.testing.assert_allclose(losses.weighted_bce_loss(eye, eye, 50.0, eye),
                              0.5 * np.log(2), rtol=1e-6)
+
+
+def _numpy_sigmoid_loss(img, txt, scale, targets, bias):
+  logits = scale * img @ txt.T + bias
+  log_sig = lambda x: -np.log1p(np.exp(-x))
+  return -np.sum(targets * log_sig(logits) + (1 - targets) * log_sig(-logits)) / len(img)
+
+
+def test_sigmoid_loss_is_siglips_definition():
+  rng = np.random.default_rng(0)
+  unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  img, txt = unit(rng.standard_normal((5, 3))), unit(rng.standard_normal((5, 3)))
+  ours = float(losses.sigmoid_loss(jnp.asarray(img), jnp.asarray(txt), 10.0,
+                                   jnp.eye(5), -10.0))
+  # SigLIP's own form: z = +1 on the diagonal, -1 elsewhere.
+  z = 2 * np.eye(5) - 1
+  siglip = -np.sum(np.log(1 / (1 + np.exp(-z * (10.0 * img @ txt.T - 10.0))))) / 5
+  np.testing.assert_allclose(ours, siglip, rtol=1e-5)
+  soft = rng.uniform(size=(5, 5))
+  np.testing.assert_allclose(
+      float(losses.sigmoid_loss(jnp.asarray(img), jnp.asarray(txt), 3.0,
+                                jnp.asarray(soft), 0.5)),
+      _numpy_sigmoid_loss(img, txt, 3.0, soft, 0.5), rtol=1e-5)

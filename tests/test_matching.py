@@ -331,3 +331,35 @@ def test_first_order_gradient_is_exact_for_one_step_and_drops_cross_step_terms()
       np.testing.assert_allclose(first[part], reference[part], rtol=1e-8, atol=1e-14,
                                  err_msg=part)
       assert not np.allclose(first[part], exact[part], rtol=1e-3), part  # An approximation.
+
+
+def test_sigmoid_objective_learns_its_bias_and_evaluates_with_it():
+  with jax.enable_x64(True):
+    apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float64)
+    sigmoid = _lowrank(similarity_loss="sigmoid")
+    parts = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64),
+                         sigmoid.init(6, jax.random.key(7)))
+    assert float(parts["bias"]) == -10.0 and sigmoid.rates()["bias"] > 0
+    cfg = matching.UnrollConfig(syn_steps=2, batch_size=4, augment=False)
+    loss = jax.jit(lambda s: matching.make_matching_loss(apply_fn, trainable, cfg, sigmoid)(
+        s, start, target, frozen, jax.random.key(4)))
+    syn = {**syn, **parts}
+    h = 1e-5
+    numeric = (loss({**syn, "bias": syn["bias"] + h}) -
+               loss({**syn, "bias": syn["bias"] - h})) / (2 * h)
+    analytic = jax.grad(loss)(syn)["bias"]
+    assert abs(analytic) > 1e-8
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-3)
+  # The saved set carries S and the bias; an evaluation batch takes S's block.
+  arrays = sigmoid.export({**syn, "bias": jnp.float32(-7.5)})
+  assert float(arrays["loss_bias"]) == -7.5 and arrays["similarity"].shape == (6, 6)
+  assert sigmoid.extra_floats(6) == 6 * 7 + 1
+  # An evaluation student trains against a batch's block of S and the bias.
+  apply_fn, trainable, frozen, _, _, syn32 = _problem(jnp.float32)
+  tx = trainer.make_optimizer(0.1)
+  step = trainer.make_train_step(trainer.student_loss(apply_fn, sigmoid), tx)
+  run = lambda bias: float(step(jax.tree.map(jnp.copy, trainable), tx.init(trainable),
+                                frozen, syn32["images"][:4], syn32["text"][:4],
+                                jax.random.key(0),
+                                {"sim": jnp.eye(4), "bias": jnp.float32(bias)})[2])
+  assert np.isfinite(run(-7.5)) and run(-7.5) != pytest.approx(run(0.0), rel=1e-3)

@@ -101,7 +101,9 @@ def distill_config() -> ml_collections.ConfigDict:
       similarity_rank=10,
       similarity_alpha=3.0,
       lr_similarity=10.0,
-      similarity_loss="wbce",  # "wbce" (LoRS) | "softmax" (soft-target InfoNCE).
+      # "wbce" (LoRS) | "softmax" (soft-target InfoNCE) | "sigmoid" (SigLIP's,
+      # with a bias the set learns at lr_similarity).
+      similarity_loss="wbce",
       # objective="blend": RepBlend's representation blending, lam ~
       # Beta(blend_alpha, blend_alpha) (their distill script: alpha_2=1), and
       # an EMA of the set with this decay as the saved set (PTM-ST: 0.99 over

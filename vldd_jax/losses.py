@@ -1,4 +1,5 @@
-"""Contrastive image-text losses: symmetric InfoNCE and its soft-target variant."""
+"""Contrastive image-text losses: symmetric InfoNCE, its soft-target variant, LoRS's
+weighted BCE and the SigLIP sigmoid loss."""
 import jax
 import jax.numpy as jnp
 import optax
@@ -98,3 +99,26 @@ def weighted_bce_loss(
     return jnp.sum(jnp.where(mask, bce, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
   return 0.5 * (masked_mean(positive) + masked_mean(~positive))
+
+
+def sigmoid_loss(
+    image_emb: jax.Array,
+    text_emb: jax.Array,
+    logit_scale: jax.Array | float,
+    targets: jax.Array,
+    bias: jax.Array | float,
+) -> jax.Array:
+  """SigLIP's sigmoid loss (Zhai et al., ICCV 2023) against soft targets.
+
+  Each (image, text) logit, scale x cosine + `bias`, is a binary prediction of
+  its target: -1/B sum_ij [t_ij log sigmoid(l_ij) + (1 - t_ij) log sigmoid(-l_ij)],
+  which with `targets = eye(B)` is SigLIP's -1/B sum_ij log sigmoid(z_ij l_ij),
+  z = +1 on the diagonal and -1 elsewhere. The bias (SigLIP: learned, from
+  -10) offsets the B^2 - B negatives, which plain (weighted) BCE lacks.
+  """
+  logits = _logits(image_emb, text_emb, logit_scale) + bias
+  if targets.shape != logits.shape:
+    raise ValueError(
+        f"targets must be {logits.shape} (batch × batch), got {targets.shape}"
+    )
+  return optax.sigmoid_binary_cross_entropy(logits, targets).sum() / logits.shape[0]

@@ -10,6 +10,7 @@ results tables.
 from typing import ClassVar
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -34,8 +35,9 @@ class Plain:
     """Their meta learning rates, by part."""
     return {}
 
-  def targets(self, syn: dict, rows: jax.Array) -> jax.Array | None:
-    """[B, B] student targets for the minibatch `rows` of the set; None: pairs."""
+  def targets(self, syn: dict, rows: jax.Array) -> jax.Array | dict | None:
+    """Student targets for the minibatch `rows` of the set ([B, B] arrays and
+    scalars, as `eval_targets` gives a batch); None: pairs."""
     return None
 
   def loss(self, image_emb: jax.Array, text_emb: jax.Array, scale: jax.Array,
@@ -47,8 +49,9 @@ class Plain:
     """Arrays `distilled.npz` stores for the learned parts."""
     return {}
 
-  def eval_targets(self, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The [N, N] targets an evaluation student trains against, from `export`."""
+  def eval_targets(self, arrays: dict[str, np.ndarray]) -> np.ndarray | dict | None:
+    """The targets an evaluation student trains against, from `export`: [N, N]
+    arrays (a batch takes their block) and scalars."""
     return None
 
   def extra_floats(self, num_pairs: int) -> int:
@@ -68,40 +71,60 @@ class Plain:
 
 class LowRankSimilarity(Plain):
   """LoRS (Xu et al., ICML 2024): also learn S = diag(a) + alpha/rank L R^T,
-  the soft targets of the student loss (`similarity.py`)."""
+  the soft targets of the student loss (`similarity.py`). With
+  `similarity_loss="sigmoid"` the set also learns the bias of SigLIP's loss."""
   name = "lowrank"
   fields = ("similarity_rank", "similarity_alpha", "lr_similarity", "similarity_loss")
-  # LoRS's default (WBCE) and the soft-target InfoNCE, which equals the plain
-  # loss while S is the identity.
-  LOSSES = {"wbce": losses.weighted_bce_loss, "softmax": losses.soft_contrastive_loss}
+  # LoRS's default (WBCE), the soft-target InfoNCE, which equals the plain loss
+  # while S is the identity, and SigLIP's sigmoid loss with a learned bias.
+  LOSSES = ("wbce", "softmax", "sigmoid")
+  SIGLIP_BIAS = -10.0  # SigLIP's initial bias (Zhai et al., ICCV 2023).
 
   def __init__(self, cfg: ml_collections.ConfigDict):
     super().__init__(cfg)
     if cfg.similarity_loss not in self.LOSSES:
       raise ValueError(f"distill.similarity_loss={cfg.similarity_loss!r}: expected one "
-                       f"of {sorted(self.LOSSES)}.")
+                       f"of {self.LOSSES}.")
+    self.sigmoid = cfg.similarity_loss == "sigmoid"
 
   def init(self, num_pairs, key):
-    return {"sim": similarity.init_lowrank(num_pairs, self.cfg.similarity_rank, key)}
+    parts = {"sim": similarity.init_lowrank(num_pairs, self.cfg.similarity_rank, key)}
+    if self.sigmoid:
+      parts["bias"] = jnp.float32(self.SIGLIP_BIAS)
+    return parts
 
   def rates(self):
-    return {"sim": self.cfg.lr_similarity}
+    # The bias moves at S's rate: one scalar next to S's N (1 + 2 rank) floats.
+    return {"sim": self.cfg.lr_similarity,
+            **({"bias": self.cfg.lr_similarity} if self.sigmoid else {})}
 
   def targets(self, syn, rows):
-    return similarity.targets(syn["sim"], rows, self.cfg.similarity_alpha)
+    block = similarity.targets(syn["sim"], rows, self.cfg.similarity_alpha)
+    return {"sim": block, "bias": syn["bias"]} if self.sigmoid else block
 
   def loss(self, image_emb, text_emb, scale, targets):
-    return self.LOSSES[self.cfg.similarity_loss](image_emb, text_emb, scale, targets)
+    if self.sigmoid:
+      return losses.sigmoid_loss(image_emb, text_emb, scale, targets["sim"],
+                                 targets["bias"])
+    loss = (losses.weighted_bce_loss if self.cfg.similarity_loss == "wbce"
+            else losses.soft_contrastive_loss)
+    return loss(image_emb, text_emb, scale, targets)
 
   def export(self, syn):
     rows = np.arange(syn["sim"]["a"].shape[0])
-    return {"similarity": np.asarray(self.targets(syn, rows))}  # The whole S.
+    out = {"similarity": np.asarray(similarity.targets(  # The whole S.
+        syn["sim"], rows, self.cfg.similarity_alpha))}
+    if self.sigmoid:
+      out["loss_bias"] = np.asarray(syn["bias"])
+    return out
 
   def eval_targets(self, arrays):
+    if self.sigmoid:
+      return {"sim": arrays["similarity"], "bias": arrays["loss_bias"]}
     return arrays["similarity"]
 
   def extra_floats(self, num_pairs):
-    return similarity.num_floats(num_pairs, self.cfg.similarity_rank)
+    return similarity.num_floats(num_pairs, self.cfg.similarity_rank) + self.sigmoid
 
 
 class Blend(Plain):

@@ -165,7 +165,8 @@ def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptStat
     images: [N, H, W, C], uint8 or model-space floats.
     text_emb: [N, captions_per_image, D] or [N, D] (one text per image).
     seed: e.g. (run seed, expert, epoch).
-    targets: [N, N] learned student targets of the pairs (`Objective.eval_targets`).
+    targets: learned student targets of the pairs (`Objective.eval_targets`):
+      [N, N] arrays, of which a batch takes its block, and scalars.
 
   Returns:
     (trainable, opt_state, mean loss, correct) with `correct` int8 [N]: 1 if the
@@ -187,8 +188,8 @@ def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptStat
     rows = order[i * batch_size:(i + 1) * batch_size]
     batch = parallel.put_batch((images[rows], text_emb[rows]), mesh)
     rng_i = parallel.put_replicated(jax.random.fold_in(key, i), mesh)
-    block = () if targets is None else (
-        parallel.put_replicated(targets[np.ix_(rows, rows)], mesh),)
+    block = () if targets is None else (parallel.put_replicated(jax.tree.map(
+        lambda t: t[np.ix_(rows, rows)] if np.ndim(t) == 2 else t, targets), mesh),)
     trainable, opt_state, loss, correct = train_step(
         trainable, opt_state, frozen, *batch, rng_i, *block)
     step_losses.append(loss)

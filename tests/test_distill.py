@@ -9,9 +9,12 @@ import subprocess
 import numpy as np
 import pytest
 
+import vldd_jax
+from vldd_jax import coreset
 from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import synthetic
+from vldd_jax import text
 from vldd_jax.data import input_pipeline
 
 from conftest import ROOT, kill_when_exists, main_cmd, run_main, subprocess_env
@@ -317,3 +320,57 @@ def test_a_diverged_student_is_reported_without_losing_the_other_rows(distilled)
   partial = evaluate.summarize("mixed", 8, [None, dict.fromkeys(evaluate.RECALL_KEYS, 10.0)],
                                "final")
   assert partial["diverged"] == 1 and partial["tr@1"] == 10.0
+
+
+def test_a_distilled_file_round_trips_with_its_provenance(distilled, tmp_path):
+  config, workdir = distilled
+  path = os.path.join(synthetic.set_dir(workdir, 8), synthetic.RESULT)
+  loaded = vldd_jax.load_distilled(path)
+  raw = np.load(path)
+  for key in raw.files:  # Every field, bitwise.
+    np.testing.assert_array_equal(loaded.arrays[key], raw[key], err_msg=key)
+  np.testing.assert_array_equal(loaded.images, raw["images"])
+  assert loaded.format_version == synthetic.FORMAT_VERSION and len(loaded) == 8
+  assert loaded.lr_image == float(raw["lr_image"]) and loaded.objective == "plain"
+  made = loaded.provenance
+  assert made["text"]["fingerprint"] == text.fingerprint(None, config.text.pooling,
+                                                         config.text.max_length)
+  assert made["text"]["folder"] and made["image"] == {"size": 32, "pixel_mean": 0.5,
+                                                      "pixel_std": 0.5}
+  assert made["iterations"] == config.distill.iterations
+  assert made["model"]["vit"]["width"] == config.model.vit.width
+  assert made["dataset"]["num_train"] == config.data.num_train
+  assert np.isfinite(made["metrics"]["final_matching_loss"])
+  newer = tmp_path / "newer.npz"
+  np.savez(newer, **{**raw, "format_version": synthetic.FORMAT_VERSION + 1})
+  with pytest.raises(ValueError, match=r"format_version=2.*upgrade vldd_jax"):
+    vldd_jax.load_distilled(str(newer))
+
+
+def test_a_saved_set_evaluates_in_another_workdir_as_in_its_own(distilled, tmp_path):
+  config, workdir = distilled
+  path = os.path.join(synthetic.set_dir(workdir, 8), synthetic.RESULT)
+  train, test, _ = evaluate.load_splits(config, workdir)
+  own = evaluate.method_row(config, workdir, "distilled", 8,
+                            coreset.Selector(config, workdir, train), test, None)
+  other = tmp_path / "other"  # Same data and tower, no experts, no distillation.
+  os.makedirs(other)
+  subprocess.run(["cp", "-r", os.path.join(workdir, "pretrain"), str(other)], check=True)
+  file_config = config.copy_and_resolve_references()
+  file_config.evaluate.update(distilled_path=path, methods=("distilled", "random"))
+  evaluate.run(file_config, str(other))
+  rows = json.load(open(other / evaluate.RESULTS))["rows"]
+  assert [r["method"] for r in rows] == [f"distilled ({path})", "random", "chance"]
+  for key in evaluate.RECALL_KEYS:
+    assert rows[0][key] == own[key], key
+  assert rows[1]["budget"] == 8
+
+  # A set made with another text encoder (or pooling) is refused, never scored.
+  raw = dict(np.load(path))
+  made = json.loads(str(raw["provenance_json"]))
+  made["text"]["fingerprint"] = "0123456789abcdef"
+  foreign = tmp_path / "foreign.npz"
+  np.savez(foreign, **{**raw, "provenance_json": json.dumps(made)})
+  file_config.evaluate.distilled_path = str(foreign)
+  with pytest.raises(ValueError, match=r"provenance\.text\.fingerprint=0123456789abcdef"):
+    evaluate.run(file_config, str(other))

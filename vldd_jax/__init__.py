@@ -1,1 +1,4 @@
 """vldd_jax: vision-language dataset distillation in JAX."""
+from vldd_jax.synthetic import DistilledSet, load_distilled
+
+__all__ = ["DistilledSet", "load_distilled"]

@@ -149,6 +149,9 @@ def evaluate_config() -> ml_collections.ConfigDict:
       split="test",
       # Rows of the results table: "distilled" and the coresets of coreset.py.
       methods=("distilled", "random", "herding", "k_center", "forgetting"),
+      # A distilled.npz of any workdir to evaluate instead of this workdir's
+      # sets, next to the coresets of its size (same text encoder and image size).
+      distilled_path="",
   ))
 
 

@@ -16,6 +16,7 @@ than "plain", e.g. LoRS's learned similarity, `distill.objective="lowrank"`;
 `settings.json`, `synthetic_grid.png` (images with the nearest real caption to
 their text), `matching_loss.png`.
 """
+import json
 import os
 import time
 
@@ -34,6 +35,7 @@ from vldd_jax import objectives
 from vldd_jax import parallel
 from vldd_jax import provenance
 from vldd_jax import synthetic
+from vldd_jax import text
 from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax import viz
@@ -236,7 +238,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     mngr.wait_until_finished()
   saved = state["ema"] if "ema" in state else state["syn"]
   _write_outputs(out, jax.tree.map(parallel.to_host, saved), rows, train, history,
-                 objective)
+                 objective, provenance_record(config, len(experts), history))
   jsonfile.write(os.path.join(out, SETTINGS), settings(config, len(experts)))
 
 
@@ -282,13 +284,35 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
 
 
+def provenance_record(config: ml_collections.ConfigDict, num_experts: int,
+                      history: list[dict]) -> dict:
+  """What a distilled file records of how it was made (`synthetic.py`)."""
+  text_path = config.text.path or text.default_model_path()
+  return {
+      "objective": config.distill.objective,
+      "dataset": config.data.to_dict(),
+      "text": {**config.text.to_dict(), "folder": os.path.basename(text_path.rstrip("/")),
+               "fingerprint": text.fingerprint(config.text.path or None,
+                                               config.text.pooling, config.text.max_length)},
+      "image": {"size": config.data.image_size, "pixel_mean": trainer.PIXEL_MEAN,
+                "pixel_std": trainer.PIXEL_STD},
+      "model": config.model.to_dict(),
+      "distill": config.distill.to_dict(),
+      "settings": settings(config, num_experts),
+      "iterations": int(history[-1]["iteration"]) + 1 if history else 0,
+      "metrics": {"first_matching_loss": history[0]["loss"] if history else None,
+                  "final_matching_loss": history[-1]["loss"] if history else None},
+  }
+
+
 def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.Split,
-                   history: list[dict], objective: objectives.Plain) -> None:
+                   history: list[dict], objective: objectives.Plain,
+                   provenance_json: dict) -> None:
   if jax.process_index():
     return
   real = train.text_emb.reshape(-1, train.text_emb.shape[-1])
-  text = syn["text"] / np.linalg.norm(syn["text"], axis=-1, keepdims=True)
-  cosine = text @ real.T
+  unit_text = syn["text"] / np.linalg.norm(syn["text"], axis=-1, keepdims=True)
+  cosine = unit_text @ real.T
   nearest = cosine.argmax(axis=1)
   flat_captions = [c for cs in train.captions for c in cs]
   nearest_captions = [flat_captions[i] for i in nearest]
@@ -301,6 +325,8 @@ def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.
                 lr_image=np.exp(syn["log_lr"][0]), lr_text=np.exp(syn["log_lr"][1]),
                 init_rows=rows, nearest_caption=np.asarray(nearest_captions),
                 nearest_cosine=cosine.max(axis=1), image_change_rms=image_change,
+                format_version=synthetic.FORMAT_VERSION,
+                provenance_json=json.dumps(provenance_json, default=str),
                 **objective.export(syn))
   tmp = os.path.join(out, "distilled.tmp.npz")
   np.savez(tmp, **arrays)

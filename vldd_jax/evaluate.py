@@ -23,6 +23,7 @@ from vldd_jax import objectives
 from vldd_jax import parallel
 from vldd_jax import retrieval
 from vldd_jax import synthetic
+from vldd_jax import text
 from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax.data import input_pipeline
@@ -265,18 +266,64 @@ def load_splits(config: ml_collections.ConfigDict, workdir: str):
           input_pipeline.load_split(config, workdir, cfg.split), val)
 
 
+def check_compatible(distilled: synthetic.DistilledSet, config: ml_collections.ConfigDict,
+                     path: str) -> None:
+  """Raises unless a saved set can be evaluated on this config's data: the same
+  text encoder (fingerprint) and image size."""
+  if distilled.format_version < 1:
+    raise ValueError(f"{path} has no provenance (format_version 0, from an older "
+                     "vldd_jax): its text encoder cannot be checked; distil it again.")
+  made = distilled.provenance["text"]
+  ours = text.fingerprint(config.text.path or None, config.text.pooling,
+                          config.text.max_length)
+  if made["fingerprint"] != ours:
+    raise ValueError(
+        f"{path}: provenance.text.fingerprint={made['fingerprint']} ({made['folder']}, "
+        f"pooling {made['pooling']}, max_length {made['max_length']}), but this config's "
+        f"text encoder has {ours} (text.path={config.text.path!r}, pooling "
+        f"{config.text.pooling}, max_length {config.text.max_length}): its text "
+        "embeddings would mean nothing to this data's captions.")
+  size = distilled.images.shape[1]
+  if size != config.data.image_size or distilled.provenance["image"]["size"] != size:
+    raise ValueError(f"{path}: images of {size} px (provenance.image.size="
+                     f"{distilled.provenance['image']['size']}), but data.image_size="
+                     f"{config.data.image_size}.")
+
+
+def file_row(config: ml_collections.ConfigDict, workdir: str, path: str,
+             test: input_pipeline.Split, val: input_pipeline.Split | None) -> dict:
+  """A row for a saved set of any workdir (`evaluate.distilled_path`), trained
+  with its learned rates and its objective's student loss."""
+  distilled = synthetic.load_distilled(path)
+  check_compatible(distilled, config, path)
+  objective = objectives.build(ml_collections.ConfigDict(distilled.provenance["distill"]))
+  return evaluate_pairs(config, workdir, f"distilled ({path})", distilled.images,
+                        distilled.text_emb, distilled.lr_image, distilled.lr_text, test,
+                        val, objective=objective,
+                        targets=objective.eval_targets(distilled.arrays))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes `<workdir>/results.json` and prints the table: full data, each method, chance.
 
-  Methods (`evaluate.methods`) are evaluated at `distill.num_pairs` pairs.
+  Methods (`evaluate.methods`) are evaluated at `distill.num_pairs` pairs; with
+  `evaluate.distilled_path`, that saved set instead of this workdir's, next to
+  the coresets of its size.
   """
   check_methods(config.evaluate.methods)
-  trajectories.finished_experts(workdir, config)  # Refuses experts of other settings.
+  experts = trajectories.finished_experts(workdir, config)  # Refuses other settings.
   train, test, val = load_splits(config, workdir)
   selector = coreset.Selector(config, workdir, train)
-  rows = [full_data_row(config, workdir, len(train))]
-  rows += [method_row(config, workdir, method, config.distill.num_pairs, selector, test, val)
-           for method in config.evaluate.methods]
+  rows = [full_data_row(config, workdir, len(train))] if experts else []
+  path = config.evaluate.get("distilled_path", "")
+  if path:
+    rows.append(file_row(config, workdir, path, test, val))
+    budget = rows[-1]["budget"]
+    rows += [method_row(config, workdir, method, budget, selector, test, val)
+             for method in config.evaluate.methods if method in coreset.METHODS]
+  else:
+    rows += [method_row(config, workdir, method, config.distill.num_pairs, selector,
+                        test, val) for method in config.evaluate.methods]
   rows.append(chance_row(test))
   table = f"Scored on the {config.evaluate.split} split.\n\n" + format_table(rows)
   print(table)

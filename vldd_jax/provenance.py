@@ -29,7 +29,7 @@ DEPENDS = {
 # folder holds (each expert is its own output), and embedding batch sizes.
 IGNORED = ("data.data_dir", "text.batch_size", "experts.num_experts",
            "experts.eval_batch_size", "distill.log_every", "distill.checkpoint_every",
-           "distill.loss_rise_warning")
+           "distill.loss_rise_warning", "evaluate.distilled_path")
 
 
 def settings(config: ml_collections.ConfigDict, kind: str,

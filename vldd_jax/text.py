@@ -216,6 +216,13 @@ def _hf_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
   return tuple(reversed(shape)) if leaf == "kernel" else tuple(shape)
 
 
+def fingerprint(path: str | None, pooling: str, max_length: int) -> str:
+  """The fingerprint `TextEncoder.from_pretrained(path, pooling, max_length)`
+  has, from its files alone (without loading the model)."""
+  return _fingerprint(default_model_path() if path is None else os.fspath(path), pooling,
+                      max_length)
+
+
 def _fingerprint(model_dir: str, pooling: str, max_length: int) -> str:
   digest = hashlib.sha256()
   for name in (WEIGHTS_FILE, CONFIG_FILE) + _TOKENIZER_FILES:

@@ -152,6 +152,9 @@ def evaluate_config() -> ml_collections.ConfigDict:
       # A distilled.npz of any workdir to evaluate instead of this workdir's
       # sets, next to the coresets of its size (same text encoder and image size).
       distilled_path="",
+      # The student that scores every row (students.py): "same" (the experts'
+      # model) or another architecture, for cross-architecture tables.
+      student="same",
   ))
 
 

@@ -22,6 +22,7 @@ from vldd_jax import jsonfile
 from vldd_jax import objectives
 from vldd_jax import parallel
 from vldd_jax import retrieval
+from vldd_jax import students
 from vldd_jax import synthetic
 from vldd_jax import text
 from vldd_jax import trainer
@@ -91,6 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if cfg.report == "best_val" and val is None:
     raise ValueError("evaluate.report='best_val' needs the val split.")
   mesh = parallel.make_mesh()
+  config = students.student_config(config)
   student = trainer.init_student(
       config.model, jax.random.key(seed), images.shape[1:], text_emb.shape[-1],
       backbone.loader(config, workdir))

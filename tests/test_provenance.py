@@ -10,6 +10,7 @@ from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import experts
 from vldd_jax import pretrain
+from vldd_jax import provenance
 from vldd_jax import trainer
 from vldd_jax import trajectories
 
@@ -121,3 +122,15 @@ def test_a_garbage_json_file_is_named_with_what_to_do(trained, tmp_path, content
   (copy / "experts" / "expert_000" / trajectories.MANIFEST).write_text(content)
   with pytest.raises(ValueError, match=message + ".*move its folder away"):
     trajectories.finished_experts(str(copy), config)
+
+
+def test_a_record_from_before_a_field_existed_matches_its_old_behaviour_value():
+  saved = {"distill.iterations": 10}
+  assert provenance.differences(saved, {"distill.iterations": 10,
+                                        "distill.gradient": "exact"}) == []
+  assert provenance.differences(saved, {"distill.iterations": 10,
+                                        "distill.gradient": "first_order"}) == [
+                                            "distill.gradient"]
+  assert provenance.differences({**saved, "distill.gradient": "first_order"},
+                                {"distill.iterations": 10,
+                                 "distill.gradient": "exact"}) == ["distill.gradient"]

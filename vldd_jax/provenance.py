@@ -58,8 +58,15 @@ def flatten(nested: dict, ignore: tuple[str, ...] = ()) -> dict:
   return json.loads(json.dumps(kept, default=list))
 
 
+# Fields added after outputs were first recorded, with the value that does what
+# versions without them did: a record that predates a field matches it there.
+ADDED = {"distill.gradient": "exact", "evaluate.student": "same"}
+
+
 def differences(saved: dict, wanted: dict) -> list[str]:
-  """Sorted fields whose saved and wanted values differ (or that only one has)."""
+  """Sorted fields whose saved and wanted values differ (or that only one has;
+  an `ADDED` field missing from `saved` counts as its old-behaviour value)."""
+  saved = {**{k: v for k, v in ADDED.items() if k in wanted}, **saved}
   return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
 
 

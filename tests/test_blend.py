@@ -156,3 +156,16 @@ def test_head_only_experts_with_frozen_lora_are_refused_with_the_fix(monkeypatch
   frozen[1] = {"img": {"block": {"lora_a": np.zeros(3)}, "w": np.zeros(2)}}
   with pytest.raises(ValueError, match=r"\(img/w, \.\.\.\): distillation needs a shared"):
     distill._shared_frozen("w", [0, 1])
+
+
+def test_a_non_finite_stop_names_the_objectives_own_rates():
+  class NoCheckpoint:
+    def latest_step(self):
+      return None
+
+  lowrank = objectives.build(ml_collections.ConfigDict(dict(
+      objective="lowrank", similarity_rank=2, similarity_alpha=1.0, lr_similarity=1.0,
+      similarity_loss="wbce")))
+  with pytest.raises(FloatingPointError, match=r"distill\.lr_lr, distill\.lr_similarity\)"):
+    distill._stop_if_non_finite({"first_bad": 64}, "out", NoCheckpoint(), lowrank)
+  distill._stop_if_non_finite({"first_bad": -1}, "out", NoCheckpoint(), lowrank)

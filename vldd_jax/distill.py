@@ -210,7 +210,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       pending.append((it, loss))
       done = it + 1 == cfg.iterations
       if (it + 1) % cfg.log_every == 0 or done:
-        _stop_if_non_finite(state, out, mngr)
+        _stop_if_non_finite(state, out, mngr, objective)
         losses = jax.device_get([l for _, l in pending])
         history += [{"iteration": i, "loss": float(l)} for (i, _), l in zip(pending, losses)]
         pending = []
@@ -227,7 +227,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             "lr_text": float(lrs[1]),
             "seconds_per_iteration": (time.time() - t0) / (it + 1 - start)})
       if (it + 1) % cfg.checkpoint_every == 0 or done:
-        _stop_if_non_finite(state, out, mngr)
+        _stop_if_non_finite(state, out, mngr, objective)
         if not finished and mngr.latest_step() is None:
           # Recorded with the first checkpoint, so a run that fails before it
           # leaves nothing that blocks a corrected rerun. A finished set keeps
@@ -261,7 +261,8 @@ def loss_rise(losses: list[float], window: int,
   return (float(first), window, float(last), window) if last > factor * first else None
 
 
-def _stop_if_non_finite(state: dict, out: str, mngr: ocp.CheckpointManager) -> None:
+def _stop_if_non_finite(state: dict, out: str, mngr: ocp.CheckpointManager,
+                        objective: objectives.Plain) -> None:
   first_bad = int(state["first_bad"])
   if first_bad < 0:
     return
@@ -271,10 +272,12 @@ def _stop_if_non_finite(state: dict, out: str, mngr: ocp.CheckpointManager) -> N
   else:
     where = (f"the last good checkpoint ({out}/ckpt/{mngr.latest_step()}) is kept; "
              "to retry with other settings, move that folder away first")
+  rates = ["distill.lr_images", "distill.lr_text", "distill.lr_lr"] + [
+      f"distill.{f}" for f in objective.fields if f.startswith("lr_")]
   raise FloatingPointError(
       f"Distillation hit a non-finite loss or gradient at iteration {first_bad}; "
-      f"{where}. Likely culprits: meta rates too large (distill.lr_images, "
-      "distill.lr_text, distill.lr_lr), or experts that did not move between the "
+      f"{where}. Likely culprits: meta rates too large ({', '.join(rates)}), or "
+      "experts that did not move between the "
       "epochs matched (the loss divides by that distance).")
 
 

@@ -18,9 +18,7 @@ import json
 import shlex
 import statistics
 import sys
-import time
 
-import jax
 from absl import app, flags
 
 from benchmarks import common
@@ -37,15 +35,10 @@ _CHILD_STEPS = flags.DEFINE_integer("child_steps", 0, "syn_steps (internal).")
 def _measure(steps: int, gradient: str, iterations: int) -> dict:
   _, student, _, meta_step, state, starts, targets, key = shapes_problem.build(
       steps, augment=False, first_order=gradient == "first_order")
-  compiled = meta_step.lower(state, starts, targets, student.frozen, key).compile()
-  times = []
-  for i in range(iterations + 1):  # The first is a warm-up.
-    start = time.perf_counter()
-    state, loss = compiled(state, starts, targets, student.frozen, key)
-    jax.block_until_ready(loss)
-    times.append(time.perf_counter() - start)
+  _, iteration_s = shapes_problem.time_meta_step(meta_step, state, starts, targets,
+                                                 student.frozen, key, iterations)
   return {"impl": f"vldd_jax {gradient}", "syn_steps": steps,
-          "iteration_s": round(statistics.median(times[1:]), 4),
+          "iteration_s": round(iteration_s, 4),
           "peak_rss_mib": round(common.peak_rss_mib())}
 
 

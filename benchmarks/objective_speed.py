@@ -10,9 +10,7 @@ with the tower run once per unroll and, for reference, inside every step.
 Writes benchmarks/results/objective_speed.{json,md}.
 """
 import json
-import statistics
 import sys
-import time
 
 import jax
 from absl import app, flags
@@ -43,17 +41,10 @@ def _time(name: str, iterations: int) -> dict:
   hoist = overrides.pop("hoist", True)
   _, student, _, meta_step, state, starts, targets, key = shapes_problem.build(
       8, first_order=first_order, overrides=overrides, hoist_tower=hoist)
-  start = time.perf_counter()
-  compiled = meta_step.lower(state, starts, targets, student.frozen, key).compile()
-  compile_s = time.perf_counter() - start
-  times = []
-  for _ in range(iterations + 1):  # The first is a warm-up.
-    start = time.perf_counter()
-    state, loss = compiled(state, starts, targets, student.frozen, key)
-    jax.block_until_ready(loss)
-    times.append(time.perf_counter() - start)
+  compile_s, iteration_s = shapes_problem.time_meta_step(
+      meta_step, state, starts, targets, student.frozen, key, iterations)
   return {"variant": name, "syn_steps": 8, "compile_s": round(compile_s, 2),
-          "iteration_s": round(statistics.median(times[1:]), 4),
+          "iteration_s": round(iteration_s, 4),
           "trainable_params": sum(x.size for x in jax.tree.leaves(student.trainable)),
           "peak_rss_mib": round(common.peak_rss_mib())}
 

@@ -1,4 +1,7 @@
 """The default shapes distillation problem the speed benchmarks time."""
+import statistics
+import time
+
 import jax
 import numpy as np
 
@@ -43,3 +46,18 @@ def build(syn_steps: int, remat: bool = True, augment: bool | None = None,
   state = matching.init_state(syn, tx, ema=objective.ema_decay() > 0)
   return config, student, syn, meta_step, state, starts, targets, jax.random.key(1)
 
+
+
+def time_meta_step(meta_step, state, starts, targets, frozen, key,
+                   iterations: int) -> tuple[float, float]:
+  """(compile seconds, median seconds of `iterations` meta steps after a warm-up one)."""
+  start = time.perf_counter()
+  compiled = meta_step.lower(state, starts, targets, frozen, key).compile()
+  compile_s = time.perf_counter() - start
+  times = []
+  for _ in range(iterations + 1):
+    start = time.perf_counter()
+    state, loss = compiled(state, starts, targets, frozen, key)
+    jax.block_until_ready(loss)
+    times.append(time.perf_counter() - start)
+  return compile_s, statistics.median(times[1:])

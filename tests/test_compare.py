@@ -8,7 +8,6 @@ import pytest
 from flax import traverse_util
 
 from vldd_jax import compare
-from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import objectives
 from vldd_jax import synthetic

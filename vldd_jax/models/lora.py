@@ -57,12 +57,14 @@ class LoRADense(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     fan_in = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (fan_in, self.features))
-    y = x @ kernel
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,))
     if self.rank:
       lora_a = self.param("lora_a", _LORA_A_INIT, (fan_in, self.rank))
       lora_b = self.param("lora_b", nn.initializers.zeros, (self.rank, self.features))
-      y = y + (self.alpha / self.rank) * ((x @ lora_a) @ lora_b)
+      # x (W + s A B), not x W + s (x A) B: one matmul over the tokens instead of
+      # three; the meta step is ~20% faster on a CPU (docs/benchmarks.md).
+      kernel = kernel + (self.alpha / self.rank) * (lora_a @ lora_b)
+    y = x @ kernel
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,))
     return y
 

@@ -325,3 +325,18 @@ def test_empty_split_is_an_error(fixture, tmp_path):
   with pytest.raises(karpathy.KarpathyFormatError,
                      match="no usable images in split 'val'"):
     _prepare(ann_file, image_root, tmp_path / "tfds")
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
+  ramp = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (64, 1))
+  Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+  assert Image.open(tmp_path / "ramp16.png").mode.startswith("I")
+  pixels = karpathy.load_image(str(tmp_path / "ramp16.png"), 64)
+  row = pixels[32, :, 0].astype(int)
+  np.testing.assert_array_equal(pixels[..., 0], pixels[..., 2])  # Grey.
+  assert row[0] <= 1 and row[-1] >= 254  # The whole range, not clipped to white.
+  np.testing.assert_allclose(row, np.linspace(0, 255, 64), atol=2)
+  eight = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))
+  Image.fromarray(eight).save(tmp_path / "ramp8.png")
+  np.testing.assert_array_equal(
+      karpathy.load_image(str(tmp_path / "ramp8.png"), 64)[..., 0], eight)

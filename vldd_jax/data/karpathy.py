@@ -257,6 +257,13 @@ def read_annotations(ann_file: str, image_root: str, *,
 def load_image(path: str, image_size: int) -> np.ndarray:
   """Decodes an image as RGB, centre-crops a square and resizes it (bicubic)."""
   with Image.open(path) as image:
+    if image.mode.startswith("I;16") or image.mode == "I":
+      # 16-bit greyscale: PIL's convert("RGB") clips every value above 255 to
+      # white; scale 0..65535 to 0..255 instead (32-bit "I" of 8-bit data stays).
+      values = np.asarray(image, dtype=np.float64)
+      if image.mode != "I" or values.max() > 255:
+        values = values / 257.0
+      image = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L")
     image = image.convert("RGB")
   width, height = image.size
   side = min(width, height)

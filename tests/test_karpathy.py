@@ -223,6 +223,10 @@ def _absolute(data, image_root):
   data["images"][2]["filename"] = os.path.join(image_root, "gray.png")
 
 
+def _lone_surrogate(data, image_root):
+  data["images"][2]["sentences"][1]["raw"] = "a grey \ud800 square"
+
+
 def _repeated_in_test(data, image_root):
   leaked = dict(data["images"][0], split="test")
   data["images"].append(leaked)
@@ -239,6 +243,7 @@ def _repeated_in_test(data, image_root):
     (_del("split"), r"images\[2\] \('gray.png'\): missing key\(s\) 'split'"),
     (_del("sentences"), r"'gray.png'\): missing key\(s\) 'sentences'"),
     (_drop_raw, r"images\[2\] \('gray.png'\): sentences\[1\] has no 'raw'"),
+    (_lone_surrogate, r"'gray.png'\): sentences\[1\] 'raw' is not valid text"),
     (_unknown_split, r"'gray.png'\): unknown split 'training'; valid splits: "
                      "train, restval, val, test"),
     (_remove_image, r"'gray.png'\): image file not found: .*images/gray.png"),

@@ -130,6 +130,14 @@ def _problem_list(problems: list[str]) -> str:
   return f"\n  {listed}{more}"
 
 
+def _is_utf8(text: str) -> bool:
+  try:
+    text.encode("utf-8")
+    return True
+  except UnicodeEncodeError:
+    return False
+
+
 def _load_json(ann_file: str) -> dict[str, Any]:
   try:
     with open(ann_file, encoding="utf-8") as f:
@@ -208,6 +216,11 @@ def read_annotations(ann_file: str, image_root: str, *,
            if not isinstance(s, dict) or not isinstance(s.get("raw"), str)]
     if bad:
       errors.append(f"{where}: sentences[{bad[0]}] has no 'raw' caption string.")
+      continue
+    unencodable = [j for j, s in enumerate(sentences) if not _is_utf8(s["raw"])]
+    if unencodable:  # E.g. a lone surrogate ("\ud800") from a mangled JSON escape.
+      errors.append(f"{where}: sentences[{unencodable[0]}] 'raw' is not valid text "
+                    f"(cannot be encoded as UTF-8): {sentences[unencodable[0]]['raw']!r}.")
       continue
     if split == "restval":
       if not restval_to_train:

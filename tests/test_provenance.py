@@ -1,8 +1,10 @@
 """Every stage refuses a workdir made under other data, text, model or experts settings."""
 import os
+import shutil
 
 import chex
 import jax
+import numpy as np
 import pytest
 
 from vldd_jax import backbone
@@ -134,3 +136,18 @@ def test_a_record_from_before_a_field_existed_matches_its_old_behaviour_value():
   assert provenance.differences({**saved, "distill.gradient": "first_order"},
                                 {"distill.iterations": 10,
                                  "distill.gradient": "exact"}) == ["distill.gradient"]
+
+
+def test_a_pretrained_tower_whose_checkpoint_was_deleted_is_pretrained_again(
+    trained, tmp_path, caplog):
+  config, workdir = trained
+  copy = tmp_path / "work"
+  shutil.copytree(os.path.join(workdir, "pretrain"), copy / "pretrain")
+  shutil.rmtree(copy / "pretrain" / "ckpt")
+  with caplog.at_level("WARNING"):
+    pretrain.run(config, str(copy))
+  assert "pretraining again" in caplog.text
+  tower = lambda w: trainer.init_student(config.model, jax.random.key(0), (32, 32, 3), 384,
+                                        backbone.loader(config, str(w))).frozen
+  for a, b in zip(jax.tree.leaves(tower(copy)), jax.tree.leaves(tower(workdir))):
+    np.testing.assert_array_equal(a, b)  # The same tower as the first pretraining.

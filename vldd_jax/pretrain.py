@@ -116,11 +116,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                      f"dataset, not {config.data.name!r}: set config.model.backbone to "
                      "a Hugging Face ViT folder (or 'scratch').")
   out = backbone.pretrain_dir(workdir)
-  if os.path.exists(os.path.join(out, backbone.SUMMARY)):
-    backbone.check_settings(config, os.path.join(out, backbone.SUMMARY))
-    logging.info("Pretrained tower found in %s.", out)
-    return
   cfg = config.pretrain
+  summary = os.path.join(out, backbone.SUMMARY)
+  if os.path.exists(summary):
+    backbone.check_settings(config, summary)
+    if _has_checkpoint(out, cfg.epochs):
+      logging.info("Pretrained tower found in %s.", out)
+      return
+    logging.warning("%s exists but %s/ckpt/%d does not (deleted?): pretraining "
+                    "again; the same settings and seed give the same tower.", summary,
+                    out, cfg.epochs)
+    os.remove(summary)
   split = input_pipeline.load_split(config, workdir, "pretrain", with_text_emb=False)
   targets = attribute_targets(split.labels)
   classes = {name: k or int(split.labels["colour"].shape[1])
@@ -185,6 +191,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                   "epochs": cfg.epochs, "held_out_examples": n_held,
                   "held_out_accuracy": accuracy,
                   "seconds_this_run": round(time.time() - t0, 1)})
+
+
+def _has_checkpoint(out: str, epoch: int) -> bool:
+  """Whether the final checkpoint of `epoch` is on disk (Orbax names a folder by
+  its step only once it is complete)."""
+  return os.path.isdir(os.path.join(out, "ckpt", str(epoch)))
 
 
 def _held_out_accuracy(eval_step, params, images, targets, batch_size, mesh):

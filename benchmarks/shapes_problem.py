@@ -14,7 +14,7 @@ from vldd_jax.models import build_model, make_feature_fn
 
 def build(syn_steps: int, remat: bool = True, augment: bool | None = None,
           first_order: bool = False, overrides: dict | None = None,
-          hoist_tower: bool = True) -> tuple:
+          hoist_tower: bool = False) -> tuple:
   """(config, student, syn, meta_step, state, starts, targets, key) of the default
   shapes distillation (`augment` None: the config's), with `overrides` of dotted
   config fields (e.g. {"distill.objective": "blend", "model.trainable": "heads"})."""

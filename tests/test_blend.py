@@ -110,7 +110,7 @@ def test_head_only_matching_runs_the_tower_once_with_the_same_loss_and_gradient(
 def test_head_only_meta_gradient_matches_central_differences():
   with jax.enable_x64(True):
     apply_fn, feature_fn, trainable, frozen, start, target, syn = _heads_problem(0)
-    cfg = matching.UnrollConfig(syn_steps=3, batch_size=4, augment=True)
+    cfg = matching.UnrollConfig(syn_steps=3, batch_size=4, augment=True, hoist_tower=True)
     matching_loss = matching.make_matching_loss(apply_fn, trainable, cfg, None, feature_fn)
     loss = jax.jit(lambda s: matching_loss(s, start, target, frozen, jax.random.key(4)))
     _check_central_differences(loss, syn)

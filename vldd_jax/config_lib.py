@@ -89,6 +89,9 @@ def distill_config() -> ml_collections.ConfigDict:
       # without the second-order terms across steps (each step's gradient taken
       # at constant parameters, as RepBlend's code does), cheaper per iteration.
       gradient="exact",
+      # model.trainable="heads" only: run the frozen tower once per unroll, before
+      # it, instead of in every student step (the same loss; slower on a CPU).
+      hoist_tower=False,
       meta_batch=1,  # Trajectories per iteration, split over devices.
       num_experts=0,  # Use the first this many finished experts; 0: all.
       log_every=10,

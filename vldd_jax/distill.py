@@ -171,6 +171,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   apply_fn = make_apply_fn(model)
   unroll = matching.UnrollConfig(cfg.syn_steps, min(cfg.batch_size, cfg.num_pairs),
                                  cfg.augment, cfg.augment_per_image,
+                                 hoist_tower=cfg.hoist_tower,
                                  first_order=cfg.gradient == "first_order")
   tx = matching.make_meta_optimizer(cfg.lr_images, cfg.lr_text, cfg.lr_lr, cfg.momentum,
                                     objective.rates(), cfg.meta_optimizer)

@@ -37,8 +37,10 @@ class UnrollConfig:
   augment_per_image: bool = True  # DSA's draws per image; False: one per minibatch.
   remat: bool = True
   # With a frozen tower (model.trainable="heads"), embed every step's images in
-  # one batch before the unroll, which then runs the heads only.
-  hoist_tower: bool = True
+  # one batch before the unroll, which then runs the heads only. The same loss;
+  # 1.4x slower per iteration on a 2-core CPU (docs/beyond_the_paper.md), so off
+  # unless asked (distill.hoist_tower), e.g. for a heavy tower on an accelerator.
+  hoist_tower: bool = False
   # First order (as RepBlend's and the MTT-family first-order variants): each
   # step's gradient is taken at parameters treated as constants, so the
   # meta-gradient drops the second-order terms across steps.

@@ -26,10 +26,11 @@ DEPENDS = {
                 "evaluate"),
 }
 # Fields that never change an output: locations, cadences, how many experts a
-# folder holds (each expert is its own output), and embedding batch sizes.
+# folder holds (each expert is its own output), embedding batch sizes, and where
+# a frozen tower runs in the unroll (the same loss).
 IGNORED = ("data.data_dir", "text.batch_size", "experts.num_experts",
            "experts.eval_batch_size", "distill.log_every", "distill.checkpoint_every",
-           "distill.loss_rise_warning", "evaluate.distilled_path")
+           "distill.loss_rise_warning", "distill.hoist_tower", "evaluate.distilled_path")
 
 
 def settings(config: ml_collections.ConfigDict, kind: str,

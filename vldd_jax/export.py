@@ -1,0 +1,93 @@
+"""Export a distilled set as a TFDS dataset folder, for training without vldd_jax.
+
+  python -m vldd_jax.export <distilled.npz> <out_dir>
+
+writes `<out_dir>/distilled_pairs/n<N>/1.0.0/` (array_record files, no
+TensorFlow), one split `train` of N examples: `image` (float32 model space,
+(pixels / 255 - 0.5) / 0.5, the learned values), `image_uint8`, `text_emb`,
+`index`, and `similarity` (row i of S) when the set learned one. The learned
+student rates and the set's provenance are in the dataset's description and in
+`distilled.json` beside it. Read it back with
+
+  tfds.builder_from_directory(folder).as_data_source()["train"]
+"""
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from vldd_jax import synthetic
+
+SIDECAR = "distilled.json"
+
+
+@dataclasses.dataclass
+class _SetConfig(tfds.core.BuilderConfig):
+  arrays: dict = dataclasses.field(default_factory=dict, repr=False)
+
+
+class DistilledPairs(tfds.core.GeneratorBasedBuilder):
+  """The pairs of one distilled set (see vldd_jax.export)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    arrays = self.builder_config.arrays
+    n, h, w, c = arrays["images"].shape
+    features = {
+        "image": tfds.features.Tensor(shape=(h, w, c), dtype=np.float32,
+                                      encoding=tfds.features.Encoding.BYTES),
+        "image_uint8": tfds.features.Tensor(shape=(h, w, c), dtype=np.uint8,
+                                            encoding=tfds.features.Encoding.BYTES),
+        "text_emb": tfds.features.Tensor(shape=arrays["text_emb"].shape[1:],
+                                         dtype=np.float32),
+        "index": tfds.features.Tensor(shape=(), dtype=np.int32),
+    }
+    if "similarity" in arrays:
+      features["similarity"] = tfds.features.Tensor(shape=(n,), dtype=np.float32)
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict(features),
+        description=(f"A distilled set of {n} pairs (vldd_jax). Learned student rates: "
+                     f"image side {float(arrays['lr_image']):.6g}, text side "
+                     f"{float(arrays['lr_text']):.6g}."),
+        disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Everything is in the builder config.
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self) -> Iterator[tuple[int, dict]]:
+    arrays = self.builder_config.arrays
+    for i in range(len(arrays["text_emb"])):
+      example = {"image": arrays["images"][i].astype(np.float32),
+                 "image_uint8": arrays["images_uint8"][i],
+                 "text_emb": arrays["text_emb"][i].astype(np.float32), "index": i}
+      if "similarity" in arrays:
+        example["similarity"] = arrays["similarity"][i].astype(np.float32)
+      yield i, example
+
+
+def export(path: str, out_dir: str) -> str:
+  """Writes the set at `path` (a distilled.npz) as a TFDS folder under `out_dir`;
+  returns the folder `tfds.builder_from_directory` reads."""
+  distilled = synthetic.load_distilled(path)
+  config = _SetConfig(name=f"n{len(distilled)}", arrays=distilled.arrays)
+  builder = DistilledPairs(config=config, data_dir=out_dir)
+  builder.download_and_prepare(file_format="array_record")
+  with open(os.path.join(builder.data_dir, SIDECAR), "w", encoding="utf-8") as f:
+    json.dump({"lr_image": distilled.lr_image, "lr_text": distilled.lr_text,
+               "source": os.path.abspath(path), "provenance": distilled.provenance,
+               "loss_bias": float(distilled.arrays["loss_bias"])
+               if "loss_bias" in distilled.arrays else None}, f, indent=2)
+  return builder.data_dir
+
+
+if __name__ == "__main__":
+  if len(sys.argv) != 3:
+    sys.exit("usage: python -m vldd_jax.export <distilled.npz> <out_dir>")
+  print(export(sys.argv[1], sys.argv[2]))

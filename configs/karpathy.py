@@ -16,7 +16,13 @@ model.safetensors):
 Every stage runs with the settings measured on shapes (3 experts x 10 epochs,
 100 pairs; docs/quality.md); override any field with `--config.<field>=...`.
 
-Config arguments (after the `:`): `image_size=N` (default 224); `backbone=PATH`
+Your own small data on a CPU (a few thousand images): `configs/karpathy.py:small`
+(32 px, the tiny default ViT from scratch, expert batches of 32), or with
+`--config.model.backbone=<shapes workdir>/pretrain --config.model.trainable=lora+heads`
+the tower a shapes run pretrained (docs/own_data.md).
+
+Config arguments (after the `:`): `small` (above); `image_size=N` (default 224,
+32 with `small`); `backbone=PATH`
 sets the image tower to that ViT's architecture and weights. Without it the
 tower starts from scratch and trains whole (`model.trainable="all"`), or set
 `--config.model.backbone=<other workdir>/pretrain` (with its `model.trainable`)
@@ -30,7 +36,8 @@ from vldd_jax import models
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the Karpathy-format config; `arg` as in the module docstring."""
-  arg = config_lib.parse_arg(arg, image_size=224, backbone="")
+  arg = config_lib.parse_arg(arg, image_size=0, backbone="", small=False)
+  image_size = arg.image_size or (32 if arg.small else 224)
   config = ml_collections.ConfigDict()
   config.stage = "pipeline"
   config.seed = 0
@@ -41,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       data_dir="",  # Empty: <workdir>/tfds.
       ann_file="",  # dataset_flickr30k.json / dataset_coco.json; empty: TFDS manual dir.
       image_root="",  # Folder the JSON's `filepath/filename` entries are relative to.
-      image_size=arg.image_size,
+      image_size=image_size,
       restval_to_train=True,  # COCO's Karpathy `restval` joins train, as usual.
       skip_bad_images=False,  # True: skip missing/corrupt images and list them.
   ))
@@ -62,6 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.trainable = "all"
   config.experts = config_lib.experts_config()
   config.experts.update(num_experts=3, epochs=10)  # As shapes; the paper: 20 x 10.
+  if arg.small:  # Enough SGD steps per epoch on a few thousand pairs (shapes:quick).
+    config.experts.batch_size = 32
   # The settings measured on shapes, whose normalised meta rates need no
   # retuning per dataset (docs/quality.md).
   config.distill = config_lib.small_data_distill_config()

@@ -53,8 +53,8 @@ def test_distilled_outputs(distilled):
     with open(os.path.join(out, png), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   logged = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert [r["iteration"] for r in logged
-          if r["stage"] == "distill" and r["num_pairs"] == n] == [1, 3]
+  assert [r["iteration"] for r in logged if r["stage"] == "distill" and
+          r["num_pairs"] == n and r.get("objective", "plain") == "plain"] == [1, 3]
 
 
 def test_rerun_with_other_settings_is_refused(distilled):

@@ -350,9 +350,9 @@ def test_sigmoid_objective_learns_its_bias_and_evaluates_with_it():
     analytic = jax.grad(loss)(syn)["bias"]
     assert abs(analytic) > 1e-8
     np.testing.assert_allclose(analytic, numeric, rtol=1e-3)
-  # The saved set carries S and the bias; an evaluation batch takes S's block.
-  arrays = sigmoid.export({**syn, "bias": jnp.float32(-7.5)})
-  assert float(arrays["loss_bias"]) == -7.5 and arrays["similarity"].shape == (6, 6)
+    # The saved set carries S and the bias.
+    arrays = sigmoid.export({**syn, "bias": jnp.float64(-7.5)})
+    assert float(arrays["loss_bias"]) == -7.5 and arrays["similarity"].shape == (6, 6)
   assert sigmoid.extra_floats(6) == 6 * 7 + 1
   # An evaluation student trains against a batch's block of S and the bias.
   apply_fn, trainable, frozen, _, _, syn32 = _problem(jnp.float32)

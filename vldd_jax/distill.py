@@ -223,7 +223,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", lr_img=f"{lrs[0]:.3g}",
                         lr_txt=f"{lrs[1]:.3g}")
         metrics_log.append(workdir, {
-            "stage": "distill", "num_pairs": cfg.num_pairs, "iteration": it,
+            "stage": "distill", "num_pairs": cfg.num_pairs, "objective": cfg.objective,
+            "iteration": it,
             "loss": history[-1]["loss"], "lr_image": float(lrs[0]),
             "lr_text": float(lrs[1]),
             "seconds_per_iteration": (time.time() - t0) / (it + 1 - start)})

@@ -151,3 +151,21 @@ def test_a_pretrained_tower_whose_checkpoint_was_deleted_is_pretrained_again(
                                         backbone.loader(config, str(w))).frozen
   for a, b in zip(jax.tree.leaves(tower(copy)), jax.tree.leaves(tower(workdir))):
     np.testing.assert_array_equal(a, b)  # The same tower as the first pretraining.
+
+
+def test_a_damaged_trajectory_checkpoint_is_refused_not_loaded(trained, tmp_path):
+  config, workdir = trained
+  copy = tmp_path / "work"
+  shutil.copytree(os.path.join(workdir, "experts"), copy / "experts")
+  good = jax.device_get(trajectories.load_params(str(copy), 0, 1))  # Checks out.
+  assert trajectories.digest(good) == trajectories.read_manifest(
+      str(copy), 0)["history"][1]["params_sha256"]
+  data = copy / "experts" / "expert_000" / "ckpt" / "1" / "params"
+  biggest = max((p for p in data.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  raw = bytearray(biggest.read_bytes())
+  for i in range(len(raw) // 2, len(raw) // 2 + 16):  # Flip bytes in the array data.
+    raw[i] ^= 0xFF
+  biggest.write_bytes(bytes(raw))
+  with pytest.raises(ValueError, match=r"expert_000/ckpt/1: the parameters do not match "
+                                       "the checksum"):
+    trajectories.load_params(str(copy), 0, 1)

@@ -11,12 +11,14 @@ Layout under `<workdir>/experts/expert_NNN/`:
 
 Loading one (expert, epoch) reads only that checkpoint's `params` item.
 """
+import hashlib
 import os
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from vldd_jax import jsonfile
 from vldd_jax import provenance
@@ -100,13 +102,33 @@ def finished_experts(workdir: str,
   return finished
 
 
+def digest(params: dict) -> str:
+  """SHA-256 of a parameter tree's paths, dtypes, shapes and bytes (host arrays)."""
+  sha = hashlib.sha256()
+  for path, leaf in sorted(traverse_util.flatten_dict(params, sep="/").items()):
+    leaf = np.ascontiguousarray(leaf)
+    sha.update(f"{path}:{leaf.dtype}:{leaf.shape};".encode())
+    sha.update(leaf.tobytes())
+  return sha.hexdigest()
+
+
 def load_params(workdir: str, expert: int, epoch: int) -> dict:
-  """The trainable parameters of `expert` after `epoch` epochs (0: its start)."""
+  """The trainable parameters of `expert` after `epoch` epochs (0: its start),
+  checked against the checksum recorded when they were saved."""
   with checkpoint_manager(workdir, expert) as mngr:
     if epoch not in mngr.all_steps():
       raise FileNotFoundError(f"{expert_dir(workdir, expert)} has no epoch {epoch}; "
-                              f"saved epochs: {sorted(mngr.all_steps())}.")
-    return _restore_item(mngr, epoch, "params")
+                              f"saved epochs: {sorted(mngr.all_steps())}. Delete that "
+                              "folder and rerun --config.stage=experts to train it again.")
+    params = _restore_item(mngr, epoch, "params")
+  recorded = [h.get("params_sha256") for h in (read_manifest(workdir, expert) or {}).get(
+      "history", []) if h["epoch"] == epoch]
+  if recorded and recorded[0] and digest(jax.device_get(params)) != recorded[0]:
+    raise ValueError(f"{expert_dir(workdir, expert)}/ckpt/{epoch}: the parameters do not "
+                     "match the checksum recorded when they were saved (a damaged file); "
+                     "delete that expert's folder and rerun --config.stage=experts to "
+                     "train it again.")
+  return params
 
 
 def load_frozen(workdir: str, expert: int) -> dict:

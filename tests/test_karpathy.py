@@ -345,3 +345,35 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
   Image.fromarray(eight).save(tmp_path / "ramp8.png")
   np.testing.assert_array_equal(
       karpathy.load_image(str(tmp_path / "ramp8.png"), 64)[..., 0], eight)
+
+
+def test_a_replaced_image_is_read_again(fixture, tmp_path):
+  ann_file, image_root, _ = fixture
+  before = _prepare(ann_file, image_root, tmp_path / "tfds")
+  old = {ex["filename"].decode(): ex["image"] for ex in _read(before)["train"]}
+  path = os.path.join(image_root, "gray.png")
+  Image.new("RGB", (12, 12), (250, 10, 10)).save(path)  # Another picture, same name.
+  stat = os.stat(path)
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  after = _prepare(ann_file, image_root, tmp_path / "tfds")
+  assert after.builder_config.name != before.builder_config.name
+  new = {ex["filename"].decode(): ex["image"] for ex in _read(after)["train"]}
+  np.testing.assert_array_equal(new["gray.png"][0, 0], [250, 10, 10])
+  assert not np.array_equal(old["gray.png"], new["gray.png"])
+  np.testing.assert_array_equal(old["wide.png"], new["wide.png"])
+
+
+def test_a_fixed_image_joins_a_skip_mode_rerun(fixture, tmp_path):
+  ann_file, image_root, _ = fixture
+  tall = os.path.join(image_root, "train2014", "tall.png")
+  with open(tall, "rb") as f:
+    good = f.read()
+  with open(tall, "wb") as f:
+    f.write(b"not an image")
+  first = _prepare(ann_file, image_root, tmp_path / "tfds", skip_bad_images=True)
+  assert [ex["filename"].decode() for ex in _read(first)["test"]] == ["square.png"]
+  with open(tall, "wb") as f:  # Fixed.
+    f.write(good)
+  again = _prepare(ann_file, image_root, tmp_path / "tfds", skip_bad_images=True)
+  assert [ex["filename"].decode() for ex in _read(again)["test"]] == [
+      "train2014/tall.png", "square.png"]

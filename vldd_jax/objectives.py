@@ -5,7 +5,9 @@ distillation student (`matching`) and the evaluation student (`trainer`) both
 train with `trainer.student_loss`, which calls `Objective.loss`, so the two
 cannot drift apart. A set of objective `name` lives in `distill/n<N>_<name>`
 (`n<N>` for "plain") and is the row `distilled_<name>` (`distilled`) of the
-results tables.
+results tables. Besides its loss and learned parts, an objective may blend the
+distillation students' head inputs (`blend_alpha`) and save a moving average
+of the set (`ema_decay`); `docs/beyond_the_paper.md` measures each.
 """
 from typing import ClassVar
 

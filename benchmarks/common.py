@@ -42,6 +42,11 @@ def write(name: str, result: dict, table: str | None = None) -> None:
     print(table)
 
 
+def emit(result: dict) -> None:
+  """What a benchmark child process prints for `child_result` to read."""
+  print(RESULT_MARKER + json.dumps(result))
+
+
 def child_result(cmd: list[str]) -> dict:
   """Runs a benchmark child process; the JSON it printed after `RESULT_MARKER`
   (or, for a foreign command, its last line)."""

@@ -10,7 +10,6 @@ steps, DSA on) and the evaluation student's train step. The first fills the
 cache, the second should read everything back. A third process without the
 cache is the control. Writes benchmarks/results/compile_cache.{json,md}.
 """
-import json
 import sys
 import tempfile
 import time
@@ -54,7 +53,7 @@ def _compile_times(cache: str) -> dict:
 def main(argv):
   del argv
   if _CHILD.value is not None:
-    print(common.RESULT_MARKER + json.dumps(_compile_times(_CHILD.value)))
+    common.emit(_compile_times(_CHILD.value))
     return
   rows = []
   with tempfile.TemporaryDirectory() as cache:

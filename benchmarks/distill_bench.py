@@ -21,7 +21,6 @@ process each (so peak RSS is per setting):
 
 Writes benchmarks/results/distill_bench.{json,md}.
 """
-import json
 import statistics
 import sys
 import time
@@ -123,8 +122,7 @@ def table(rows: list[dict]) -> str:
 def main(argv):
   del argv
   if _ONLY_STEPS.value:
-    print(common.RESULT_MARKER + json.dumps(
-        measure(_ONLY_STEPS.value, _REMAT.value, _ITERATIONS.value)))
+    common.emit(measure(_ONLY_STEPS.value, _REMAT.value, _ITERATIONS.value))
     return
   rows = []
   for steps in map(int, _STEPS.value):

@@ -14,7 +14,6 @@ step, augmentation off, meta batch 1, with the exact meta-gradient and with
 within each round, and a setting's time is the median over rounds. Writes
 benchmarks/results/meta_step_vs_reference.{json,md}.
 """
-import json
 import shlex
 import statistics
 import sys
@@ -45,8 +44,7 @@ def _measure(steps: int, gradient: str, iterations: int) -> dict:
 def main(argv):
   del argv
   if _CHILD.value:
-    print(common.RESULT_MARKER + json.dumps(
-        _measure(_CHILD_STEPS.value, _CHILD.value, _ITERATIONS.value)))
+    common.emit(_measure(_CHILD_STEPS.value, _CHILD.value, _ITERATIONS.value))
     return
   runs = []
   for steps in map(int, _STEPS.value):

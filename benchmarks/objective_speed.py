@@ -9,7 +9,6 @@ the first-order gradient, and head-only matching (tower frozen, LoRA rank 0)
 with the tower in every step and hoisted out of the unroll.
 Writes benchmarks/results/objective_speed.{json,md}.
 """
-import json
 import sys
 
 import jax
@@ -52,7 +51,7 @@ def _time(name: str, iterations: int) -> dict:
 def main(argv):
   del argv
   if _CHILD.value:
-    print(common.RESULT_MARKER + json.dumps(_time(_CHILD.value, _ITERATIONS.value)))
+    common.emit(_time(_CHILD.value, _ITERATIONS.value))
     return
   rows = [common.child_result([sys.executable, "-m", "benchmarks.objective_speed",
                                f"--child={name}", f"--iterations={_ITERATIONS.value}"])

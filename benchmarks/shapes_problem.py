@@ -21,10 +21,7 @@ def build(syn_steps: int, remat: bool = True, augment: bool | None = None,
   config = config_lib.load_config("configs/shapes.py")
   for path, value in (overrides or {}).items():
     section, _, field = path.rpartition(".")
-    node = config
-    for part in filter(None, section.split(".")):
-      node = node[part]
-    node[field] = value
+    (config_lib.get_field(config, section) if section else config)[field] = value
   cfg = config.distill
   objective = objectives.build(cfg)
   student = trainer.init_student(config.model, jax.random.key(0), (32, 32, 3), 384)

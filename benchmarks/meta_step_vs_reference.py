@@ -9,7 +9,8 @@ of student steps and prints one JSON line with `iteration_s` and
 `peak_rss_mib`; run it from a throwaway virtualenv. Our side is the default
 shapes student (ViT width 64, depth 2, LoRA rank 4 + heads), 100 pairs, 50 per
 step, augmentation off, meta batch 1, with the exact meta-gradient and with
-`distill.gradient=first_order`. Each measurement is its own process (median of
+`distill.gradient=first_order`, and the exact one compiled with XLA's default
+options (as before `vldd_jax.compile_options`). Each measurement is its own process (median of
 `--iterations` meta steps after a warm-up one); the implementations alternate
 within each round, and a setting's time is the median over rounds. Writes
 benchmarks/results/meta_step_vs_reference.{json,md}.
@@ -27,13 +28,17 @@ _STEPS = flags.DEFINE_list("steps", ["10", "20", "40"], "syn_steps values.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds per setting.")
 _ITERATIONS = flags.DEFINE_integer("iterations", 5, "Timed meta steps per process.")
 _REFERENCE = flags.DEFINE_string("reference", "", "Command of the reference (optional).")
-_CHILD = flags.DEFINE_string("child", None, "'exact' or 'first_order' (internal).")
+_CHILD = flags.DEFINE_string("child", None, "One of GRADIENTS (internal).")
 _CHILD_STEPS = flags.DEFINE_integer("child_steps", 0, "syn_steps (internal).")
+
+
+GRADIENTS = ("exact", "exact_xla_defaults", "first_order")
 
 
 def _measure(steps: int, gradient: str, iterations: int) -> dict:
   _, student, _, meta_step, state, starts, targets, key = shapes_problem.build(
-      steps, augment=False, first_order=gradient == "first_order")
+      steps, augment=False, first_order=gradient == "first_order",
+      xla_defaults=gradient == "exact_xla_defaults")
   _, iteration_s = shapes_problem.time_meta_step(meta_step, state, starts, targets,
                                                  student.frozen, key, iterations)
   return {"impl": f"vldd_jax {gradient}", "syn_steps": steps,
@@ -51,7 +56,7 @@ def main(argv):
     for _ in range(_ROUNDS.value):
       cmds = {g: [sys.executable, "-m", "benchmarks.meta_step_vs_reference",
                   f"--child={g}", f"--child_steps={steps}",
-                  f"--iterations={_ITERATIONS.value}"] for g in ("exact", "first_order")}
+                  f"--iterations={_ITERATIONS.value}"] for g in GRADIENTS}
       if _REFERENCE.value:
         cmds["reference"] = shlex.split(_REFERENCE.value) + [str(steps)]
       for name, cmd in cmds.items():
@@ -60,20 +65,22 @@ def main(argv):
   rows = []
   for steps in map(int, _STEPS.value):
     row = {"syn_steps": steps}
-    for name in ("exact", "first_order", "reference"):
+    for name in GRADIENTS + ("reference",):
       mine = [r for r in runs if r["name"] == name and r["syn_steps"] == steps]
       if mine:
         row[f"{name}_s"] = statistics.median(r["iteration_s"] for r in mine)
         row[f"{name}_rss_mib"] = max(r["peak_rss_mib"] for r in mine)
     rows.append(row)
-  lines = ["| syn_steps | exact (s) | first order (s) | reference (s) | exact / reference "
-           "| first order / reference | RSS exact / first order / reference (MiB) |",
-           "|---:|---:|---:|---:|---:|---:|---|"]
+  lines = ["| syn_steps | exact (s) | exact, XLA defaults (s) | first order (s) | "
+           "reference (s) | exact / reference | exact, XLA defaults / reference | "
+           "first order / reference | RSS exact / first order / reference (MiB) |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
   for r in rows:
     ref = r.get("reference_s")
     ratio = lambda k: f"{r[k] / ref:.2f}x" if ref else "–"
-    lines.append(f"| {r['syn_steps']} | {r['exact_s']:.3f} | {r['first_order_s']:.3f} | "
-                 f"{ref if ref else '–'} | {ratio('exact_s')} | {ratio('first_order_s')} | "
+    lines.append(f"| {r['syn_steps']} | {r['exact_s']:.3f} | {r['exact_xla_defaults_s']:.3f} | "
+                 f"{r['first_order_s']:.3f} | {ref if ref else '–'} | {ratio('exact_s')} | "
+                 f"{ratio('exact_xla_defaults_s')} | {ratio('first_order_s')} | "
                  f"{r['exact_rss_mib']} / {r['first_order_rss_mib']} / "
                  f"{r.get('reference_rss_mib', '–')} |")
   common.write("meta_step_vs_reference", {"rows": rows, "runs": runs,

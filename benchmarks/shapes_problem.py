@@ -1,10 +1,13 @@
 """The default shapes distillation problem the speed benchmarks time."""
+import contextlib
 import statistics
 import time
+from unittest import mock
 
 import jax
 import numpy as np
 
+from vldd_jax import compile_options
 from vldd_jax import config_lib
 from vldd_jax import matching
 from vldd_jax import objectives
@@ -14,10 +17,11 @@ from vldd_jax.models import build_model, make_feature_fn
 
 def build(syn_steps: int, remat: bool = True, augment: bool | None = None,
           first_order: bool = False, overrides: dict | None = None,
-          hoist_tower: bool = False) -> tuple:
+          hoist_tower: bool = False, xla_defaults: bool = False) -> tuple:
   """(config, student, syn, meta_step, state, starts, targets, key) of the default
   shapes distillation (`augment` None: the config's), with `overrides` of dotted
-  config fields (e.g. {"distill.objective": "blend", "model.trainable": "heads"})."""
+  config fields (e.g. {"distill.objective": "blend", "model.trainable": "heads"});
+  `xla_defaults`: the meta step compiles without `compile_options`'s options."""
   config = config_lib.load_config("configs/shapes.py")
   for path, value in (overrides or {}).items():
     section, _, field = path.rpartition(".")
@@ -38,8 +42,10 @@ def build(syn_steps: int, remat: bool = True, augment: bool | None = None,
       cfg.augment_per_image, remat=remat, hoist_tower=hoist_tower, first_order=first_order)
   tx = matching.make_meta_optimizer(cfg.lr_images, cfg.lr_text, cfg.lr_lr, cfg.momentum,
                                     objective.rates(), cfg.meta_optimizer)
-  meta_step = matching.make_meta_step(student.apply_fn, student.trainable, unroll, tx,
-                                      objective, make_feature_fn(build_model(config.model)))
+  with (mock.patch.object(compile_options, "compiler_options", lambda: None)
+        if xla_defaults else contextlib.nullcontext()):
+    meta_step = matching.make_meta_step(student.apply_fn, student.trainable, unroll, tx,
+                                        objective, make_feature_fn(build_model(config.model)))
   state = matching.init_state(syn, tx, ema=objective.ema_decay() > 0)
   return config, student, syn, meta_step, state, starts, targets, jax.random.key(1)
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from vldd_jax import augment
+from vldd_jax import compile_options
 from vldd_jax import config_lib
 from vldd_jax import matching
 from vldd_jax import models
@@ -89,6 +90,22 @@ def test_scan_with_remat_equals_python_unrolled_gradient():
     for part in syn:
       np.testing.assert_allclose(scanned[1][part], unrolled[1][part], rtol=1e-8,
                                  atol=1e-12, err_msg=part)
+
+
+def test_cpu_compile_options_are_valid_and_change_no_result():
+  # A jaxlib without the option would silently give back the 1.4x (the helper
+  # falls back to XLA's defaults): this is where that shows.
+  assert compile_options.compiler_options() == {
+      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+  apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float32, n=8)
+  cfg = matching.UnrollConfig(syn_steps=3, batch_size=4, augment=True)
+  value_and_grad = jax.value_and_grad(lambda s: matching.make_matching_loss(
+      apply_fn, trainable, cfg)(s, start, target, frozen, jax.random.key(7)))
+  ours, xla_defaults = compile_options.jit(value_and_grad)(syn), jax.jit(value_and_grad)(syn)
+  np.testing.assert_allclose(ours[0], xla_defaults[0], rtol=1e-5)
+  for part in syn:
+    np.testing.assert_allclose(ours[1][part], xla_defaults[1][part], rtol=1e-4,
+                               atol=1e-7, err_msg=part)
 
 
 def _temp_bytes(steps, remat, n=64):

@@ -13,13 +13,13 @@ the scan carry (parameters) per step, not the activations.
 """
 from collections.abc import Callable
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vldd_jax import compile_options
 from vldd_jax import objectives
 from vldd_jax.data.input_pipeline import Split
 from vldd_jax.models.partition import ApplyFn, text_side_mask
@@ -226,7 +226,7 @@ def make_meta_step(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfig,
         syn, starts, targets, frozen, keys)
     return per_start.mean()
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @compile_options.jit(donate_argnums=0)
   def meta_step(state, starts, targets, frozen, key):
     loss, grads = jax.value_and_grad(mean_loss)(state["syn"], starts, targets, frozen, key)
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))

@@ -23,6 +23,7 @@ import tqdm
 from absl import logging
 
 from vldd_jax import backbone
+from vldd_jax import compile_options
 from vldd_jax import jsonfile
 from vldd_jax import parallel
 from vldd_jax import provenance
@@ -92,14 +93,14 @@ def _make_step(tower_apply, heads_apply, tx):
     logits = heads_apply(params["heads"], tower_apply(params["tower"], images))
     return _attribute_loss(logits, targets)
 
-  @jax.jit
+  @compile_options.jit
   def train_step(params, opt_state, images, targets):
     (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params, trainer.to_model_space(images), targets)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, accuracy
 
-  @jax.jit
+  @compile_options.jit
   def eval_step(params, images, targets):
     return loss_fn(params, trainer.to_model_space(images), targets)[1]
 

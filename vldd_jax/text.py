@@ -17,6 +17,8 @@ import safetensors.numpy
 import tqdm
 import transformers
 
+from vldd_jax import compile_options
+
 POOLINGS = ("mean", "cls")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -276,7 +278,7 @@ class TextEncoder:
     self.pooling = pooling
     self.max_length = max_length
     self.fingerprint = fingerprint
-    self._embed = jax.jit(self._forward)
+    self._embed = compile_options.jit(self._forward)
 
   @property
   def dim(self) -> int:

@@ -6,7 +6,6 @@ draw one caption per image, and recall@K on a split.
 """
 from collections.abc import Callable
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +15,7 @@ import optax
 import tqdm
 
 from vldd_jax import augment as augment_lib
+from vldd_jax import compile_options
 from vldd_jax import objectives
 from vldd_jax import parallel
 from vldd_jax import retrieval
@@ -138,7 +138,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Trai
   inputs are donated.
   """
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  @compile_options.jit(donate_argnums=(0, 1))
   def train_step(trainable, opt_state, frozen, images, text_emb, rng, targets=None):
     (loss, (img, txt)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         trainable, frozen, images, text_emb, rng, targets)
@@ -207,8 +207,8 @@ class Embedder:
     parallel.check_divisible(batch_size, "eval batch_size")
     self._mesh = mesh
     self._batch_size = batch_size
-    self._images = jax.jit(lambda t, f, x: apply_fn(t, f, to_model_space(x), None)[0])
-    self._texts = jax.jit(lambda t, f, x: apply_fn(t, f, None, x)[1])
+    self._images = compile_options.jit(lambda t, f, x: apply_fn(t, f, to_model_space(x), None)[0])
+    self._texts = compile_options.jit(lambda t, f, x: apply_fn(t, f, None, x)[1])
 
   def _run(self, fn, trainable, frozen, x: np.ndarray) -> np.ndarray:
     out = []

@@ -167,8 +167,22 @@ def test_reads_from_manual_dir(tmp_path):
   data_dir = tmp_path / "tfds"
   _write_fixture(data_dir / "downloads" / "manual")
   builder = _prepare("", "", data_dir)
-  assert builder.builder_config.name.startswith("manual-8px-restval-")
+  assert builder.builder_config.name.startswith("toy-8px-restval-")
   assert len(builder.as_data_source()["train"]) == 3
+
+
+def test_a_replaced_image_in_the_manual_dir_is_read_again(tmp_path):
+  data_dir = tmp_path / "tfds"
+  _, image_root, _ = _write_fixture(data_dir / "downloads" / "manual")
+  before = _prepare("", "", data_dir)
+  path = os.path.join(image_root, "gray.png")
+  Image.new("RGB", (12, 12), (250, 10, 10)).save(path)
+  stat = os.stat(path)
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  after = _prepare("", "", data_dir)
+  assert after.builder_config.name != before.builder_config.name
+  new = {ex["filename"].decode(): ex["image"] for ex in _read(after)["train"]}
+  np.testing.assert_array_equal(new["gray.png"][0, 0], [250, 10, 10])
 
 
 def test_missing_annotation_file(tmp_path):
@@ -330,6 +344,19 @@ def test_empty_split_is_an_error(fixture, tmp_path):
   with pytest.raises(karpathy.KarpathyFormatError,
                      match="no usable images in split 'val'"):
     _prepare(ann_file, image_root, tmp_path / "tfds")
+
+
+def test_a_split_emptied_by_undecodable_images_is_named(fixture, tmp_path):
+  ann_file, image_root, data = fixture
+  for entry in data["images"]:
+    if entry["split"] == "test":
+      path = os.path.join(image_root, entry.get("filepath", ""), entry["filename"])
+      with open(path, "wb") as f:
+        f.write(b"not an image")
+  with pytest.raises(karpathy.KarpathyFormatError,
+                     match=r"no usable images in split 'test': all 2 could not be "
+                           r"decoded \(skip_bad_images=True"):
+    _prepare(ann_file, image_root, tmp_path / "tfds", skip_bad_images=True)
 
 
 def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):

@@ -1,6 +1,7 @@
 """The command line: config files, overrides and the `data` stage end to end."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -66,12 +67,28 @@ def test_unknown_stage_is_a_clear_error(tmp_path):
     ("distill.log_every", 0), ("distill.checkpoint_every", 0), ("distill.meta_batch", 0),
     ("distill.lr_images", -1.0), ("experts.lr", 0.0), ("experts.lr", -0.1),
     ("evaluate.lr", -0.1), ("evaluate.seeds", 0), ("evaluate.epochs", 0),
-    ("evaluate.batch_size", 0), ("experts.batch_size", 0), ("distill.momentum", 1.0)])
+    ("evaluate.batch_size", 0), ("experts.batch_size", 0), ("distill.momentum", 1.0),
+    ("distill.expert_epochs", 0), ("compare.budgets", (8, 0)), ("compare.budgets", (-1,))])
 def test_nonsense_settings_are_refused_before_anything_is_written(tmp_path, field, value):
   config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
   section, name = field.split(".")
   config[section][name] = value
-  with pytest.raises(ValueError, match=rf"Invalid config: {field}={value!r}: expected"):
+  with pytest.raises(ValueError, match=rf"Invalid config: {field}={re.escape(repr(value))}: expected"):
+    stages.run(config, str(tmp_path / "work"))
+  assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("evaluate.methods", ("distilled", "randon"), r"evaluate.methods=\('distilled', "
+     r"'randon'\): expected a non-empty"),
+    ("distill.objective", "lowrnak", r"distill.objective='lowrnak': expected one of"),
+    ("evaluate.student", "vit", r"evaluate.student='vit': expected one of")])
+def test_an_unknown_name_is_refused_before_anything_is_written(tmp_path, field, value,
+                                                              message):
+  config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError, match=message):
     stages.run(config, str(tmp_path / "work"))
   assert not (tmp_path / "work").exists()
 

@@ -1,4 +1,5 @@
 """Every stage refuses a workdir made under other data, text, model or experts settings."""
+import json
 import os
 import shutil
 
@@ -83,6 +84,20 @@ def test_distill_refuses_more_experts_than_finished(trained):
   with pytest.raises(ValueError, match=r"distill.num_experts=3, but .*experts has 2 "
                                        "finished experts"):
     distill.run(other, workdir)
+
+
+def test_every_finished_expert_is_matched_logged_and_recorded(trained, tmp_path, caplog):
+  config, workdir = trained
+  for folder in ("pretrain", "experts"):
+    shutil.copytree(os.path.join(workdir, folder), tmp_path / folder)
+  three = config.copy_and_resolve_references()
+  three.experts.num_experts = 3
+  experts.run(three, str(tmp_path))  # Trains a third expert beside the two.
+  with caplog.at_level("INFO"):
+    distill.run(config, str(tmp_path))  # experts.num_experts=2, distill.num_experts=0.
+  assert "Matching the trajectories of 3 experts ([0, 1, 2]" in caplog.text
+  settings = json.loads((tmp_path / "distill" / "n8" / distill.SETTINGS).read_text())
+  assert settings["distill.experts_used"] == 3
 
 
 def test_manifests_from_before_settings_are_checked_on_the_fields_they_hold(

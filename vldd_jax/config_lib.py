@@ -224,6 +224,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = get_field(config, path)
     if value is not None and not 0 <= value < 1:
       errors.append(f"{path}={value!r}: expected a number in [0, 1)")
+  budgets = get_field(config, "compare.budgets")
+  if budgets is not None and not (budgets and all(isinstance(b, int) and b > 0
+                                                  for b in budgets)):
+    errors.append(f"compare.budgets={budgets!r}: expected positive integers")
   distill = config.get("distill")
   if distill is not None and not (distill.lr_images or distill.lr_text or distill.lr_lr):
     errors.append("distill.lr_images, lr_text and lr_lr are all 0: distillation would "

@@ -139,6 +139,30 @@ def _checkpoint_manager(out: str) -> ocp.CheckpointManager:
                      "history": ocp.JsonCheckpointHandler()})
 
 
+def _digest(state: dict) -> str:
+  return trajectories.digest(jax.tree.map(parallel.to_host, state))
+
+
+def _restore(mngr: ocp.CheckpointManager, like: dict, out: str) -> tuple[dict, list[dict]]:
+  """(state, history) of the latest checkpoint, checked against the checksum
+  saved with it (checkpoints from before it have none)."""
+  where = f"{out}/ckpt/{mngr.latest_step()}"
+  remedy = ("Delete that folder and rerun: distillation resumes from the checkpoint "
+            "before it, or starts again.")
+  try:
+    restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(like), history=ocp.args.JsonRestore()))
+  except Exception as e:  # Orbax/TensorStore/JSON errors name neither file nor fix.
+    raise ValueError(f"{where} cannot be read ({type(e).__name__}: {e}). {remedy}") from e
+  record = restored.history
+  if isinstance(record, list):  # Saved before checksums.
+    return restored.state, record
+  if _digest(restored.state) != record["state_sha256"]:
+    raise ValueError(f"{where}: the set does not match the checksum recorded when it "
+                     f"was saved (a damaged file). {remedy}")
+  return restored.state, list(record["history"])
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Distills `config.distill.num_pairs` pairs unless already done."""
   cfg = config.distill
@@ -150,6 +174,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                      f"{trajectories.experts_dir(workdir)} has {len(experts)} finished "
                      "experts: train more (--config.stage=experts) or use fewer.")
   experts = experts[:cfg.num_experts or None]
+  logging.info("Matching the trajectories of %d experts (%s; distill.num_experts=%d, 0: "
+               "every finished one).", len(experts), experts, cfg.num_experts)
   saved_iterations = _check_settings(config, out, len(experts))
   result = os.path.join(out, synthetic.RESULT)
   finished = os.path.exists(result)
@@ -185,9 +211,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
   with _checkpoint_manager(out) as mngr:
     if mngr.latest_step() is not None:
-      restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(state), history=ocp.args.JsonRestore()))
-      state, history = restored.state, list(restored.history)
+      state, history = _restore(mngr, state, out)
       if int(state["iteration"]) > cfg.iterations:  # A longer run was stopped.
         raise ValueError(
             f"{out}/ckpt holds iteration {int(state['iteration'])}, past "
@@ -235,8 +259,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
           # leaves nothing that blocks a corrected rerun. A finished set keeps
           # its settings until its longer result replaces it, below.
           jsonfile.write(os.path.join(out, SETTINGS), settings(config, len(experts)))
+        record = {"history": history, "state_sha256": _digest(state)}
         mngr.save(it + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                  history=ocp.args.JsonSave(history)))
+                                                  history=ocp.args.JsonSave(record)))
     mngr.wait_until_finished()
   saved = state["ema"] if "ema" in state else state["syn"]
   _write_outputs(out, jax.tree.map(parallel.to_host, saved), rows, train, history,

@@ -44,8 +44,15 @@ def _restore(mngr: ocp.CheckpointManager, epoch: int, params, opt_state):
 
 
 def _history(mngr: ocp.CheckpointManager, last: int) -> list[dict]:
-  return [mngr.restore(s, args=ocp.args.Composite(metrics=ocp.args.JsonRestore())).metrics
-          for s in range(last + 1)]
+  history = []
+  for epoch in range(last + 1):
+    try:
+      history.append(mngr.restore(epoch, args=ocp.args.Composite(
+          metrics=ocp.args.JsonRestore())).metrics)
+    except Exception as e:  # Orbax/JSON errors name neither file nor fix.
+      raise ValueError(f"{mngr.directory}/{epoch}/metrics cannot be read ("
+                       f"{type(e).__name__}: {e}). {trajectories.RETRAIN_EPOCH}") from e
+  return history
 
 
 def _digest(trainable: dict) -> str:
@@ -63,8 +70,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   parallel.check_divisible(cfg.batch_size, "experts.batch_size")
   for e in range(cfg.num_experts):
     trajectories.check_settings(config, workdir, e)
-  todo = [e for e in range(cfg.num_experts)
-          if not (trajectories.read_manifest(workdir, e) or {}).get("finished")]
+  todo = [e for e in range(cfg.num_experts) if not trajectories.is_finished(workdir, e)]
   if not todo:
     logging.info("All %d experts finished in %s.", cfg.num_experts,
                  trajectories.experts_dir(workdir))
@@ -97,7 +103,15 @@ def _train_expert(config, workdir, expert, student, tx, train_step, embedder,
   trainable, opt_state, frozen = parallel.put_replicated(
       (student.trainable, tx.init(student.trainable), student.frozen), mesh)
   with trajectories.checkpoint_manager(workdir, expert) as mngr:
-    last = mngr.latest_step()
+    saved = sorted(mngr.all_steps())
+    last = trajectories.resumable_epoch(saved)
+    if saved and last != saved[-1]:  # An epoch's folder was deleted.
+      logging.warning("Expert %d: epoch %s missing from %s/ckpt; training again from "
+                      "there (the same trajectory: the data order is fixed).", expert,
+                      0 if last is None else last + 1, trajectories.expert_dir(workdir, expert))
+      for step in saved:
+        if last is None or step > last:
+          mngr.delete(step)
     if last is None:
       metrics = {"epoch": 0, "val": _rounded(trainer.evaluate_retrieval(
           embedder, trainable, frozen, val)), "seconds": 0.0,

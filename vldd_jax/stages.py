@@ -6,26 +6,35 @@ evaluates; `compare` (every method at every budget, a distillation per budget)
 runs on its own, or at the end of the pipeline with `compare.in_pipeline`.
 """
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import re
+import shutil
 import socket
 from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
+from absl import logging
 
 from vldd_jax import compare
 from vldd_jax import config_lib
 from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import experts
+from vldd_jax import objectives
 from vldd_jax import pretrain
+from vldd_jax import students
 from vldd_jax.data import input_pipeline
 from vldd_jax.data import prepare
 
 Stage = Callable[[ml_collections.ConfigDict, str], None]
 LOCK = ".lock"
+# What a killed run can leave: TFDS's unfinished splits, Orbax's unfinished
+# checkpoints, the temporary files of atomic writes (jsonfile, embeddings, sets).
+LEFTOVER = re.compile(r"^incomplete\.|\.orbax-checkpoint-tmp|\.tmp(\.npz)?$")
 
 STAGES: dict[str, Stage] = {
     "data": prepare.run,
@@ -71,18 +80,61 @@ def workdir_lock(workdir: str) -> Iterator[None]:
     yield
 
 
+def check_choices(config: ml_collections.ConfigDict) -> None:
+  """Raises on a name no registry holds (`evaluate.methods`, `distill.objective`,
+  `evaluate.student`), up front as `config_lib.validate`: not at the end of a
+  pipeline."""
+  evaluate.check_methods(config.evaluate.methods)
+  objectives.build(config.distill)
+  students.student_config(config)
+
+
+def remove_leftovers(workdir: str) -> list[str]:
+  """Deletes what interrupted runs left under `workdir` (`LEFTOVER`); call it
+  holding the lock. Returns the deleted paths."""
+  removed = []
+  for root, dirs, files in os.walk(workdir):
+    for name in [d for d in dirs if LEFTOVER.search(d)]:
+      dirs.remove(name)
+      shutil.rmtree(os.path.join(root, name))
+      removed.append(os.path.join(root, name))
+    for name in [f for f in files if LEFTOVER.search(f)]:
+      os.remove(os.path.join(root, name))
+      removed.append(os.path.join(root, name))
+  if removed:
+    logging.info("Removed %d leftovers of interrupted runs: %s", len(removed), removed)
+  return removed
+
+
+def _disk_full(error: BaseException) -> bool:
+  return ((isinstance(error, OSError) and error.errno == errno.ENOSPC)
+          or "No space left on device" in str(error))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Runs `config.stage`, or every stage in order for `pipeline`, after checking
-  the config and taking the workdir's lock."""
+  the config, taking the workdir's lock and removing what interrupted runs left
+  (on one host; a multi-host run leaves them)."""
   if config.stage != "pipeline" and config.stage not in STAGES | ALONE:
     raise ValueError(f"config.stage={config.stage!r}: expected 'pipeline' or "
                      f"one of {list(STAGES | ALONE)}.")
   config_lib.validate(config)
+  check_choices(config)
   os.makedirs(workdir, exist_ok=True)
   with workdir_lock(workdir):
-    with open(os.path.join(workdir, f"config_{config.stage}.json"), "w") as f:
-      json.dump(config.to_dict(), f, indent=2)
-    if config.stage == "pipeline":
-      pipeline(config, workdir)
-    else:
-      (STAGES | ALONE)[config.stage](config, workdir)
+    if jax.process_count() == 1:
+      remove_leftovers(workdir)
+    try:
+      with open(os.path.join(workdir, f"config_{config.stage}.json"), "w") as f:
+        json.dump(config.to_dict(), f, indent=2)
+      if config.stage == "pipeline":
+        pipeline(config, workdir)
+      else:
+        (STAGES | ALONE)[config.stage](config, workdir)
+    except Exception as e:
+      if not _disk_full(e):
+        raise
+      raise OSError(errno.ENOSPC, f"No space left on the device of {workdir} (stage "
+                    f"{config.stage}: {e}). Free space and rerun the same command: "
+                    "finished work is kept and the stage resumes from its last "
+                    "checkpoint.") from e

@@ -12,13 +12,13 @@ Layout under `<workdir>/experts/expert_NNN/`:
 Loading one (expert, epoch) reads only that checkpoint's `params` item.
 """
 import hashlib
+import json
 import os
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import traverse_util
 
 from vldd_jax import jsonfile
 from vldd_jax import provenance
@@ -35,8 +35,24 @@ def expert_dir(workdir: str, expert: int) -> str:
   return os.path.join(experts_dir(workdir), f"expert_{expert:03d}")
 
 
+# What to do about a damaged or missing epoch checkpoint.
+RETRAIN_EPOCH = ("Delete that epoch's folder and rerun --config.stage=experts: it trains "
+                 "that expert again from the epoch before (the same trajectory).")
+
+
 def checkpoint_manager(workdir: str, expert: int) -> ocp.CheckpointManager:
-  """The manager of one expert's checkpoints; every epoch is kept."""
+  """The manager of one expert's checkpoints; every epoch is kept. Raises naming
+  the file when an epoch's metrics (which Orbax reads on creation) are damaged."""
+  for epoch in saved_epochs(workdir, expert):
+    path = os.path.join(expert_dir(workdir, expert), "ckpt", str(epoch), "metrics", "metrics")
+    try:
+      with open(path, encoding="utf-8") as f:
+        json.load(f)
+    except FileNotFoundError:
+      pass  # An interrupted save; Orbax skips it.
+    except ValueError as e:
+      raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}). "
+                       f"{RETRAIN_EPOCH}") from e
   options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True)
   handlers = {name: ocp.StandardCheckpointHandler() for name in _ARRAY_ITEMS}
   handlers["metrics"] = ocp.JsonCheckpointHandler()
@@ -47,10 +63,14 @@ def checkpoint_manager(workdir: str, expert: int) -> ocp.CheckpointManager:
 def _restore_item(mngr: ocp.CheckpointManager, epoch: int, name: str):
   """One array item on this process's first device, whatever devices saved it."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        mngr.item_metadata(epoch)[name])
-  restored = mngr.restore(epoch, args=ocp.args.Composite(
-      **{name: ocp.args.StandardRestore(target)}))
+  try:
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          mngr.item_metadata(epoch)[name])
+    restored = mngr.restore(epoch, args=ocp.args.Composite(
+        **{name: ocp.args.StandardRestore(target)}))
+  except Exception as e:  # Orbax/TensorStore errors name neither file nor fix.
+    raise ValueError(f"{mngr.directory}/{epoch}/{name} cannot be read ({type(e).__name__}: "
+                     f"{e}). {RETRAIN_EPOCH}") from e
   return restored[name]
 
 
@@ -87,6 +107,32 @@ def check_settings(config: ml_collections.ConfigDict, workdir: str, expert: int)
                    "use a new workdir, or delete its experts/ folder to train anew.")
 
 
+def saved_epochs(workdir: str, expert: int) -> list[int]:
+  """The epochs whose checkpoint folder exists, sorted (Orbax's temporary
+  folders of an interrupted save are not epochs)."""
+  path = os.path.join(expert_dir(workdir, expert), "ckpt")
+  return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
+
+
+def resumable_epoch(epochs: list[int]) -> int | None:
+  """The last epoch before the first missing one in `epochs` (None: no epoch 0)."""
+  last = None
+  for epoch in range(len(epochs)):
+    if epoch not in epochs:
+      break
+    last = epoch
+  return last
+
+
+def is_finished(workdir: str, expert: int) -> bool:
+  """Whether the expert's manifest says finished and every epoch's checkpoint,
+  0 to the last, is there. One with a deleted epoch is not: the experts stage
+  trains it again from the epoch before (`experts.py`)."""
+  manifest = read_manifest(workdir, expert) or {}
+  return bool(manifest.get("finished")) and (
+      saved_epochs(workdir, expert) == list(range(manifest["epochs"] + 1)))
+
+
 def finished_experts(workdir: str,
                      config: ml_collections.ConfigDict | None = None) -> list[int]:
   """Indices of the experts whose training finished, sorted; with `config`,
@@ -96,16 +142,23 @@ def finished_experts(workdir: str,
     return []
   indices = sorted(int(name.split("_")[1]) for name in os.listdir(root)
                    if name.startswith("expert_"))
-  finished = [e for e in indices if (read_manifest(workdir, e) or {}).get("finished")]
+  finished = [e for e in indices if is_finished(workdir, e)]
   for e in finished if config is not None else ():
     check_settings(config, workdir, e)
   return finished
 
 
-def digest(params: dict) -> str:
-  """SHA-256 of a parameter tree's paths, dtypes, shapes and bytes (host arrays)."""
+def _key_name(key) -> str:
+  return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+
+def digest(tree) -> str:
+  """SHA-256 of a pytree's leaf paths ("img/lora_a"), dtypes, shapes and bytes
+  (host arrays)."""
+  leaves = {"/".join(map(_key_name, path)): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
   sha = hashlib.sha256()
-  for path, leaf in sorted(traverse_util.flatten_dict(params, sep="/").items()):
+  for path, leaf in sorted(leaves.items()):
     leaf = np.ascontiguousarray(leaf)
     sha.update(f"{path}:{leaf.dtype}:{leaf.shape};".encode())
     sha.update(leaf.tobytes())
@@ -118,16 +171,16 @@ def load_params(workdir: str, expert: int, epoch: int) -> dict:
   with checkpoint_manager(workdir, expert) as mngr:
     if epoch not in mngr.all_steps():
       raise FileNotFoundError(f"{expert_dir(workdir, expert)} has no epoch {epoch}; "
-                              f"saved epochs: {sorted(mngr.all_steps())}. Delete that "
-                              "folder and rerun --config.stage=experts to train it again.")
+                              f"saved epochs: {sorted(mngr.all_steps())}. Rerun "
+                              "--config.stage=experts: it trains that expert again from "
+                              "the epoch before.")
     params = _restore_item(mngr, epoch, "params")
   recorded = [h.get("params_sha256") for h in (read_manifest(workdir, expert) or {}).get(
       "history", []) if h["epoch"] == epoch]
   if recorded and recorded[0] and digest(jax.device_get(params)) != recorded[0]:
     raise ValueError(f"{expert_dir(workdir, expert)}/ckpt/{epoch}: the parameters do not "
-                     "match the checksum recorded when they were saved (a damaged file); "
-                     "delete that expert's folder and rerun --config.stage=experts to "
-                     "train it again.")
+                     "match the checksum recorded when they were saved (a damaged file). "
+                     f"{RETRAIN_EPOCH}")
   return params
 
 
@@ -137,13 +190,21 @@ def load_frozen(workdir: str, expert: int) -> dict:
   `{}` when nothing was frozen (`model.trainable='all'`).
   """
   with checkpoint_manager(workdir, expert) as mngr:
-    if "frozen" not in mngr.item_metadata(0):
-      return {}
-    return _restore_item(mngr, 0, "frozen")
+    if "frozen" in mngr.item_metadata(0):
+      return _restore_item(mngr, 0, "frozen")
+  if (read_manifest(workdir, expert) or {}).get("model", {}).get("trainable") == "all":
+    return {}
+  raise FileNotFoundError(
+      f"{expert_dir(workdir, expert)}/ckpt/0/frozen is missing: this expert froze a "
+      "backbone (model.trainable is not 'all') and saved it there. Delete that epoch's "
+      "folder and rerun --config.stage=experts: it trains that expert again.")
 
 
 def load_correct(workdir: str, expert: int) -> np.ndarray:
   """int8 [epochs, N]: per training pair and epoch, found (1), missed (0), unseen (-1)."""
+  epochs = saved_epochs(workdir, expert)[1:]
+  if epochs != list(range(1, len(epochs) + 1)):
+    raise FileNotFoundError(f"{expert_dir(workdir, expert)}/ckpt misses epochs: it has "
+                            f"{epochs}. Rerun --config.stage=experts to train them again.")
   with checkpoint_manager(workdir, expert) as mngr:
-    epochs = sorted(s for s in mngr.all_steps() if s > 0)
     return np.stack([np.asarray(_restore_item(mngr, s, "correct")) for s in epochs])

@@ -14,6 +14,7 @@ dataset folder when every split is complete.
 """
 import concurrent.futures
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -370,6 +371,7 @@ class Karpathy(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, entries: list[Entry]) -> Iterator[tuple[int, dict]]:
     # Pillow releases the GIL while decoding and resizing; chunks bound memory.
+    yielded = 0
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
       for start in range(0, len(entries), _DECODE_CHUNK):
         chunk = entries[start:start + _DECODE_CHUNK]
@@ -383,8 +385,15 @@ class Karpathy(tfds.core.GeneratorBasedBuilder):
             self._skipped.append(
                 _skip_record(entry.index, entry.filename, entry.split, problem))
             continue
+          yielded += 1
           yield entry.index, {"image": image, "captions": list(entry.captions),
                               "filename": entry.filename}
+    if entries and not yielded:  # Else TFDS fails with a bare AssertionError.
+      raise KarpathyFormatError(
+          f"{self._ann_file}: no usable images in split {entries[0].split!r}: all "
+          f"{len(entries)} could not be decoded (skip_bad_images=True skipped them; "
+          f"the first: {entries[0].path}). Fix or replace them, or move other images "
+          "to that split.")
 
   def _download_and_prepare(self, dl_manager, download_config) -> None:
     super()._download_and_prepare(dl_manager, download_config)
@@ -402,9 +411,18 @@ class Karpathy(tfds.core.GeneratorBasedBuilder):
 
 def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> Karpathy:
   """The builder for `config.data` of configs/karpathy.py."""
+  ann_file, image_root = data_config.ann_file, data_config.image_root
+  # The manual-dir layout, resolved here so that its files are fingerprinted
+  # (`_config_name`) as given paths are.
+  manual = os.path.join(data_dir, "downloads", "manual")
+  found = sorted(glob.glob(os.path.join(glob.escape(manual), "dataset_*.json")))
+  if not ann_file and len(found) == 1:
+    ann_file = found[0]
+  if not image_root and os.path.isdir(os.path.join(manual, "images")):
+    image_root = os.path.join(manual, "images")
   config = KarpathyConfig(
-      ann_file=data_config.ann_file,
-      image_root=data_config.image_root,
+      ann_file=ann_file,
+      image_root=image_root,
       image_size=data_config.image_size,
       restval_to_train=data_config.restval_to_train,
       skip_bad_images=data_config.skip_bad_images,

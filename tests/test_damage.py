@@ -1,0 +1,141 @@
+"""Damaged, missing and half-written files in a workdir, and a full disk: each is
+repaired by a rerun or named with what to do, and no finished work is lost."""
+import errno
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from vldd_jax import distill
+from vldd_jax import experts
+from vldd_jax import stages
+from vldd_jax import synthetic
+from vldd_jax import trajectories
+
+
+def _copy(trained, tmp_path, *folders):
+  _, workdir = trained
+  for folder in folders:
+    shutil.copytree(os.path.join(workdir, folder), tmp_path / "work" / folder)
+  return tmp_path / "work"
+
+
+def _ckpt(work, expert=0):
+  return work / "experts" / f"expert_{expert:03d}" / "ckpt"
+
+
+def test_a_finished_expert_missing_an_epoch_trains_again_to_the_same_trajectory(
+    trained, tmp_path, caplog):
+  config, workdir = trained
+  work = _copy(trained, tmp_path, "pretrain", "experts")
+  shutil.rmtree(_ckpt(work) / "2")
+  assert trajectories.finished_experts(str(work)) == [1]  # Not a usable expert now.
+  with pytest.raises(FileNotFoundError, match=r"expert_000/ckpt misses epochs"):
+    trajectories.load_correct(str(work), 0)
+  with caplog.at_level("WARNING"):
+    experts.run(config, str(work))
+  assert "epoch 2 missing" in caplog.text
+  assert trajectories.finished_experts(str(work)) == [0, 1]
+  for epoch in range(config.experts.epochs + 1):
+    for got, want in zip(jax.tree.leaves(trajectories.load_params(str(work), 0, epoch)),
+                         jax.tree.leaves(trajectories.load_params(workdir, 0, epoch))):
+      np.testing.assert_array_equal(got, want, err_msg=f"epoch {epoch}")
+  np.testing.assert_array_equal(trajectories.load_correct(str(work), 0),
+                                trajectories.load_correct(workdir, 0))
+
+
+def test_a_missing_frozen_item_is_named_with_what_to_do(trained, tmp_path):
+  work = _copy(trained, tmp_path, "experts")
+  shutil.rmtree(_ckpt(work) / "0" / "frozen")
+  with pytest.raises(FileNotFoundError, match=r"expert_000/ckpt/0/frozen is missing.*"
+                                              "rerun --config.stage=experts"):
+    trajectories.load_frozen(str(work), 0)
+
+
+def test_garbage_in_an_expert_checkpoint_is_named_with_what_to_do(trained, tmp_path):
+  config, _ = trained
+  work = _copy(trained, tmp_path, "pretrain", "experts")
+  shutil.rmtree(_ckpt(work) / str(config.experts.epochs))  # Unfinished: resumes.
+  (_ckpt(work) / "1" / "metrics" / "metrics").write_text("{not json")
+  with pytest.raises(ValueError, match=r"expert_000/ckpt/1/metrics/metrics cannot be read "
+                                       r"\(.*Delete that epoch's folder"):
+    experts.run(config, str(work))
+  shutil.rmtree(_ckpt(work) / "1")  # As the message says: trained again from epoch 0.
+  experts.run(config, str(work))
+  assert trajectories.finished_experts(str(work)) == [0, 1]
+
+
+def _distill(config, work, iterations):
+  config = config.copy_and_resolve_references()
+  config.distill.iterations = iterations
+  distill.run(config, str(work))
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("state", r"ckpt/4: the set does not match the checksum"),
+    ("history", r"ckpt/4 cannot be read \(")])
+def test_a_damaged_distillation_checkpoint_is_named_and_the_one_before_resumes(
+    trained, tmp_path, damage, message):
+  config, _ = trained
+  work = _copy(trained, tmp_path, "pretrain", "experts")
+  _distill(config, work, 4)
+  ckpt = work / "distill" / "n8" / "ckpt"
+  if damage == "state":
+    data = max((p for p in (ckpt / "4" / "state").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    for i in range(len(raw) // 2, len(raw) // 2 + 16):
+      raw[i] ^= 0xFF
+    data.write_bytes(bytes(raw))
+  else:
+    (ckpt / "4" / "history" / "metadata").write_text("[{not json")
+  with pytest.raises(ValueError, match=message + r".*Delete that folder and rerun"):
+    _distill(config, work, 6)  # Goes on from the last checkpoint.
+  shutil.rmtree(ckpt / "4")
+  _distill(config, work, 6)
+  assert synthetic.load_distilled(str(work / "distill" / "n8" / synthetic.RESULT)
+                                  ).provenance["iterations"] == 6
+
+
+def test_leftovers_of_interrupted_runs_are_removed_and_nothing_else(tmp_path):
+  work = tmp_path / "work"
+  leftovers = ["tfds/shapes/tiny/incomplete.ab12_1.0.0/x.array_record",
+               "tfds/caption_embeddings/tmpq1w2.tmp", "distill/n8/distilled.tmp.npz",
+               "distill/n8/settings.json.tmp",
+               "experts/expert_000/ckpt/3.orbax-checkpoint-tmp-1700000000/params/x"]
+  kept = ["tfds/shapes/tiny/1.0.0/x.array_record", "distill/n8/distilled.npz",
+          "distill/n8/settings.json", "experts/expert_000/ckpt/3/params/x", ".lock"]
+  for path in leftovers + kept:
+    os.makedirs(os.path.dirname(work / path), exist_ok=True)
+    (work / path).write_text("x")
+  removed = stages.remove_leftovers(str(work))
+  assert sorted(os.path.relpath(p, work) for p in removed) == sorted(
+      ["tfds/shapes/tiny/incomplete.ab12_1.0.0", "tfds/caption_embeddings/tmpq1w2.tmp",
+       "distill/n8/distilled.tmp.npz", "distill/n8/settings.json.tmp",
+       "experts/expert_000/ckpt/3.orbax-checkpoint-tmp-1700000000"])
+  assert all((work / path).exists() for path in kept)
+
+
+def test_a_full_disk_names_the_workdir_and_a_rerun_finishes(trained, tmp_path,
+                                                           monkeypatch):
+  config, _ = trained
+  work = _copy(trained, tmp_path, "pretrain", "experts")
+  (work / "distill" / "n8").mkdir(parents=True)
+  (work / "distill" / "n8" / "distilled.tmp.npz").write_text("half")  # A killed write.
+  config = config.copy_and_resolve_references()
+  config.stage = "distill"
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(np, "savez", full)
+  with pytest.raises(OSError, match=f"No space left on the device of {work} "
+                                    r"\(stage distill: .*Free space and rerun"):
+    stages.run(config, str(work))
+  assert (work / "distill" / "n8" / "ckpt" / "4").is_dir()  # Finished work is kept.
+  monkeypatch.undo()
+  stages.run(config, str(work))
+  assert not (work / "distill" / "n8" / "distilled.tmp.npz").exists()
+  assert synthetic.read(str(work / "distill" / "n8" / synthetic.RESULT))["images"].shape[0] == 8

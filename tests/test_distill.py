@@ -63,9 +63,9 @@ def test_rerun_with_other_settings_is_refused(distilled):
   with open(os.path.join(out, distill.SETTINGS)) as f:
     assert json.load(f) == distill.settings(config, config.experts.num_experts)
   other = config.copy_and_resolve_references()
-  other.distill.lr_images *= 2
+  other.distill.meta_lr_images *= 2
   with pytest.raises(ValueError, match=r"n8 was made with other settings "
-                                       r"\(distill\.lr_images: saved 0\.002, config 0\.004\)"):
+                                       r"\(distill\.meta_lr_images: saved 0\.002, config 0\.004\)"):
     distill.run(other, workdir)
   fewer = config.copy_and_resolve_references()
   fewer.distill.iterations -= 1
@@ -74,7 +74,7 @@ def test_rerun_with_other_settings_is_refused(distilled):
   # Logging cadence, the data's location and a plain set's similarity fields
   # do not change the set: the finished one is kept.
   same = config.copy_and_resolve_references()
-  same.distill.update(log_every=1, lr_similarity=123.0)
+  same.distill.update(log_every=1, meta_lr_similarity=123.0)
   same.data.data_dir = "/elsewhere"
   before = os.path.getmtime(os.path.join(out, synthetic.RESULT))
   distill.run(same, workdir)
@@ -127,8 +127,8 @@ def test_a_second_process_reads_its_compilations_from_the_cache(trained, data_di
 def test_non_finite_loss_stops_without_a_bad_checkpoint(trained, data_dir, tmp_path):
   workdir = _copy_experts(trained, tmp_path, "nan")
   result = run_main(workdir, data_dir, "--config.stage=distill",
-                    "--config.distill.lr_images=1e38", "--config.distill.lr_text=1e38",
-                    "--config.distill.lr_lr=1e38", check=False)
+                    "--config.distill.meta_lr_images=1e38", "--config.distill.meta_lr_text=1e38",
+                    "--config.distill.meta_lr_rates=1e38", check=False)
   assert result.returncode != 0
   assert "non-finite loss or gradient at iteration" in result.stderr
   out = workdir / "distill" / "n8"
@@ -302,7 +302,7 @@ def test_a_failing_distillation_warns_and_an_improving_one_does_not(trained, tmp
     distill.run(quiet, str(_copy_experts(trained, tmp_path, "improving")))
   assert "is failing" not in caplog.text
   # Pixels thrown an RMS of 3 per iteration: the set gets worse at once.
-  config.distill.update(meta_optimizer="normalized", lr_images=3.0, lr_text=0.3)
+  config.distill.update(meta_optimizer="normalized", meta_lr_images=3.0, meta_lr_text=0.3)
   with caplog.at_level(logging.WARNING):
     distill.run(config, str(_copy_experts(trained, tmp_path, "failing")))
   assert re.search(r"Distillation into \S+/n8 is failing: the matching loss rose from "

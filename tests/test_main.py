@@ -65,7 +65,7 @@ def test_unknown_stage_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("field,value", [
     ("distill.syn_steps", 0), ("distill.iterations", 0), ("distill.num_pairs", -1),
     ("distill.log_every", 0), ("distill.checkpoint_every", 0), ("distill.meta_batch", 0),
-    ("distill.lr_images", -1.0), ("experts.lr", 0.0), ("experts.lr", -0.1),
+    ("distill.meta_lr_images", -1.0), ("experts.lr", 0.0), ("experts.lr", -0.1),
     ("evaluate.lr", -0.1), ("evaluate.seeds", 0), ("evaluate.epochs", 0),
     ("evaluate.batch_size", 0), ("experts.batch_size", 0), ("distill.momentum", 1.0),
     ("distill.expert_epochs", 0), ("compare.budgets", (8, 0)), ("compare.budgets", (-1,))])
@@ -95,8 +95,8 @@ def test_an_unknown_name_is_refused_before_anything_is_written(tmp_path, field, 
 
 def test_all_meta_rates_zero_is_refused(tmp_path):
   config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
-  config.distill.update(lr_images=0.0, lr_text=0.0, lr_lr=0.0)
-  with pytest.raises(ValueError, match="lr_images, lr_text and lr_lr are all 0"):
+  config.distill.update(meta_lr_images=0.0, meta_lr_text=0.0, meta_lr_rates=0.0)
+  with pytest.raises(ValueError, match="meta_lr_images, meta_lr_text and meta_lr_rates are all 0"):
     stages.run(config, str(tmp_path))
 
 
@@ -107,6 +107,8 @@ def test_unknown_config_field_names_the_field_and_its_siblings(tmp_path):
           in result.stderr), result.stderr[-2000:]
   result = _main(tmp_path, "--config=configs/shapes.py:tiny", "--config.nope.x=1")
   assert "--config.nope.x: the config has no field 'nope'" in result.stderr
+  result = _main(tmp_path, "--config=configs/shapes.py:tiny", "--config.distill.lr_lr=0.1")
+  assert "--config.distill.lr_lr is now --config.distill.meta_lr_rates." in result.stderr
 
 
 def test_a_second_run_on_a_workdir_in_use_is_refused_with_the_holders_pid(tmp_path):

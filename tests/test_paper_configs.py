@@ -31,9 +31,9 @@ PAPER_VALUES = {
     "distill.expert_epochs": 3,
     "distill.max_start_epoch": 25,
     "distill.iterations": 50_000,
-    "distill.lr_images": 1000.0,
-    "distill.lr_text": 1000.0,
-    "distill.lr_lr": 1e-3,
+    "distill.meta_lr_images": 1000.0,
+    "distill.meta_lr_text": 1000.0,
+    "distill.meta_lr_rates": 1e-3,
     "distill.momentum": 0.5,
     "distill.augment": True,
     "evaluate.seeds": 5,
@@ -133,7 +133,7 @@ def test_runlocal_is_smaller_and_consistent(name):
   assert local.evaluate.batch_size <= min(local.compare.budgets)
   # Only the schedule shrinks: the data and the method stay the paper's.
   assert local.data == full.data
-  for field in ("distill.lr_images", "distill.lr_text", "distill.lr_lr",
+  for field in ("distill.meta_lr_images", "distill.meta_lr_text", "distill.meta_lr_rates",
                 "distill.momentum", "experts.lr", "model.temperature"):
     assert _get(local, field) == _get(full, field), field
 

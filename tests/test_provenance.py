@@ -106,7 +106,7 @@ def test_manifests_from_before_settings_are_checked_on_the_fields_they_hold(
   manifest = trajectories.read_manifest(workdir, 0)
   del manifest["settings"]
   copy = tmp_path / "work"
-  os.makedirs(trajectories.expert_dir(str(copy), 0))
+  shutil.copytree(trajectories.expert_dir(workdir, 0), trajectories.expert_dir(str(copy), 0))
   trajectories.write_manifest(str(copy), 0, manifest)
   assert trajectories.finished_experts(str(copy), config) == [0]
   with pytest.raises(ValueError, match=r"data\.num_train: saved 64, config 48"):
@@ -151,6 +151,15 @@ def test_a_record_from_before_a_field_existed_matches_its_old_behaviour_value():
   assert provenance.differences({**saved, "distill.gradient": "first_order"},
                                 {"distill.iterations": 10,
                                  "distill.gradient": "exact"}) == ["distill.gradient"]
+
+
+def test_a_record_with_a_renamed_field_is_read_under_its_new_name():
+  saved = {"distill.lr_images": 2e-3, "distill.iterations": 10}  # Before the rename.
+  assert provenance.differences(saved, {"distill.meta_lr_images": 2e-3,
+                                        "distill.iterations": 10}) == []
+  with pytest.raises(ValueError, match=r"distill.meta_lr_images: saved 0.002, config 0.004"):
+    provenance.check(saved, {"distill.meta_lr_images": 4e-3, "distill.iterations": 10},
+                     "n8", "")
 
 
 def test_a_pretrained_tower_whose_checkpoint_was_deleted_is_pretrained_again(

@@ -1,18 +1,22 @@
 """Libraries and evaluation never import a stage; only orchestrators make sets;
-a new objective is one registered class."""
+a new objective is one registered class, a new coreset one registered function."""
 import json
 import os
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from vldd_jax import compare
+from vldd_jax import coreset
 from vldd_jax import evaluate
 from vldd_jax import losses
 from vldd_jax import objectives
+from vldd_jax import stages
 from vldd_jax import synthetic
+from vldd_jax.data import input_pipeline
 
 from conftest import ROOT
 
@@ -67,3 +71,19 @@ def test_a_new_objective_is_one_registered_class(trained, tmp_path, monkeypatch)
   assert _HalfTemperature.traced >= 2
   rows = json.load(open(work / compare.RESULT))["rows"]
   assert [r["method"] for r in rows] == ["distilled_toy"]
+
+
+def test_a_new_coreset_is_one_registered_function(trained, monkeypatch):
+  config, workdir = trained
+  first_images = lambda selector, budget: (np.arange(budget), np.zeros(budget, int))
+  monkeypatch.setitem(coreset.SELECTORS, "first_images", first_images)
+  config = config.copy_and_resolve_references()
+  config.evaluate.methods = ("first_images",)
+  stages.check_choices(config)  # A known row now.
+  train, test = (input_pipeline.load_split(config, workdir, s) for s in ("train", "test"))
+  selector = coreset.Selector(config, workdir, train)
+  images, text_emb = selector.select("first_images", 3)
+  np.testing.assert_array_equal(images, train.images[:3])
+  np.testing.assert_array_equal(text_emb, train.text_emb[:3, 0])
+  row = evaluate.method_row(config, workdir, "first_images", 3, selector, test, None)
+  assert row["method"] == "first_images" and row["pairs"] == 3 and row["r_mean"] > 0

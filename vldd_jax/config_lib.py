@@ -76,9 +76,9 @@ def distill_config() -> ml_collections.ConfigDict:
       max_start_epoch=25,  # Start epochs are drawn from [0, max_start_epoch).
       iterations=5000,  # The paper runs 50,000.
       meta_optimizer="sgd",  # "sgd" (with momentum, as the paper) | "adam".
-      lr_images=1000.0,  # Meta learning rates of each part of the set.
-      lr_text=1000.0,
-      lr_lr=1e-3,  # On the log of the two learnable student rates (ours: log).
+      meta_lr_images=1000.0,  # Meta learning rates of each part of the set.
+      meta_lr_text=1000.0,
+      meta_lr_rates=1e-3,  # On the log of the two learnable student rates (ours: log).
       momentum=0.5,  # Of "sgd" only.
       augment=True,  # DSA on synthetic images inside every student step.
       augment_per_image=True,  # DSA's draws per image; False: one per minibatch.
@@ -103,9 +103,9 @@ def distill_config() -> ml_collections.ConfigDict:
       objective="plain",
       similarity_rank=10,
       similarity_alpha=3.0,
-      lr_similarity=10.0,
+      meta_lr_similarity=10.0,
       # "wbce" (LoRS) | "softmax" (soft-target InfoNCE) | "sigmoid" (SigLIP's,
-      # with a bias the set learns at lr_similarity).
+      # with a bias the set learns at meta_lr_similarity).
       similarity_loss="wbce",
       # objective="blend": RepBlend's representation blending, lam ~
       # Beta(blend_alpha, blend_alpha) (their distill script: alpha_2=1), and
@@ -133,7 +133,8 @@ def small_data_distill_config() -> ml_collections.ConfigDict:
       # 3e-3 per iteration and the log student rates 1e-2, whatever the
       # gradient's scale (SGD's 10 / 1 / 1e-3 on shapes moved pixels and text
       # as much, the rates not at all, and would need retuning on other data).
-      meta_optimizer="normalized", lr_images=2e-3, lr_text=3e-3, lr_lr=1e-2,
+      meta_optimizer="normalized", meta_lr_images=2e-3, meta_lr_text=3e-3,
+      meta_lr_rates=1e-2,
       # objective="blend": over 150 iterations an EMA of 0.97 beat 0.9 (0.99
       # averages most of the run); blending itself hurt on shapes at alpha 1
       # and 0.3, so the blend objective's default is the EMA alone here
@@ -184,16 +185,23 @@ _POSITIVE_INTS = (
     "distill.checkpoint_every", "evaluate.seeds", "evaluate.epochs",
     "evaluate.batch_size")
 _POSITIVE_FLOATS = ("pretrain.lr", "experts.lr", "evaluate.lr")
-_NON_NEGATIVE = ("distill.num_experts", "distill.lr_images", "distill.lr_text",
-                 "distill.lr_lr", "distill.lr_similarity", "distill.blend_alpha",
+_NON_NEGATIVE = ("distill.num_experts", "distill.meta_lr_images", "distill.meta_lr_text",
+                 "distill.meta_lr_rates", "distill.meta_lr_similarity",
+                 "distill.blend_alpha",
                  "pretrain.weight_decay")
 GRADIENTS = ("exact", "first_order")  # distill.gradient
+# Fields renamed since outputs were first recorded, old -> new: the meta rates
+# were `lr_*`, which read like the student rates a set learns (`lr_image`).
+RENAMED = {"distill.lr_images": "distill.meta_lr_images",
+           "distill.lr_text": "distill.meta_lr_text",
+           "distill.lr_lr": "distill.meta_lr_rates",
+           "distill.lr_similarity": "distill.meta_lr_similarity"}
 _FRACTIONS = ("experts.momentum", "distill.momentum", "evaluate.momentum",
               "distill.ema_decay")  # In [0, 1).
 
 
 def get_field(config: ml_collections.ConfigDict, path: str):
-  """The value at a dotted `path` ("distill.lr_images"); None if absent."""
+  """The value at a dotted `path` ("distill.meta_lr_images"); None if absent."""
   for part in path.split("."):
     if not isinstance(config, ml_collections.ConfigDict) or part not in config:
       return None
@@ -229,8 +237,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                                                   for b in budgets)):
     errors.append(f"compare.budgets={budgets!r}: expected positive integers")
   distill = config.get("distill")
-  if distill is not None and not (distill.lr_images or distill.lr_text or distill.lr_lr):
-    errors.append("distill.lr_images, lr_text and lr_lr are all 0: distillation would "
+  if distill is not None and not (distill.meta_lr_images or distill.meta_lr_text
+                                  or distill.meta_lr_rates):
+    errors.append("distill.meta_lr_images, meta_lr_text and meta_lr_rates are all 0: "
+                  "distillation would "
                   "return its initial pairs")
   if distill is not None and distill.get("gradient", "exact") not in GRADIENTS:
     errors.append(f"distill.gradient={distill.gradient!r}: expected one of {GRADIENTS}")

@@ -23,6 +23,8 @@ joint feature [image embedding, caption embedding] / sqrt(2) (unit norm) from
 the first expert's final parameters, and take at most one pair per image.
 Every selector is a deterministic function of its inputs and the seed.
 """
+from collections.abc import Callable
+
 import ml_collections
 import numpy as np
 import tqdm
@@ -32,8 +34,6 @@ from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax.data import input_pipeline
 from vldd_jax.models import build_model, make_apply_fn
-
-METHODS = ("random", "herding", "k_center", "forgetting")
 
 
 def random_selection(num_images: int, num_captions: int, budget: int,
@@ -145,31 +145,45 @@ def total_forgetting_events(workdir: str) -> np.ndarray:
 
 
 class Selector:
-  """Selects coresets of any budget from one train split; features load once."""
+  """Selects coresets of any budget from one train split; features and
+  forgetting events load once, when a method first needs them."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
                train: input_pipeline.Split):
-    self._config, self._workdir, self._train = config, workdir, train
+    self.config, self.workdir, self.train = config, workdir, train
     self._features: np.ndarray | None = None
     self._events: np.ndarray | None = None
 
+  def features(self) -> np.ndarray:
+    """The first finished expert's image-text features of every training pair."""
+    if self._features is None:
+      self._features = expert_features(self.config, self.workdir, self.train)
+    return self._features
+
+  def events(self) -> np.ndarray:
+    """Forgetting events per training image over every finished expert."""
+    if self._events is None:
+      self._events = total_forgetting_events(self.workdir)
+    return self._events
+
   def select(self, method: str, budget: int) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 [B, H, W, 3], text embeddings [B, D]) of a coreset."""
-    n, c = self._train.text_emb.shape[:2]
+    n = self.train.text_emb.shape[0]
     if not 0 < budget <= n:
       raise ValueError(f"Coreset budget {budget}: expected 1..{n} (the train split).")
-    seed = self._config.seed
-    if method == "random":
-      rows, captions = random_selection(n, c, budget, seed)
-    elif method in ("herding", "k_center"):
-      if self._features is None:
-        self._features = expert_features(self._config, self._workdir, self._train)
-      rows, captions = (herding(self._features, budget) if method == "herding"
-                        else k_center(self._features, budget, seed))
-    elif method == "forgetting":
-      if self._events is None:
-        self._events = total_forgetting_events(self._workdir)
-      rows, captions = forgetting(self._events, c, budget, seed)
-    else:
-      raise ValueError(f"Coreset method {method!r}: expected one of {METHODS}.")
-    return self._train.images[rows], self._train.text_emb[rows, captions]
+    if method not in SELECTORS:
+      raise ValueError(f"Coreset method {method!r}: expected one of {tuple(SELECTORS)}.")
+    rows, captions = SELECTORS[method](self, budget)
+    return self.train.images[rows], self.train.text_emb[rows, captions]
+
+
+# name -> (image rows, caption indices) of a coreset of `budget` pairs: a new
+# coreset is one function and one entry here (and a row of `evaluate.methods`).
+SELECTORS: dict[str, Callable[[Selector, int], tuple[np.ndarray, np.ndarray]]] = {
+    "random": lambda s, budget: random_selection(*s.train.text_emb.shape[:2], budget,
+                                                 s.config.seed),
+    "herding": lambda s, budget: herding(s.features(), budget),
+    "k_center": lambda s, budget: k_center(s.features(), budget, s.config.seed),
+    "forgetting": lambda s, budget: forgetting(s.events(), s.train.text_emb.shape[1],
+                                               budget, s.config.seed),
+}

@@ -199,7 +199,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                  cfg.augment, cfg.augment_per_image,
                                  hoist_tower=cfg.hoist_tower,
                                  first_order=cfg.gradient == "first_order")
-  tx = matching.make_meta_optimizer(cfg.lr_images, cfg.lr_text, cfg.lr_lr, cfg.momentum,
+  tx = matching.make_meta_optimizer(cfg.meta_lr_images, cfg.meta_lr_text, cfg.meta_lr_rates, cfg.momentum,
                                     objective.rates(), cfg.meta_optimizer)
   meta_step = matching.make_meta_step(apply_fn, trainable_like, unroll, tx, objective,
                                       make_feature_fn(model))
@@ -272,8 +272,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 _RISE_MESSAGE = (
     "Distillation into %s is failing: the matching loss rose from %.4g (mean of "
     "the first %d iterations) to %.4g (the last %d), so the set is getting worse. "
-    "Likely culprits: meta rates too large for this data (distill.lr_images, "
-    "distill.lr_text; with distill.meta_optimizer='normalized' a rate is the RMS "
+    "Likely culprits: meta rates too large for this data (distill.meta_lr_images, "
+    "distill.meta_lr_text; with distill.meta_optimizer='normalized' a rate is the RMS "
     "step per iteration, whatever the gradient's scale), or an image tower trained from scratch "
     "(model.backbone): LoRA matching on a pretrained tower is what works.")
 
@@ -299,7 +299,7 @@ def _stop_if_non_finite(state: dict, out: str, mngr: ocp.CheckpointManager,
   else:
     where = (f"the last good checkpoint ({out}/ckpt/{mngr.latest_step()}) is kept; "
              "to retry with other settings, move that folder away first")
-  rates = ["distill.lr_images", "distill.lr_text", "distill.lr_lr"] + [
+  rates = ["distill.meta_lr_images", "distill.meta_lr_text", "distill.meta_lr_rates"] + [
       f"distill.{f}" for f in objective.fields if f.startswith("lr_")]
   raise FloatingPointError(
       f"Distillation hit a non-finite loss or gradient at iteration {first_bad}; "

@@ -39,7 +39,7 @@ RESULTS = "results.json"
 def methods() -> tuple[str, ...]:
   """Every row `evaluate.methods` can ask for: one per registered objective's
   distilled sets, then the coresets."""
-  return tuple(objectives.methods()) + coreset.METHODS
+  return tuple(objectives.methods()) + tuple(coreset.SELECTORS)
 
 
 def storage_fair_pairs(objective: objectives.Plain, split: input_pipeline.Split,
@@ -322,7 +322,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     rows.append(file_row(config, workdir, path, test, val))
     budget = rows[-1]["budget"]
     rows += [method_row(config, workdir, method, budget, selector, test, val)
-             for method in config.evaluate.methods if method in coreset.METHODS]
+             for method in config.evaluate.methods if method in coreset.SELECTORS]
   else:
     rows += [method_row(config, workdir, method, config.distill.num_pairs, selector,
                         test, val) for method in config.evaluate.methods]

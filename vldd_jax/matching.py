@@ -172,8 +172,8 @@ def _normalize_rms() -> optax.GradientTransformation:
       lambda g: g / (jnp.sqrt(jnp.mean(jnp.square(g))) + 1e-20), updates))
 
 
-def make_meta_optimizer(lr_images: float, lr_text: float, lr_lr: float,
-                        momentum: float, extra_rates: dict[str, float] | None = None,
+def make_meta_optimizer(meta_lr_images: float, meta_lr_text: float,
+                        meta_lr_rates: float, momentum: float, extra_rates: dict[str, float] | None = None,
                         optimizer: str = "sgd") -> optax.GradientTransformation:
   """One rate per synthetic-set part, with SGD, normalised SGD or Adam.
 
@@ -190,7 +190,8 @@ def make_meta_optimizer(lr_images: float, lr_text: float, lr_lr: float,
   if optimizer not in META_OPTIMIZERS:
     raise ValueError(f"distill.meta_optimizer={optimizer!r}: expected one of "
                      f"{META_OPTIMIZERS}.")
-  rates = {"images": lr_images, "text": lr_text, "log_lr": lr_lr, **(extra_rates or {})}
+  rates = {"images": meta_lr_images, "text": meta_lr_text, "log_lr": meta_lr_rates,
+           **(extra_rates or {})}
   makers = {
       "sgd": lambda rate: optax.sgd(rate, momentum=momentum),
       "normalized": lambda rate: optax.chain(_normalize_rms(),

@@ -76,7 +76,7 @@ class LowRankSimilarity(Plain):
   the soft targets of the student loss (`similarity.py`). With
   `similarity_loss="sigmoid"` the set also learns the bias of SigLIP's loss."""
   name = "lowrank"
-  fields = ("similarity_rank", "similarity_alpha", "lr_similarity", "similarity_loss")
+  fields = ("similarity_rank", "similarity_alpha", "meta_lr_similarity", "similarity_loss")
   # LoRS's default (WBCE), the soft-target InfoNCE, which equals the plain loss
   # while S is the identity, and SigLIP's sigmoid loss with a learned bias.
   LOSSES = ("wbce", "softmax", "sigmoid")
@@ -97,8 +97,8 @@ class LowRankSimilarity(Plain):
 
   def rates(self):
     # The bias moves at S's rate: one scalar next to S's N (1 + 2 rank) floats.
-    return {"sim": self.cfg.lr_similarity,
-            **({"bias": self.cfg.lr_similarity} if self.sigmoid else {})}
+    return {"sim": self.cfg.meta_lr_similarity,
+            **({"bias": self.cfg.meta_lr_similarity} if self.sigmoid else {})}
 
   def targets(self, syn, rows):
     block = similarity.targets(syn["sim"], rows, self.cfg.similarity_alpha)

@@ -64,9 +64,15 @@ def flatten(nested: dict, ignore: tuple[str, ...] = ()) -> dict:
 ADDED = {"distill.gradient": "exact", "evaluate.student": "same"}
 
 
+def _current_names(saved: dict) -> dict:
+  return {config_lib.RENAMED.get(k, k): v for k, v in saved.items()}
+
+
 def differences(saved: dict, wanted: dict) -> list[str]:
   """Sorted fields whose saved and wanted values differ (or that only one has;
-  an `ADDED` field missing from `saved` counts as its old-behaviour value)."""
+  an `ADDED` field missing from `saved` counts as its old-behaviour value, and a
+  field saved under its old name (`config_lib.RENAMED`) as the new one)."""
+  saved = _current_names(saved)
   saved = {**{k: v for k, v in ADDED.items() if k in wanted}, **saved}
   return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
 
@@ -78,6 +84,7 @@ def check(saved: dict, wanted: dict, what: str, remedy: str,
   Returns the differing fields that `allowed` lets through (the caller acts on
   them, e.g. distilling further).
   """
+  saved = _current_names(saved)
   differ = differences(saved, wanted)
   refused = [k for k in differ if k not in allowed]
   if refused:

@@ -42,7 +42,7 @@ def _compile_times(cache: str) -> dict:
   step = trainer.make_train_step(loss, tx)
   batch = config.evaluate.batch_size
   args = (student.trainable, tx.init(student.trainable), student.frozen,
-          jnp.asarray(syn["images"][:batch]), jnp.asarray(syn["text"][:batch]), key)
+          jnp.asarray(syn["images"][:batch]), jnp.asarray(syn["text_emb"][:batch]), key)
   start = time.perf_counter()
   step.lower(*args).compile()
   return {"syn_steps": 8, "meta_step_trace_s": round(trace_s, 2),

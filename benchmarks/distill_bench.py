@@ -74,7 +74,7 @@ def measure(syn_steps: int, remat: bool, iterations: int) -> dict:
   step = jax.jit(matching.make_student_step(student.apply_fn, student.trainable,
                                             objectives.Plain(), cfg.augment))
   batch = (jnp.asarray(syn["images"][:cfg.batch_size]),
-           jnp.asarray(syn["text"][:cfg.batch_size]), jnp.exp(syn["log_lr"]))
+           jnp.asarray(syn["text_emb"][:cfg.batch_size]), jnp.exp(syn["log_lr"]))
   step_fn = lambda: step(student.trainable, student.frozen, *batch, key)
   step_fn()
   step_s, _ = _median_time(step_fn, 30)

@@ -32,7 +32,7 @@ def build(syn_steps: int, remat: bool = True, augment: bool | None = None,
   rng = np.random.default_rng(0)
   text = rng.standard_normal((cfg.num_pairs, 384)).astype(np.float32)
   syn = {"images": rng.standard_normal((cfg.num_pairs, 32, 32, 3)).astype(np.float32),
-         "text": text / np.linalg.norm(text, axis=1, keepdims=True),
+         "text_emb": text / np.linalg.norm(text, axis=1, keepdims=True),
          "log_lr": np.full(2, np.log(config.experts.lr), np.float32),
          **jax.device_get(objective.init(cfg.num_pairs, jax.random.key(2)))}
   starts = jax.tree.map(lambda x: x[None], student.trainable)

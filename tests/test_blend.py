@@ -53,7 +53,7 @@ def _check_central_differences(loss, syn):
   """The gradient of `loss` along a random direction of each part of the set
   against central differences (float64)."""
   grad = jax.grad(loss)(syn)
-  for part in ("images", "text", "log_lr"):
+  for part in ("images", "text_emb", "log_lr"):
     direction = jax.random.normal(jax.random.key(5), syn[part].shape, jnp.float64)
     h = 1e-5
     numeric = (loss({**syn, part: syn[part] + h * direction}) -
@@ -166,6 +166,7 @@ def test_a_non_finite_stop_names_the_objectives_own_rates():
   lowrank = objectives.build(ml_collections.ConfigDict(dict(
       objective="lowrank", similarity_rank=2, similarity_alpha=1.0, meta_lr_similarity=1.0,
       similarity_loss="wbce")))
-  with pytest.raises(FloatingPointError, match=r"distill\.meta_lr_rates, distill\.meta_lr_similarity\)"):
+  with pytest.raises(FloatingPointError,
+                     match=r"distill\.meta_lr_rates, distill\.meta_lr_similarity\)"):
     distill._stop_if_non_finite({"first_bad": 64}, "out", NoCheckpoint(), lowrank)
   distill._stop_if_non_finite({"first_bad": -1}, "out", NoCheckpoint(), lowrank)

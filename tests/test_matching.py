@@ -40,7 +40,7 @@ def _problem(dtype, n=6):
   target = _perturb(start, jax.random.key(2), 0.05)
   k1, k2 = jax.random.split(jax.random.key(3))
   syn = {"images": jax.random.normal(k1, (n,) + IMAGE, dtype),
-         "text": jax.random.normal(k2, (n, TEXT_DIM), dtype),
+         "text_emb": jax.random.normal(k2, (n, TEXT_DIM), dtype),
          "log_lr": jnp.log(jnp.array([0.1, 0.2], dtype))}
   return apply_fn, trainable, frozen, start, target, syn
 
@@ -52,7 +52,7 @@ def test_meta_gradient_matches_central_differences():
     loss = jax.jit(lambda s: matching.make_matching_loss(apply_fn, trainable, cfg)(
         s, start, target, frozen, jax.random.key(4)))
     grad = jax.grad(loss)(syn)
-    for part in ("images", "text", "log_lr"):
+    for part in ("images", "text_emb", "log_lr"):
       direction = jax.random.normal(jax.random.key(5), syn[part].shape, jnp.float64)
       h = 1e-5
       plus = loss({**syn, part: syn[part] + h * direction})
@@ -66,11 +66,11 @@ def test_meta_gradient_matches_central_differences():
 def _python_unrolled_loss(apply_fn, trainable, cfg, syn, start, target, frozen, key):
   step = matching.make_student_step(apply_fn, trainable, objectives.Plain(), cfg.augment)
   k_batches, k_steps = jax.random.split(key)
-  batches = matching.minibatch_indices(k_batches, syn["text"].shape[0], cfg.syn_steps,
+  batches = matching.minibatch_indices(k_batches, syn["text_emb"].shape[0], cfg.syn_steps,
                                        cfg.batch_size)
   params = start
   for rows, k in zip(batches, jax.random.split(k_steps, cfg.syn_steps)):
-    params = step(params, frozen, syn["images"][rows], syn["text"][rows],
+    params = step(params, frozen, syn["images"][rows], syn["text_emb"][rows],
                   jnp.exp(syn["log_lr"]), k)
   dist = lambda a, b: sum(jnp.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(a),
                                                                jax.tree.leaves(b)))
@@ -150,7 +150,7 @@ def test_meta_step_moves_the_set_and_guards_non_finite():
     np.testing.assert_array_equal(state["syn"][part], good[part], err_msg=part)
 
 
-META_RATES = {"images": 1e-2, "text": 1e-3, "log_lr": 1e-1}
+META_RATES = {"images": 1e-2, "text_emb": 1e-3, "log_lr": 1e-1}
 
 
 def _first_meta_step(optimizer: str, momentum: float) -> tuple[dict, dict]:
@@ -158,7 +158,7 @@ def _first_meta_step(optimizer: str, momentum: float) -> tuple[dict, dict]:
   step with `optimizer` at `META_RATES`, over a meta batch of two draws."""
   apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float32)
   cfg = matching.UnrollConfig(syn_steps=2, batch_size=4, augment=False)
-  tx = matching.make_meta_optimizer(META_RATES["images"], META_RATES["text"],
+  tx = matching.make_meta_optimizer(META_RATES["images"], META_RATES["text_emb"],
                                     META_RATES["log_lr"], momentum=momentum,
                                     optimizer=optimizer)
   loss = matching.make_matching_loss(apply_fn, trainable, cfg)
@@ -267,7 +267,7 @@ def test_meta_gradient_reaches_the_similarity_factors():
 def test_train_step_trains_against_given_similarity_targets():
   apply_fn, trainable, frozen, _, _, syn = _problem(jnp.float32)
   tx = trainer.make_optimizer(0.1)
-  images, text = syn["images"][:4], syn["text"][:4]
+  images, text = syn["images"][:4], syn["text_emb"][:4]
   run = lambda objective, *targets: float(trainer.make_train_step(
       trainer.student_loss(apply_fn, objective), tx)(
           jax.tree.map(jnp.copy, trainable), tx.init(trainable), frozen, images, text,
@@ -300,12 +300,12 @@ def test_init_synthetic_from_real_pairs_their_caption_mean_or_noise():
   np.testing.assert_allclose(real["images"], trainer.to_model_space(train.images[rows]),
                              atol=1e-6)
   for i, row in enumerate(rows):  # One of its own captions / their mean, unit norm.
-    assert any(np.array_equal(real["text"][i], c) for c in text_emb[row])
+    assert any(np.array_equal(real["text_emb"][i], c) for c in text_emb[row])
     centre = text_emb[row].mean(axis=0)
-    np.testing.assert_allclose(mean["text"][i], centre / np.linalg.norm(centre), rtol=1e-5)
+    np.testing.assert_allclose(mean["text_emb"][i], centre / np.linalg.norm(centre), rtol=1e-5)
   np.testing.assert_allclose(real["log_lr"], np.log([0.1, 0.1]))
   noise, _ = matching.init_synthetic(train, 4, "noise", 0.1, seed=0)
-  np.testing.assert_allclose(np.linalg.norm(noise["text"], axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(noise["text_emb"], axis=-1), 1.0, rtol=1e-5)
   with pytest.raises(ValueError, match="distill.init='mean'"):
     matching.init_synthetic(train, 4, "mean", 0.1, seed=0)
 
@@ -329,10 +329,10 @@ def test_first_order_gradient_is_exact_for_one_step_and_drops_cross_step_terms()
     # and v = dL/dtheta_N, the gradient is sum_i d/dsyn <v, step_i(theta_i fixed, syn)>.
     step = matching.make_student_step(apply_fn, trainable, objectives.Plain(), True)
     k_batches, k_steps = jax.random.split(key)
-    batches = matching.minibatch_indices(k_batches, syn["text"].shape[0], 3, 4)
+    batches = matching.minibatch_indices(k_batches, syn["text_emb"].shape[0], 3, 4)
     keys = jax.random.split(k_steps, 3)
     take = lambda s, rows, k, params: step(params, frozen, s["images"][rows],
-                                            s["text"][rows], jnp.exp(s["log_lr"]), k)
+                                            s["text_emb"][rows], jnp.exp(s["log_lr"]), k)
     thetas = [start]
     for rows, k in zip(batches, keys):
       thetas.append(take(syn, rows, k, thetas[-1]))
@@ -376,7 +376,7 @@ def test_sigmoid_objective_learns_its_bias_and_evaluates_with_it():
   tx = trainer.make_optimizer(0.1)
   step = trainer.make_train_step(trainer.student_loss(apply_fn, sigmoid), tx)
   run = lambda bias: float(step(jax.tree.map(jnp.copy, trainable), tx.init(trainable),
-                                frozen, syn32["images"][:4], syn32["text"][:4],
+                                frozen, syn32["images"][:4], syn32["text_emb"][:4],
                                 jax.random.key(0),
                                 {"sim": jnp.eye(4), "bias": jnp.float32(bias)})[2])
   assert np.isfinite(run(-7.5)) and run(-7.5) != pytest.approx(run(0.0), rel=1e-3)

@@ -143,16 +143,34 @@ def _digest(state: dict) -> str:
   return trajectories.digest(jax.tree.map(parallel.to_host, state))
 
 
+def _renamed(tree, old: str, new: str):
+  """`tree` with every dict key `old` (a part of the set, in `syn` and in the
+  optimizer state's per-part entries) called `new`."""
+  if isinstance(tree, dict):
+    return {new if k == old else k: _renamed(v, old, new) for k, v in tree.items()}
+  if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # optax states.
+    return type(tree)(*(_renamed(v, old, new) for v in tree))
+  if isinstance(tree, (list, tuple)):
+    return type(tree)(_renamed(v, old, new) for v in tree)
+  return tree
+
+
 def _restore(mngr: ocp.CheckpointManager, like: dict, out: str) -> tuple[dict, list[dict]]:
   """(state, history) of the latest checkpoint, checked against the checksum
   saved with it (checkpoints from before it have none)."""
   where = f"{out}/ckpt/{mngr.latest_step()}"
   remedy = ("Delete that folder and rerun: distillation resumes from the checkpoint "
             "before it, or starts again.")
+  restore = lambda like: mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(like), history=ocp.args.JsonRestore()))
   try:
-    restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(like), history=ocp.args.JsonRestore()))
+    restored = restore(like)
   except Exception as e:  # Orbax/TensorStore/JSON errors name neither file nor fix.
+    try:  # Saved before the set's text part was renamed "text_emb" (and checksums).
+      restored = restore(_renamed(like, "text_emb", "text"))
+      return _renamed(restored.state, "text", "text_emb"), list(restored.history)
+    except Exception:
+      pass
     raise ValueError(f"{where} cannot be read ({type(e).__name__}: {e}). {remedy}") from e
   record = restored.history
   if isinstance(record, list):  # Saved before checksums.
@@ -300,7 +318,7 @@ def _stop_if_non_finite(state: dict, out: str, mngr: ocp.CheckpointManager,
     where = (f"the last good checkpoint ({out}/ckpt/{mngr.latest_step()}) is kept; "
              "to retry with other settings, move that folder away first")
   rates = ["distill.meta_lr_images", "distill.meta_lr_text", "distill.meta_lr_rates"] + [
-      f"distill.{f}" for f in objective.fields if f.startswith("lr_")]
+      f"distill.{f}" for f in objective.fields if f.startswith("meta_lr_")]
   raise FloatingPointError(
       f"Distillation hit a non-finite loss or gradient at iteration {first_bad}; "
       f"{where}. Likely culprits: meta rates too large ({', '.join(rates)}), or "
@@ -341,7 +359,7 @@ def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.
   if jax.process_index():
     return
   real = train.text_emb.reshape(-1, train.text_emb.shape[-1])
-  unit_text = syn["text"] / np.linalg.norm(syn["text"], axis=-1, keepdims=True)
+  unit_text = syn["text_emb"] / np.linalg.norm(syn["text_emb"], axis=-1, keepdims=True)
   cosine = unit_text @ real.T
   nearest = cosine.argmax(axis=1)
   flat_captions = [c for cs in train.captions for c in cs]
@@ -351,7 +369,7 @@ def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.
   # (model-space pixels span [-1, 1]; text embeddings have unit norm).
   start_images = np.asarray(trainer.to_model_space(train.images[rows]))
   image_change = float(np.sqrt(np.mean((syn["images"] - start_images) ** 2)))
-  arrays = dict(images=syn["images"], images_uint8=images_uint8, text_emb=syn["text"],
+  arrays = dict(images=syn["images"], images_uint8=images_uint8, text_emb=syn["text_emb"],
                 lr_image=np.exp(syn["log_lr"][0]), lr_text=np.exp(syn["log_lr"][1]),
                 init_rows=rows, nearest_caption=np.asarray(nearest_captions),
                 nearest_cosine=cosine.max(axis=1), image_change_rms=image_change,

@@ -1,6 +1,6 @@
 """Synthetic-set state, the trajectory-matching loss and the jitted meta step.
 
-A synthetic set is `{"images": [N, H, W, C] model-space floats, "text": [N, D]
+A synthetic set is `{"images": [N, H, W, C] model-space floats, "text_emb": [N, D]
 frozen-encoder embeddings, "log_lr": [2] (image side, text side)}`, plus the
 parts its objective learns (`objectives.py`, e.g. LoRS's similarity factors,
 whose minibatch blocks are the student loss's soft targets). From an
@@ -75,7 +75,7 @@ def init_synthetic(train: Split, num_pairs: int, init: str, lr_init: float,
   if init != "real":  # Real captions' embeddings have unit norm already.
     text = text / np.linalg.norm(text, axis=-1, keepdims=True)
   log_lr = np.full(len(LR_SIDES), np.log(lr_init), np.float32)
-  return {"images": images, "text": text, "log_lr": log_lr}, rows
+  return {"images": images, "text_emb": text, "log_lr": log_lr}, rows
 
 
 def minibatch_indices(key: jax.Array, num_pairs: int, steps: int,
@@ -140,7 +140,7 @@ def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfi
 
   def loss(syn, start, target, frozen, key):
     k_batches, k_steps = jax.random.split(key)
-    batches = minibatch_indices(k_batches, syn["text"].shape[0], cfg.syn_steps,
+    batches = minibatch_indices(k_batches, syn["text_emb"].shape[0], cfg.syn_steps,
                                 cfg.batch_size)
     step_keys = jax.random.split(k_steps, cfg.syn_steps)
     lrs = jnp.exp(syn["log_lr"])
@@ -152,7 +152,7 @@ def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfi
     def body(params, xs):
       rows, x, k = xs
       x = syn["images"][rows] if x is None else x
-      return step(params, frozen, x, syn["text"][rows], lrs, k,
+      return step(params, frozen, x, syn["text_emb"][rows], lrs, k,
                   objective.targets(syn, rows)), None
 
     if cfg.remat:
@@ -190,7 +190,7 @@ def make_meta_optimizer(meta_lr_images: float, meta_lr_text: float,
   if optimizer not in META_OPTIMIZERS:
     raise ValueError(f"distill.meta_optimizer={optimizer!r}: expected one of "
                      f"{META_OPTIMIZERS}.")
-  rates = {"images": meta_lr_images, "text": meta_lr_text, "log_lr": meta_lr_rates,
+  rates = {"images": meta_lr_images, "text_emb": meta_lr_text, "log_lr": meta_lr_rates,
            **(extra_rates or {})}
   makers = {
       "sgd": lambda rate: optax.sgd(rate, momentum=momentum),

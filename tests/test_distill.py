@@ -315,8 +315,8 @@ def test_a_diverged_student_is_reported_without_losing_the_other_rows(distilled)
   config, workdir = distilled
   test = input_pipeline.load_split(config, workdir, "test")
   data = synthetic.load(workdir, 8)
-  rows = [evaluate.evaluate_pairs(config, workdir, name, data["images"], data["text_emb"],
-                                  lr, lr, test, None)
+  rows = [evaluate.evaluate_pairs(config, workdir, name, evaluate.Pairs(
+               data["images"], data["text_emb"], lr, lr), test, None)
           for name, lr in (("huge_lr", 1e30), ("sane_lr", 0.1))]
   assert rows[0]["diverged"] == config.evaluate.seeds and rows[0]["tr@1"] is None
   assert rows[1]["diverged"] == 0 and 0 <= rows[1]["tr@1"] <= 100

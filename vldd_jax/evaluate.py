@@ -8,8 +8,10 @@ validation r_mean; `"best_test_lors"` the best of the per-epoch test
 evaluations, as LoRS reports (optimistic: it selects on test, and is labelled
 so in every output).
 """
+import dataclasses
 import json
 import os
+from typing import Any
 
 import jax
 import ml_collections
@@ -34,6 +36,19 @@ REPORTS = ("final", "best_val", "best_test_lors")
 SPLITS = ("test", "val")
 RECALL_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
 RESULTS = "results.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+  """What a student trains on, from any provider (a distilled set, a saved
+  file, a coreset): pairs, the SGD rates of the image and text sides, and the
+  objective whose student loss it trains with, with the set's learned targets."""
+  images: np.ndarray  # [N, H, W, C] uint8 or model-space floats.
+  text_emb: np.ndarray  # [N, D] or [N, captions, D].
+  lr_image: float
+  lr_text: float
+  objective: objectives.Plain = dataclasses.field(default_factory=objectives.Plain)
+  targets: Any = None  # `Objective.eval_targets` of the set; None: plain pairs.
 
 
 def methods() -> tuple[str, ...]:
@@ -168,22 +183,20 @@ def format_cell(row: dict, key: str) -> str:
 
 
 def evaluate_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
-                   images: np.ndarray, text_emb: np.ndarray, lr_image: float,
-                   lr_text: float, test: input_pipeline.Split,
-                   val: input_pipeline.Split | None, budget: int | None = None,
-                   objective: objectives.Plain | None = None,
-                   targets: np.ndarray | None = None) -> dict:
+                   pairs: Pairs, test: input_pipeline.Split,
+                   val: input_pipeline.Split | None, budget: int | None = None) -> dict:
   """`train_and_evaluate` over `config.evaluate.seeds` seeds, as one row.
 
   `budget` (default: the number of pairs) labels the row; it differs when what
   the objective learned takes part of the storage.
   """
-  recalls = [train_and_evaluate(config, workdir, images, text_emb, lr_image=lr_image,
-                                lr_text=lr_text, seed=1000 + s, test=test, val=val,
-                                objective=objective, targets=targets)
+  recalls = [train_and_evaluate(config, workdir, pairs.images, pairs.text_emb,
+                                lr_image=pairs.lr_image, lr_text=pairs.lr_text,
+                                seed=1000 + s, test=test, val=val,
+                                objective=pairs.objective, targets=pairs.targets)
              for s in range(config.evaluate.seeds)]
-  row = summarize(method, budget or len(images), recalls, config.evaluate.report)
-  row["pairs"] = len(images)
+  row = summarize(method, budget or len(pairs.images), recalls, config.evaluate.report)
+  row["pairs"] = len(pairs.images)
   logging.info("%s: %s", method, row)
   return row
 
@@ -202,23 +215,39 @@ def distilled_config(config: ml_collections.ConfigDict, method: str, budget: int
   return out
 
 
+def method_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
+                 budget: int, selector: coreset.Selector,
+                 split: input_pipeline.Split) -> Pairs:
+  """The pairs of a `method` row at `budget`: this workdir's distilled set (its
+  learned rates and targets; it must exist: stage `distill`, or `compare` and
+  `pipeline`, which make missing ones), or a coreset at `evaluate.lr`. `split`
+  sizes what a set's objective stores (`storage_fair_pairs`)."""
+  set_config = distilled_config(config, method, budget, split)
+  if set_config is None:
+    images, text_emb = selector.select(method, budget)
+    return Pairs(images, text_emb, config.evaluate.lr, config.evaluate.lr)
+  objective = objectives.build(set_config.distill)
+  syn = synthetic.load(workdir, set_config.distill.num_pairs, objective.name)
+  return Pairs(syn["images"], syn["text_emb"], float(syn["lr_image"]),
+               float(syn["lr_text"]), objective, objective.eval_targets(syn))
+
+
+def file_pairs(config: ml_collections.ConfigDict, path: str) -> Pairs:
+  """The pairs of a saved set of any workdir (`evaluate.distilled_path`), with
+  its learned rates and its objective, checked against this config's data."""
+  distilled = synthetic.load_distilled(path)
+  check_compatible(distilled, config, path)
+  objective = objectives.build(ml_collections.ConfigDict(distilled.provenance["distill"]))
+  return Pairs(distilled.images, distilled.text_emb, distilled.lr_image,
+               distilled.lr_text, objective, objective.eval_targets(distilled.arrays))
+
+
 def method_row(config: ml_collections.ConfigDict, workdir: str, method: str,
                budget: int, selector: coreset.Selector, test: input_pipeline.Split,
                val: input_pipeline.Split | None) -> dict:
-  """One row: a distilled set of `budget` (with its learned rates and targets),
-  or a coreset. The distilled set must exist (stage `distill`, or `compare` and
-  `pipeline`, which make missing ones)."""
-  set_config = distilled_config(config, method, budget, test)
-  if set_config is not None:
-    objective = objectives.build(set_config.distill)
-    syn = synthetic.load(workdir, set_config.distill.num_pairs, objective.name)
-    return evaluate_pairs(config, workdir, method, syn["images"], syn["text_emb"],
-                          float(syn["lr_image"]), float(syn["lr_text"]), test, val,
-                          budget=budget, objective=objective,
-                          targets=objective.eval_targets(syn))
-  images, text_emb = selector.select(method, budget)
-  lr = config.evaluate.lr
-  return evaluate_pairs(config, workdir, method, images, text_emb, lr, lr, test, val)
+  """One row: the pairs `method_pairs` gives, scored as every other row."""
+  pairs = method_pairs(config, workdir, method, budget, selector, test)
+  return evaluate_pairs(config, workdir, method, pairs, test, val, budget=budget)
 
 
 def full_data_row(config: ml_collections.ConfigDict, workdir: str,
@@ -294,15 +323,9 @@ def check_compatible(distilled: synthetic.DistilledSet, config: ml_collections.C
 
 def file_row(config: ml_collections.ConfigDict, workdir: str, path: str,
              test: input_pipeline.Split, val: input_pipeline.Split | None) -> dict:
-  """A row for a saved set of any workdir (`evaluate.distilled_path`), trained
-  with its learned rates and its objective's student loss."""
-  distilled = synthetic.load_distilled(path)
-  check_compatible(distilled, config, path)
-  objective = objectives.build(ml_collections.ConfigDict(distilled.provenance["distill"]))
-  return evaluate_pairs(config, workdir, f"distilled ({path})", distilled.images,
-                        distilled.text_emb, distilled.lr_image, distilled.lr_text, test,
-                        val, objective=objective,
-                        targets=objective.eval_targets(distilled.arrays))
+  """A row for a saved set of any workdir (`evaluate.distilled_path`)."""
+  return evaluate_pairs(config, workdir, f"distilled ({path})", file_pairs(config, path),
+                        test, val)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import shutil
 
 import jax
 import pytest
@@ -15,9 +16,12 @@ from vldd_jax import synthetic
 from conftest import tiny_config
 
 
-def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, monkeypatch,
-                                                                caplog):
-  config, workdir = trained
+def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, tmp_path,
+                                                                monkeypatch, caplog):
+  config, shared = trained
+  workdir = str(tmp_path / "work")  # Sets other tests left in `shared` would be reused.
+  for folder in ("pretrain", "experts"):
+    shutil.copytree(os.path.join(shared, folder), os.path.join(workdir, folder))
   config = config.copy_and_resolve_references()
   config.evaluate.methods = evaluate.methods()
   with jax.log_compiles(), caplog.at_level(logging.WARNING):

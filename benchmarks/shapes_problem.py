@@ -40,8 +40,9 @@ def build(syn_steps: int, remat: bool = True, augment: bool | None = None,
   unroll = matching.UnrollConfig(
       syn_steps, cfg.batch_size, cfg.augment if augment is None else augment,
       cfg.augment_per_image, remat=remat, hoist_tower=hoist_tower, first_order=first_order)
-  tx = matching.make_meta_optimizer(cfg.meta_lr_images, cfg.meta_lr_text, cfg.meta_lr_rates, cfg.momentum,
-                                    objective.rates(), cfg.meta_optimizer)
+  tx = matching.make_meta_optimizer(cfg.meta_lr_images, cfg.meta_lr_text,
+                                    cfg.meta_lr_rates, cfg.momentum, objective.rates(),
+                                    cfg.meta_optimizer)
   with (mock.patch.object(compile_options, "compiler_options", lambda: None)
         if xla_defaults else contextlib.nullcontext()):
     meta_step = matching.make_meta_step(student.apply_fn, student.trainable, unroll, tx,

@@ -73,7 +73,8 @@ def test_nonsense_settings_are_refused_before_anything_is_written(tmp_path, fiel
   config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
   section, name = field.split(".")
   config[section][name] = value
-  with pytest.raises(ValueError, match=rf"Invalid config: {field}={re.escape(repr(value))}: expected"):
+  with pytest.raises(ValueError,
+                     match=rf"Invalid config: {field}={re.escape(repr(value))}: expected"):
     stages.run(config, str(tmp_path / "work"))
   assert not (tmp_path / "work").exists()
 

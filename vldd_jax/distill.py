@@ -139,10 +139,6 @@ def _checkpoint_manager(out: str) -> ocp.CheckpointManager:
                      "history": ocp.JsonCheckpointHandler()})
 
 
-def _digest(state: dict) -> str:
-  return trajectories.digest(jax.tree.map(parallel.to_host, state))
-
-
 def _renamed(tree, old: str, new: str):
   """`tree` with every dict key `old` (a part of the set, in `syn` and in the
   optimizer state's per-part entries) called `new`."""
@@ -175,7 +171,7 @@ def _restore(mngr: ocp.CheckpointManager, like: dict, out: str) -> tuple[dict, l
   record = restored.history
   if isinstance(record, list):  # Saved before checksums.
     return restored.state, record
-  if _digest(restored.state) != record["state_sha256"]:
+  if trajectories.digest(restored.state) != record["state_sha256"]:
     raise ValueError(f"{where}: the set does not match the checksum recorded when it "
                      f"was saved (a damaged file). {remedy}")
   return restored.state, list(record["history"])
@@ -217,8 +213,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                  cfg.augment, cfg.augment_per_image,
                                  hoist_tower=cfg.hoist_tower,
                                  first_order=cfg.gradient == "first_order")
-  tx = matching.make_meta_optimizer(cfg.meta_lr_images, cfg.meta_lr_text, cfg.meta_lr_rates, cfg.momentum,
-                                    objective.rates(), cfg.meta_optimizer)
+  tx = matching.make_meta_optimizer(cfg.meta_lr_images, cfg.meta_lr_text,
+                                    cfg.meta_lr_rates, cfg.momentum, objective.rates(),
+                                    cfg.meta_optimizer)
   meta_step = matching.make_meta_step(apply_fn, trainable_like, unroll, tx, objective,
                                       make_feature_fn(model))
   syn, rows = matching.init_synthetic(train, cfg.num_pairs, cfg.init,
@@ -277,7 +274,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
           # leaves nothing that blocks a corrected rerun. A finished set keeps
           # its settings until its longer result replaces it, below.
           jsonfile.write(os.path.join(out, SETTINGS), settings(config, len(experts)))
-        record = {"history": history, "state_sha256": _digest(state)}
+        record = {"history": history, "state_sha256": trajectories.digest(state)}
         mngr.save(it + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   history=ocp.args.JsonSave(record)))
     mngr.wait_until_finished()

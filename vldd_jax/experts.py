@@ -55,11 +55,6 @@ def _history(mngr: ocp.CheckpointManager, last: int) -> list[dict]:
   return history
 
 
-def _digest(trainable: dict) -> str:
-  """What `trajectories.load_params` checks the saved parameters against."""
-  return trajectories.digest(jax.tree.map(parallel.to_host, trainable))
-
-
 def _rounded(recall: dict[str, float]) -> dict[str, float]:
   return {k: round(v, 2) for k, v in recall.items()}
 
@@ -115,7 +110,7 @@ def _train_expert(config, workdir, expert, student, tx, train_step, embedder,
     if last is None:
       metrics = {"epoch": 0, "val": _rounded(trainer.evaluate_retrieval(
           embedder, trainable, frozen, val)), "seconds": 0.0,
-                 "params_sha256": _digest(trainable)}
+                 "params_sha256": trajectories.digest(trainable)}
       _save(mngr, 0, dict(params=trainable, opt_state=opt_state, frozen=frozen,
                           metrics=metrics))
       last = 0
@@ -136,7 +131,8 @@ def _train_expert(config, workdir, expert, student, tx, train_step, embedder,
       recall = _rounded(trainer.evaluate_retrieval(embedder, trainable, frozen, val))
       metrics = {"epoch": epoch, "loss": round(loss, 5), "val": recall,
                  "in_batch_accuracy": round(100 * float(np.mean(correct[correct >= 0])), 2),
-                 "seconds": round(time.time() - t0, 2), "params_sha256": _digest(trainable)}
+                 "seconds": round(time.time() - t0, 2),
+                 "params_sha256": trajectories.digest(trainable)}
       _save(mngr, epoch, dict(params=trainable, opt_state=opt_state, correct=correct,
                               metrics=metrics))
       history.append(metrics)

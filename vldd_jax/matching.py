@@ -173,7 +173,8 @@ def _normalize_rms() -> optax.GradientTransformation:
 
 
 def make_meta_optimizer(meta_lr_images: float, meta_lr_text: float,
-                        meta_lr_rates: float, momentum: float, extra_rates: dict[str, float] | None = None,
+                        meta_lr_rates: float, momentum: float,
+                        extra_rates: dict[str, float] | None = None,
                         optimizer: str = "sgd") -> optax.GradientTransformation:
   """One rate per synthetic-set part, with SGD, normalised SGD or Adam.
 

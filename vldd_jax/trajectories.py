@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vldd_jax import jsonfile
+from vldd_jax import parallel
 from vldd_jax import provenance
 
 MANIFEST = "manifest.json"
@@ -40,9 +41,8 @@ RETRAIN_EPOCH = ("Delete that epoch's folder and rerun --config.stage=experts: i
                  "that expert again from the epoch before (the same trajectory).")
 
 
-def checkpoint_manager(workdir: str, expert: int) -> ocp.CheckpointManager:
-  """The manager of one expert's checkpoints; every epoch is kept. Raises naming
-  the file when an epoch's metrics (which Orbax reads on creation) are damaged."""
+def _check_metrics(workdir: str, expert: int) -> None:
+  """Raises naming the first epoch's `metrics` file that is not valid JSON."""
   for epoch in saved_epochs(workdir, expert):
     path = os.path.join(expert_dir(workdir, expert), "ckpt", str(epoch), "metrics", "metrics")
     try:
@@ -53,11 +53,20 @@ def checkpoint_manager(workdir: str, expert: int) -> ocp.CheckpointManager:
     except ValueError as e:
       raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}). "
                        f"{RETRAIN_EPOCH}") from e
+
+
+def checkpoint_manager(workdir: str, expert: int) -> ocp.CheckpointManager:
+  """The manager of one expert's checkpoints; every epoch is kept. Raises naming
+  the file when an epoch's metrics (which Orbax reads on creation) are damaged."""
   options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True)
   handlers = {name: ocp.StandardCheckpointHandler() for name in _ARRAY_ITEMS}
   handlers["metrics"] = ocp.JsonCheckpointHandler()
-  return ocp.CheckpointManager(os.path.join(expert_dir(workdir, expert), "ckpt"),
-                               options=options, item_handlers=handlers)
+  try:
+    return ocp.CheckpointManager(os.path.join(expert_dir(workdir, expert), "ckpt"),
+                                 options=options, item_handlers=handlers)
+  except Exception:
+    _check_metrics(workdir, expert)  # Names a damaged file; else the error is Orbax's.
+    raise
 
 
 def _restore_item(mngr: ocp.CheckpointManager, epoch: int, name: str):
@@ -153,13 +162,14 @@ def _key_name(key) -> str:
 
 
 def digest(tree) -> str:
-  """SHA-256 of a pytree's leaf paths ("img/lora_a"), dtypes, shapes and bytes
-  (host arrays)."""
+  """SHA-256 of a pytree's leaf paths ("img/lora_a"), dtypes, shapes and bytes;
+  device arrays are gathered to the host first (`parallel.to_host`)."""
   leaves = {"/".join(map(_key_name, path)): leaf
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
   sha = hashlib.sha256()
   for path, leaf in sorted(leaves.items()):
-    leaf = np.ascontiguousarray(leaf)
+    leaf = np.ascontiguousarray(parallel.to_host(leaf) if isinstance(leaf, jax.Array)
+                                else leaf)
     sha.update(f"{path}:{leaf.dtype}:{leaf.shape};".encode())
     sha.update(leaf.tobytes())
   return sha.hexdigest()
@@ -177,7 +187,7 @@ def load_params(workdir: str, expert: int, epoch: int) -> dict:
     params = _restore_item(mngr, epoch, "params")
   recorded = [h.get("params_sha256") for h in (read_manifest(workdir, expert) or {}).get(
       "history", []) if h["epoch"] == epoch]
-  if recorded and recorded[0] and digest(jax.device_get(params)) != recorded[0]:
+  if recorded and recorded[0] and digest(params) != recorded[0]:
     raise ValueError(f"{expert_dir(workdir, expert)}/ckpt/{epoch}: the parameters do not "
                      "match the checksum recorded when they were saved (a damaged file). "
                      f"{RETRAIN_EPOCH}")

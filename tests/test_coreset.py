@@ -86,3 +86,37 @@ def test_random_selection_is_distinct_and_seeded():
   assert caps.min() >= 0 and caps.max() < 5
   np.testing.assert_array_equal(coreset.random_selection(50, 5, 20, seed=1)[0], rows)
   assert not np.array_equal(coreset.random_selection(50, 5, 20, seed=2)[0], rows)
+
+
+def test_easy_takes_pairs_every_expert_found_before_any_other():
+  rng = np.random.default_rng(0)
+  correct = rng.choice(np.array([-1, 0, 1], np.int8), size=(3, 60), p=[0.1, 0.3, 0.6])
+  all_found = set(np.flatnonzero((correct == 1).all(axis=0)).tolist())
+  assert 0 < len(all_found) < 30
+  rows, caps = coreset.easy(correct, 5, len(all_found), seed=0)
+  assert set(rows.tolist()) == all_found and caps.min() >= 0 and caps.max() < 5
+  # Past the pairs all experts found come those two of three found.
+  more, _ = coreset.easy(correct, 5, len(all_found) + 4, seed=0)
+  found = (correct == 1).sum(axis=0)
+  assert found[more[len(all_found):]].tolist() == [2] * 4
+  # Ties among them are broken by the seed, reproducibly.
+  subset = lambda seed: set(coreset.easy(correct, 5, 5, seed)[0].tolist())
+  assert subset(0) == subset(0) and subset(0) <= all_found
+  assert any(subset(s) != subset(0) for s in range(1, 6))
+
+
+def test_easy_reads_the_recorded_epoch_of_every_expert(trained):
+  from vldd_jax import trajectories
+  from vldd_jax.data import input_pipeline
+  config, workdir = trained
+  train = input_pipeline.load_split(config, workdir, "train")
+  experts = trajectories.finished_experts(workdir)
+  for epoch in (1, 2):
+    record = np.stack([trajectories.load_correct(workdir, e)[epoch - 1] for e in experts])
+    all_found = np.flatnonzero((record == 1).all(axis=0))
+    assert len(all_found) >= 2, "the tiny experts found too few pairs"
+    selector = coreset.Selector(config, workdir, train, easy_epoch=epoch)
+    rows, _ = selector.rows("easy", len(all_found))
+    assert sorted(rows.tolist()) == all_found.tolist()
+  with pytest.raises(ValueError, match="reads epoch 9; the experts recorded epochs 1..3"):
+    coreset.Selector(config, workdir, train, easy_epoch=9).rows("easy", 2)

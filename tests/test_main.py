@@ -68,7 +68,8 @@ def test_unknown_stage_is_a_clear_error(tmp_path):
     ("distill.meta_lr_images", -1.0), ("experts.lr", 0.0), ("experts.lr", -0.1),
     ("evaluate.lr", -0.1), ("evaluate.seeds", 0), ("evaluate.epochs", 0),
     ("evaluate.batch_size", 0), ("experts.batch_size", 0), ("distill.momentum", 1.0),
-    ("distill.expert_epochs", 0), ("compare.budgets", (8, 0)), ("compare.budgets", (-1,))])
+    ("distill.expert_epochs", 0), ("distill.min_start_epoch", -1),
+    ("distill.syn_steps_exponent", -0.5), ("compare.budgets", (8, 0)), ("compare.budgets", (-1,))])
 def test_nonsense_settings_are_refused_before_anything_is_written(tmp_path, field, value):
   config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
   section, name = field.split(".")
@@ -83,6 +84,8 @@ def test_nonsense_settings_are_refused_before_anything_is_written(tmp_path, fiel
     ("evaluate.methods", ("distilled", "randon"), r"evaluate.methods=\('distilled', "
      r"'randon'\): expected a non-empty"),
     ("distill.objective", "lowrnak", r"distill.objective='lowrnak': expected one of"),
+    ("distill.init", "kcenter", r"distill.init='kcenter': expected one of \('real', "
+     r"'real_mean', 'noise', 'random', 'herding', 'k_center', 'forgetting', 'easy'\)"),
     ("evaluate.student", "vit", r"evaluate.student='vit': expected one of")])
 def test_an_unknown_name_is_refused_before_anything_is_written(tmp_path, field, value,
                                                               message):

@@ -69,11 +69,24 @@ def distill_config() -> ml_collections.ConfigDict:
       num_pairs=100,  # The budget N of synthetic pairs.
       # "real": N random training pairs, one caption each; "real_mean": each
       # image with the mean of its captions' embeddings (ours); "noise".
+      # Or any coreset of coreset.py, e.g. "k_center", or "easy" (DATM: pairs
+      # every expert found at the window's top start epoch).
       init="real",
       syn_steps=20,  # Student steps unrolled per iteration.
       batch_size=100,  # Synthetic pairs per student step (at most num_pairs).
       expert_epochs=3,  # M: the target is the expert M epochs after the start.
-      max_start_epoch=25,  # Start epochs are drawn from [0, max_start_epoch).
+      # The trajectory window and how it follows the budget (window.py; DATM,
+      # Guo et al., ICLR 2024): start epochs are drawn from [min_start_epoch,
+      # max_start_epoch), whose top moves linearly to max_start_epoch_final
+      # (0: stays) over the iterations; each doubling of num_pairs above
+      # budget_reference shifts the range by start_shift_per_doubling epochs
+      # and syn_steps grows as (num_pairs / budget_reference) ** syn_steps_exponent.
+      min_start_epoch=0,
+      max_start_epoch=25,
+      max_start_epoch_final=0,
+      budget_reference=100,
+      start_shift_per_doubling=0.0,
+      syn_steps_exponent=0.0,
       iterations=5000,  # The paper runs 50,000.
       meta_optimizer="sgd",  # "sgd" (with momentum, as the paper) | "adam".
       meta_lr_images=1000.0,  # Meta learning rates of each part of the set.
@@ -181,11 +194,13 @@ _POSITIVE_INTS = (
     "pretrain.batch_size", "experts.num_experts", "experts.epochs", "experts.batch_size",
     "experts.eval_batch_size", "distill.num_pairs", "distill.syn_steps",
     "distill.batch_size", "distill.expert_epochs", "distill.max_start_epoch",
-    "distill.iterations", "distill.meta_batch", "distill.log_every",
+    "distill.iterations", "distill.meta_batch", "distill.budget_reference", "distill.log_every",
     "distill.checkpoint_every", "evaluate.seeds", "evaluate.epochs",
     "evaluate.batch_size")
 _POSITIVE_FLOATS = ("pretrain.lr", "experts.lr", "evaluate.lr")
-_NON_NEGATIVE = ("distill.num_experts", "distill.meta_lr_images", "distill.meta_lr_text",
+_NON_NEGATIVE = ("distill.num_experts", "distill.min_start_epoch",
+                 "distill.max_start_epoch_final", "distill.start_shift_per_doubling",
+                 "distill.syn_steps_exponent", "distill.meta_lr_images", "distill.meta_lr_text",
                  "distill.meta_lr_rates", "distill.meta_lr_similarity",
                  "distill.blend_alpha",
                  "pretrain.weight_decay")

@@ -17,6 +17,12 @@ TMLR 2024, Sec. 5 and Table 1); how each is adapted here:
   counts `epochs` events per expert that never got it right (more than any
   learned image can have), so images no expert learned come first. Ties are
   broken by the seed; the caption is drawn by the seed.
+- `easy` (DATM, Guo et al., ICLR 2024, initialise from samples the experts
+  predict correctly): images ranked by how many experts found their caption
+  first in the batch during one recorded epoch (`Selector.easy_epoch`, the last
+  by default), so only pairs every expert got right come first; ties and the
+  caption are drawn by the seed. Distillation's `init="easy"` records the
+  epoch at the top of its trajectory window.
 
 Herding and k-center see every (image, caption) pair as a candidate, with the
 joint feature [image embedding, caption embedding] / sqrt(2) (unit norm) from
@@ -119,6 +125,19 @@ def forgetting(events: np.ndarray, num_captions: int, budget: int,
   return rows, rng.integers(0, num_captions, budget)
 
 
+def easy(correct: np.ndarray, num_captions: int, budget: int,
+         seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(rows, captions): the `budget` images found by the most experts, ties by seed.
+
+  `correct` is [experts, N]: 1 / 0 / -1 (unseen) for each expert at one epoch.
+  """
+  rng = np.random.default_rng([seed, budget, 4])
+  found = (correct == 1).sum(axis=0)
+  shuffled = rng.permutation(len(found))
+  rows = shuffled[np.argsort(-found[shuffled], kind="stable")[:budget]]
+  return rows, rng.integers(0, num_captions, budget)
+
+
 def expert_features(config: ml_collections.ConfigDict, workdir: str,
                     train: input_pipeline.Split) -> np.ndarray:
   """Joint unit features [N, C, 2 * embed_dim] of every training pair (first expert)."""
@@ -149,8 +168,9 @@ class Selector:
   forgetting events load once, when a method first needs them."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               train: input_pipeline.Split):
+               train: input_pipeline.Split, easy_epoch: int | None = None):
     self.config, self.workdir, self.train = config, workdir, train
+    self.easy_epoch = easy_epoch  # None: the experts' last epoch.
     self._features: np.ndarray | None = None
     self._events: np.ndarray | None = None
 
@@ -166,14 +186,28 @@ class Selector:
       self._events = total_forgetting_events(self.workdir)
     return self._events
 
-  def select(self, method: str, budget: int) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 [B, H, W, 3], text embeddings [B, D]) of a coreset."""
+  def correct_at_epoch(self) -> np.ndarray:
+    """[experts, N]: whether each expert found each pair during `easy_epoch`."""
+    experts = trajectories.finished_experts(self.workdir)
+    records = [trajectories.load_correct(self.workdir, e) for e in experts]
+    epoch = self.easy_epoch or len(records[0])
+    if not 1 <= epoch <= len(records[0]):
+      raise ValueError(f"The easy coreset reads epoch {epoch}; the experts recorded "
+                       f"epochs 1..{len(records[0])}.")
+    return np.stack([r[epoch - 1] for r in records])
+
+  def rows(self, method: str, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image rows, caption indices) of a coreset."""
     n = self.train.text_emb.shape[0]
     if not 0 < budget <= n:
       raise ValueError(f"Coreset budget {budget}: expected 1..{n} (the train split).")
     if method not in SELECTORS:
       raise ValueError(f"Coreset method {method!r}: expected one of {tuple(SELECTORS)}.")
-    rows, captions = SELECTORS[method](self, budget)
+    return SELECTORS[method](self, budget)
+
+  def select(self, method: str, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [B, H, W, 3], text embeddings [B, D]) of a coreset."""
+    rows, captions = self.rows(method, budget)
     return self.train.images[rows], self.train.text_emb[rows, captions]
 
 
@@ -186,4 +220,6 @@ SELECTORS: dict[str, Callable[[Selector, int], tuple[np.ndarray, np.ndarray]]] =
     "k_center": lambda s, budget: k_center(s.features(), budget, s.config.seed),
     "forgetting": lambda s, budget: forgetting(s.events(), s.train.text_emb.shape[1],
                                                budget, s.config.seed),
+    "easy": lambda s, budget: easy(s.correct_at_epoch(), s.train.text_emb.shape[1],
+                                   budget, s.config.seed),
 }

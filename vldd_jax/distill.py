@@ -1,9 +1,9 @@
 """Stage `distill`: learn N synthetic pairs by matching the experts' trajectories.
 
 Per iteration, each of `meta_batch` trajectories (sharded over devices) draws
-an expert e and a start epoch t < max_start_epoch; the set moves to bring
-`syn_steps` student steps from theta*_{e,t} close to theta*_{e,t+expert_epochs}
-(see `matching.py`). The state is checkpointed with Orbax every
+an expert e and a start epoch t from the budget's trajectory window
+(`window.py`); the set moves to bring `syn_steps` student steps from
+theta*_{e,t} close to theta*_{e,t+expert_epochs} (see `matching.py`). The state is checkpointed with Orbax every
 `checkpoint_every` iterations and a rerun resumes from the last one; a
 non-finite loss stops the run before it can overwrite a good checkpoint.
 `settings.json` records what the set depends on; a rerun with other settings
@@ -28,6 +28,7 @@ import tqdm
 from absl import logging
 from flax import traverse_util
 
+from vldd_jax import coreset
 from vldd_jax import jsonfile
 from vldd_jax import matching
 from vldd_jax import metrics_log
@@ -39,6 +40,7 @@ from vldd_jax import text
 from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax import viz
+from vldd_jax import window
 from vldd_jax.data import input_pipeline
 from vldd_jax.models import build_model, make_apply_fn, make_feature_fn
 
@@ -56,11 +58,12 @@ class ExpertBuffer:
     self.params = jax.tree.map(lambda *xs: np.stack(xs), *per_expert)  # [E, T+1, ...]
     self.num_experts = len(experts)
 
-  def sample(self, rng: np.random.Generator, meta_batch: int, max_start_epoch: int,
+  def sample(self, rng: np.random.Generator, meta_batch: int, start_range: tuple[int, int],
              expert_epochs: int) -> tuple[dict, dict]:
-    """(starts, targets), each stacking `meta_batch` draws on a leading axis."""
+    """(starts, targets), each stacking `meta_batch` draws on a leading axis;
+    start epochs are drawn from [lo, hi) = `start_range`."""
     e = rng.integers(0, self.num_experts, meta_batch)
-    t = rng.integers(0, max_start_epoch, meta_batch)
+    t = rng.integers(*start_range, meta_batch)
     return (jax.tree.map(lambda x: x[e, t], self.params),
             jax.tree.map(lambda x: x[e, t + expert_epochs], self.params))
 
@@ -85,19 +88,29 @@ def _shared_frozen(workdir: str, experts: list[int]) -> dict:
   return frozen
 
 
-def _check(config: ml_collections.ConfigDict, experts: list[int], workdir: str) -> None:
+def _check(config: ml_collections.ConfigDict, experts: list[int], workdir: str,
+           matched: window.Window) -> None:
   cfg = config.distill
   if not experts:
     raise FileNotFoundError(f"No finished experts in {trajectories.experts_dir(workdir)}: "
                             "run --config.stage=experts first.")
-  epochs = trajectories.read_manifest(workdir, experts[0])["epochs"]
-  if cfg.max_start_epoch + cfg.expert_epochs > epochs:
-    raise ValueError(f"distill.max_start_epoch ({cfg.max_start_epoch}) + "
-                     f"distill.expert_epochs ({cfg.expert_epochs}) exceeds the experts' "
-                     f"{epochs} epochs.")
+  window.check(matched, trajectories.read_manifest(workdir, experts[0])["epochs"],
+               cfg.num_pairs)
   if cfg.meta_batch % jax.device_count():
     raise ValueError(f"distill.meta_batch={cfg.meta_batch} must be a multiple of the "
                      f"{jax.device_count()} devices.")
+
+
+def _init_pairs(config: ml_collections.ConfigDict, workdir: str,
+                train: input_pipeline.Split,
+                matched: window.Window) -> tuple[np.ndarray, np.ndarray] | None:
+  """(rows, captions) of the real pairs a coreset `distill.init` starts from;
+  None for the inits `matching.init_synthetic` draws itself. `easy` reads the
+  epoch at the top of the window's first start range (DATM's teacher)."""
+  if config.distill.init not in coreset.SELECTORS:
+    return None
+  selector = coreset.Selector(config, workdir, train, easy_epoch=max(matched.max_start, 1))
+  return selector.rows(config.distill.init, config.distill.num_pairs)
 
 
 def settings(config: ml_collections.ConfigDict, num_experts: int) -> dict:
@@ -200,16 +213,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       return
     except ValueError as e:  # Damaged: the loop below rewrites it.
       logging.warning("%s Writing it again.", e)
-  _check(config, experts, workdir)
+  matched = window.for_budget(cfg, cfg.num_pairs)
+  _check(config, experts, workdir, matched)
+  logging.info("Trajectory window at %d pairs: %s.", cfg.num_pairs, matched)
   os.makedirs(out, exist_ok=True)
   train = input_pipeline.load_split(config, workdir, "train")
-  buffer = ExpertBuffer(workdir, experts, cfg.max_start_epoch + cfg.expert_epochs)
+  buffer = ExpertBuffer(workdir, experts, matched.last_epoch)
   mesh = parallel.make_mesh()
   frozen = parallel.put_replicated(_shared_frozen(workdir, experts), mesh)
   trainable_like = jax.tree.map(lambda x: x[0, 0], buffer.params)
   model = build_model(config.model)
   apply_fn = make_apply_fn(model)
-  unroll = matching.UnrollConfig(cfg.syn_steps, min(cfg.batch_size, cfg.num_pairs),
+  unroll = matching.UnrollConfig(matched.syn_steps, min(cfg.batch_size, cfg.num_pairs),
                                  cfg.augment, cfg.augment_per_image,
                                  hoist_tower=cfg.hoist_tower,
                                  first_order=cfg.gradient == "first_order")
@@ -219,7 +234,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   meta_step = matching.make_meta_step(apply_fn, trainable_like, unroll, tx, objective,
                                       make_feature_fn(model))
   syn, rows = matching.init_synthetic(train, cfg.num_pairs, cfg.init,
-                                      config.experts.lr, config.seed)
+                                      config.experts.lr, config.seed,
+                                      _init_pairs(config, workdir, train, matched))
   syn.update(jax.device_get(objective.init(cfg.num_pairs, jax.random.key(config.seed))))
   state = matching.init_state(syn, tx, ema=objective.ema_decay() > 0)
   history: list[dict] = []
@@ -242,7 +258,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                       desc=f"distill n={cfg.num_pairs}")
     for it in bar:
       starts, targets = buffer.sample(np.random.default_rng([config.seed, it]),
-                                      cfg.meta_batch, cfg.max_start_epoch,
+                                      cfg.meta_batch,
+                                      matched.start_range(it, cfg.iterations),
                                       cfg.expert_epochs)
       starts, targets = parallel.put_batch((starts, targets), mesh)
       key = jax.random.fold_in(jax.random.key(config.seed), it)

@@ -26,6 +26,7 @@ from vldd_jax.models.partition import ApplyFn, text_side_mask
 from vldd_jax.trainer import augmented_images, student_loss, to_model_space
 
 LR_SIDES = ("image", "text")
+INITS = ("real", "real_mean", "noise")  # Besides the coresets (`init_synthetic`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +49,13 @@ class UnrollConfig:
 
 
 def init_synthetic(train: Split, num_pairs: int, init: str, lr_init: float,
-                   seed: int) -> tuple[dict, np.ndarray]:
-  """N synthetic pairs from random real pairs or from noise.
+                   seed: int, pairs: tuple[np.ndarray, np.ndarray] | None = None
+                   ) -> tuple[dict, np.ndarray]:
+  """N synthetic pairs from real pairs or from noise.
 
-  `init`: "real" (each image with one of its captions), "real_mean" (each
-  image with the unit-norm mean of its captions' embeddings) or "noise".
+  `init`: "real" (random images, each with one of its captions), "real_mean"
+  (each image with the unit-norm mean of its captions' embeddings) or "noise";
+  any other name starts from the given `pairs` (rows, captions), a coreset.
 
   Returns:
     (synthetic set, indices of the real images it started from).
@@ -63,6 +66,11 @@ def init_synthetic(train: Split, num_pairs: int, init: str, lr_init: float,
   rng = np.random.default_rng([seed, num_pairs])
   rows = np.sort(rng.choice(len(train), num_pairs, replace=False))
   captions = rng.integers(0, train.text_emb.shape[1], num_pairs)
+  if pairs is not None:
+    rows, captions = pairs
+  elif init not in INITS:
+    raise ValueError(f"distill.init={init!r}; expected 'real', 'real_mean', 'noise' "
+                     "or a coreset.")
   images = np.asarray(to_model_space(jnp.asarray(train.images[rows])))
   text = train.text_emb[rows, captions]
   if init == "noise":
@@ -70,9 +78,7 @@ def init_synthetic(train: Split, num_pairs: int, init: str, lr_init: float,
     text = rng.standard_normal(text.shape).astype(np.float32)
   elif init == "real_mean":
     text = train.text_emb[rows].mean(axis=1)
-  elif init != "real":
-    raise ValueError(f"distill.init={init!r}; expected 'real', 'real_mean' or 'noise'.")
-  if init != "real":  # Real captions' embeddings have unit norm already.
+  if init in ("real_mean", "noise"):  # Real captions' embeddings have unit norm already.
     text = text / np.linalg.norm(text, axis=-1, keepdims=True)
   log_lr = np.full(len(LR_SIDES), np.log(lr_init), np.float32)
   return {"images": images, "text_emb": text, "log_lr": log_lr}, rows

@@ -21,9 +21,11 @@ from absl import logging
 
 from vldd_jax import compare
 from vldd_jax import config_lib
+from vldd_jax import coreset
 from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import experts
+from vldd_jax import matching
 from vldd_jax import objectives
 from vldd_jax import pretrain
 from vldd_jax import students
@@ -82,10 +84,13 @@ def workdir_lock(workdir: str) -> Iterator[None]:
 
 def check_choices(config: ml_collections.ConfigDict) -> None:
   """Raises on a name no registry holds (`evaluate.methods`, `distill.objective`,
-  `evaluate.student`), up front as `config_lib.validate`: not at the end of a
-  pipeline."""
+  `distill.init`, `evaluate.student`), up front as `config_lib.validate`: not at
+  the end of a pipeline."""
   evaluate.check_methods(config.evaluate.methods)
   objectives.build(config.distill)
+  inits = matching.INITS + tuple(coreset.SELECTORS)
+  if config.distill.init not in inits:
+    raise ValueError(f"distill.init={config.distill.init!r}: expected one of {inits}.")
   students.student_config(config)
 
 

@@ -126,3 +126,30 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_with_the_holders_pid(tmp_pa
   # Released: the lock no longer blocks (a wrong stage fails on its own).
   with pytest.raises(ValueError, match="config.stage='nothing-to-do'"):
     stages.run(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("name", [stages.LOCK, "config_data.json"])
+def test_a_link_planted_in_the_workdir_is_refused_and_its_target_kept(tmp_path, monkeypatch,
+                                                                     name):
+  """A `.lock` or `config_<stage>.json` linked to another file must not make a run
+  overwrite that file (anyone who can write to a shared workdir could plant one)."""
+  outside = tmp_path / "someone_elses_file"
+  outside.write_text("precious")
+  work = tmp_path / "work"
+  work.mkdir()
+  (work / name).symlink_to(outside)
+  monkeypatch.setitem(stages.STAGES, "data", lambda config, workdir: None)
+  config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
+  config.stage = "data"
+  with pytest.raises(OSError, match=re.escape(f"{work / name} is a symbolic link")):
+    stages.run(config, str(work))
+  assert outside.read_text() == "precious"
+  assert (work / name).is_symlink()
+
+
+def test_an_empty_workdir_is_refused_naming_the_flag(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
+  with pytest.raises(ValueError, match="--workdir is empty"):
+    stages.run(config, "")
+  assert not os.listdir(tmp_path)

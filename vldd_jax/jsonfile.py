@@ -1,17 +1,45 @@
 """JSON files the stages write (atomically, from process 0 only) and read back."""
+import errno
 import json
 import os
 
 import jax
 
+# The temporary name `write` uses; `stages.LEFTOVERS` removes the ones a kill left.
+TMP = ".tmp"
+
+
+def open_nofollow(path: str, flags: int) -> int:
+  """`os.open(path, flags)` that never follows a symbolic link at `path`: in a
+  shared workdir, a planted link would send this run's write to someone else's
+  file. Raises naming `path` when it is a link."""
+  try:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+  except OSError as e:
+    # O_NOFOLLOW fails with ELOOP on a link; O_CREAT | O_EXCL with EEXIST.
+    if e.errno in (errno.ELOOP, errno.EEXIST) and os.path.islink(path):
+      raise _link_error(path) from None
+    raise
+
+
+def _link_error(path: str) -> OSError:
+  return OSError(f"{path} is a symbolic link: a run never writes through one (it could "
+                 "overwrite any file the link points to). Remove the link and rerun.")
+
 
 def write(path: str, obj) -> None:
-  """Writes `obj` to `path` via a temporary file, so a kill never leaves half a file."""
+  """Writes `obj` to `path` via `<path>.tmp`, then renames it, so a kill never
+  leaves half a file; refuses a symbolic link at `path` or at the temporary name."""
   if jax.process_index():
     return
-  with open(path + ".tmp", "w") as f:
+  if os.path.islink(path):
+    raise _link_error(path)
+  tmp = path + TMP
+  if os.path.lexists(tmp) and not os.path.islink(tmp):
+    os.remove(tmp)  # Left by a killed write; O_EXCL below wants a fresh file.
+  with os.fdopen(open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as f:
     json.dump(obj, f, indent=2)
-  os.replace(path + ".tmp", path)
+  os.replace(tmp, path)  # Replaces a name, never a link's target.
 
 
 def read(path: str, expected: type = dict):

@@ -6,37 +6,40 @@ evaluates; `compare` (every method at every budget, a distillation per budget)
 runs on its own, or at the end of the pipeline with `compare.in_pipeline`.
 """
 import contextlib
+import dataclasses
 import errno
 import fcntl
-import json
 import os
 import re
 import shutil
 import socket
+import stat
 from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
 from absl import logging
 
+from vldd_jax import backbone
 from vldd_jax import compare
 from vldd_jax import config_lib
 from vldd_jax import coreset
 from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import experts
+from vldd_jax import jsonfile
 from vldd_jax import matching
 from vldd_jax import objectives
 from vldd_jax import pretrain
 from vldd_jax import students
+from vldd_jax import trajectories
 from vldd_jax.data import input_pipeline
+from vldd_jax.data import karpathy
 from vldd_jax.data import prepare
+from vldd_jax.data import shapes
 
 Stage = Callable[[ml_collections.ConfigDict, str], None]
 LOCK = ".lock"
-# What a killed run can leave: TFDS's unfinished splits, Orbax's unfinished
-# checkpoints, the temporary files of atomic writes (jsonfile, embeddings, sets).
-LEFTOVER = re.compile(r"^incomplete\.|\.orbax-checkpoint-tmp|\.tmp(\.npz)?$")
 
 STAGES: dict[str, Stage] = {
     "data": prepare.run,
@@ -46,6 +49,46 @@ STAGES: dict[str, Stage] = {
     "evaluate": evaluate.run,
 }
 ALONE: dict[str, Stage] = {"compare": compare.run}
+
+
+@dataclasses.dataclass(frozen=True)
+class Leftover:
+  """What a killed run of this project can leave: a `name` (a regex, matched
+  whole) in the folders `under` the workdir (one regex per level); a folder if
+  `folder`, else a file. Nothing else is a leftover: a user's `notes.tmp` stays."""
+  under: tuple[str, ...]
+  name: str
+  folder: bool = False
+
+
+def _replaced(*names: str) -> str:
+  """A regex of the temporary files `jsonfile.write` writes `names` through."""
+  return "|".join(re.escape(name + jsonfile.TMP) for name in names)
+
+
+_SET = r"n\d+(_\w+)?"  # The folders of synthetic.set_dir.
+_EXPERT = trajectories.EXPERT_NAME
+_TFDS = ("tfds", "|".join(re.escape(b.name) for b in (shapes.Shapes, karpathy.Karpathy)))
+# Orbax's unfinished step of a checkpoint folder, `<step>.orbax-checkpoint-tmp`
+# (`-<time>` in older Orbax); its unfinished items are inside it.
+_ORBAX = r"\d+\.orbax-checkpoint-tmp(-\d+)?"
+LEFTOVERS: tuple[Leftover, ...] = (
+    # TFDS builds `<dataset>/<config>/<version>` in `incomplete.XXXXXX_<version>`
+    # and writes `<dataset>/.config/metadata.json` via `incomplete.<hex>.metadata.json`.
+    Leftover((*_TFDS, r"[^.].*"), r"incomplete\.[A-Z0-9]{6}_\d+\.\d+\.\d+", folder=True),
+    Leftover((*_TFDS, r"\.config"), r"incomplete\.[0-9a-f]{32}\.metadata\.json"),
+    # embeddings._atomic_write: `tempfile.mkstemp(suffix=".tmp")` in the cache.
+    Leftover(("tfds", "caption_embeddings"), r"tmp[a-z0-9_]{8}\.tmp"),
+    Leftover((), _replaced(compare.RESULT, evaluate.RESULTS,
+                           *(f"config_{s}.json" for s in ("pipeline", *STAGES, *ALONE)))),
+    Leftover(("pretrain",), _replaced(backbone.SUMMARY)),
+    Leftover(("experts", _EXPERT), _replaced(trajectories.MANIFEST)),
+    # distill.py writes its set through `distilled.tmp.npz`.
+    Leftover(("distill", _SET), _replaced(distill.SETTINGS) + r"|distilled\.tmp\.npz"),
+    Leftover(("pretrain", "ckpt"), _ORBAX, folder=True),
+    Leftover(("experts", _EXPERT, "ckpt"), _ORBAX, folder=True),
+    Leftover(("distill", _SET, "ckpt"), _ORBAX, folder=True),
+)
 
 
 def pipeline(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -68,7 +111,12 @@ def workdir_lock(workdir: str) -> Iterator[None]:
   if jax.process_index():  # Process 0 holds it for all hosts of a run.
     yield
     return
-  with open(os.path.join(workdir, LOCK), "a+") as f:
+  path = os.path.join(workdir, LOCK)
+  # Not through a link: a `.lock` planted in a shared workdir must not make this
+  # run truncate the file it points to.
+  with os.fdopen(jsonfile.open_nofollow(path, os.O_RDWR | os.O_CREAT), "r+") as f:
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+      raise RuntimeError(f"{path} is not a regular file: remove it and rerun.")
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -94,18 +142,38 @@ def check_choices(config: ml_collections.ConfigDict) -> None:
   students.student_config(config)
 
 
+def _entries(folder: str) -> list[os.DirEntry]:
+  try:
+    with os.scandir(folder) as entries:
+      return list(entries)
+  except (FileNotFoundError, NotADirectoryError):
+    return []
+
+
+def _find(folder: str, names: tuple[str, ...]) -> Iterator[os.DirEntry]:
+  """The entries at `folder/<names[0]>/<names[1]>/...` (regexes matched whole),
+  through real folders only: a symbolic link is never followed."""
+  for entry in _entries(folder):
+    if re.fullmatch(names[0], entry.name):
+      if len(names) == 1:
+        yield entry
+      elif entry.is_dir(follow_symlinks=False):
+        yield from _find(entry.path, names[1:])
+
+
 def remove_leftovers(workdir: str) -> list[str]:
-  """Deletes what interrupted runs left under `workdir` (`LEFTOVER`); call it
-  holding the lock. Returns the deleted paths."""
+  """Deletes what interrupted runs left under `workdir`: the `LEFTOVERS` only,
+  never a symbolic link; call it holding the lock. Returns the deleted paths."""
   removed = []
-  for root, dirs, files in os.walk(workdir):
-    for name in [d for d in dirs if LEFTOVER.search(d)]:
-      dirs.remove(name)
-      shutil.rmtree(os.path.join(root, name))
-      removed.append(os.path.join(root, name))
-    for name in [f for f in files if LEFTOVER.search(f)]:
-      os.remove(os.path.join(root, name))
-      removed.append(os.path.join(root, name))
+  for leftover in LEFTOVERS:
+    for entry in _find(workdir, (*leftover.under, leftover.name)):
+      if leftover.folder and entry.is_dir(follow_symlinks=False):
+        shutil.rmtree(entry.path)
+      elif not leftover.folder and entry.is_file(follow_symlinks=False):
+        os.remove(entry.path)
+      else:
+        continue
+      removed.append(entry.path)
   if removed:
     logging.info("Removed %d leftovers of interrupted runs: %s", len(removed), removed)
   return removed
@@ -120,6 +188,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Runs `config.stage`, or every stage in order for `pipeline`, after checking
   the config, taking the workdir's lock and removing what interrupted runs left
   (on one host; a multi-host run leaves them)."""
+  if not workdir:  # os.makedirs('') says only "FileNotFoundError: ''".
+    raise ValueError("--workdir is empty: give the folder a run writes to, e.g. "
+                     "--workdir=/tmp/vldd.")
   if config.stage != "pipeline" and config.stage not in STAGES | ALONE:
     raise ValueError(f"config.stage={config.stage!r}: expected 'pipeline' or "
                      f"one of {list(STAGES | ALONE)}.")
@@ -130,8 +201,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     if jax.process_count() == 1:
       remove_leftovers(workdir)
     try:
-      with open(os.path.join(workdir, f"config_{config.stage}.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2)
+      jsonfile.write(os.path.join(workdir, f"config_{config.stage}.json"),
+                     config.to_dict())
       if config.stage == "pipeline":
         pipeline(config, workdir)
       else:

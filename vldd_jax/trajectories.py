@@ -14,17 +14,22 @@ Loading one (expert, epoch) reads only that checkpoint's `params` item.
 import hashlib
 import json
 import os
+import re
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from vldd_jax import jsonfile
 from vldd_jax import parallel
 from vldd_jax import provenance
 
 MANIFEST = "manifest.json"
+# The folder names `expert_dir` writes (`expert_000`, ..., `expert_1000`), and
+# nothing else: not a copy `expert_000_backup`, not `expert_0001`.
+EXPERT_NAME = r"expert_(\d{3}|[1-9]\d{3,})"
 _ARRAY_ITEMS = ("params", "opt_state", "frozen", "correct")
 
 
@@ -34,6 +39,20 @@ def experts_dir(workdir: str) -> str:
 
 def expert_dir(workdir: str, expert: int) -> str:
   return os.path.join(experts_dir(workdir), f"expert_{expert:03d}")
+
+
+def expert_indices(workdir: str) -> list[int]:
+  """The experts that `experts/` holds a folder of, sorted: exactly the names
+  `expert_dir` writes (`EXPERT_NAME`). Anything else there is ignored with a
+  warning naming it, so a stray copy is neither counted twice nor a crash."""
+  root = experts_dir(workdir)
+  names = os.listdir(root) if os.path.isdir(root) else []
+  matches = {name: re.fullmatch(EXPERT_NAME, name) for name in names}
+  ignored = sorted(name for name, match in matches.items() if match is None)
+  if ignored:
+    logging.warning("Ignoring %s in %s: experts are the folders expert_NNN only.",
+                    ", ".join(ignored), root)
+  return sorted(int(match[1]) for match in matches.values() if match is not None)
 
 
 # What to do about a damaged or missing epoch checkpoint.
@@ -146,12 +165,7 @@ def finished_experts(workdir: str,
                      config: ml_collections.ConfigDict | None = None) -> list[int]:
   """Indices of the experts whose training finished, sorted; with `config`,
   raises if one was trained under other settings (`check_settings`)."""
-  root = experts_dir(workdir)
-  if not os.path.isdir(root):
-    return []
-  indices = sorted(int(name.split("_")[1]) for name in os.listdir(root)
-                   if name.startswith("expert_"))
-  finished = [e for e in indices if is_finished(workdir, e)]
+  finished = [e for e in expert_indices(workdir) if is_finished(workdir, e)]
   for e in finished if config is not None else ():
     check_settings(config, workdir, e)
   return finished

@@ -232,11 +232,13 @@ def method_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
                float(syn["lr_text"]), objective, objective.eval_targets(syn))
 
 
-def file_pairs(config: ml_collections.ConfigDict, path: str) -> Pairs:
+def file_pairs(config: ml_collections.ConfigDict, path: str,
+               text_dim: int | None = None) -> Pairs:
   """The pairs of a saved set of any workdir (`evaluate.distilled_path`), with
-  its learned rates and its objective, checked against this config's data."""
+  its learned rates and its objective, checked against this config's data (and
+  its text embeddings' width `text_dim`, when given)."""
   distilled = synthetic.load_distilled(path)
-  check_compatible(distilled, config, path)
+  check_compatible(distilled, config, path, text_dim)
   objective = objectives.build(ml_collections.ConfigDict(distilled.provenance["distill"]))
   return Pairs(distilled.images, distilled.text_emb, distilled.lr_image,
                distilled.lr_text, objective, objective.eval_targets(distilled.arrays))
@@ -297,14 +299,27 @@ def load_splits(config: ml_collections.ConfigDict, workdir: str):
           input_pipeline.load_split(config, workdir, cfg.split), val)
 
 
+def _provenance_field(distilled: synthetic.DistilledSet, path: str, *keys: str):
+  """provenance[keys[0]][keys[1]]...; a clear error naming the field if absent."""
+  value = distilled.provenance
+  for key in keys:
+    if not isinstance(value, dict) or key not in value:
+      raise synthetic.DistilledFileError(
+          f"{path}: provenance_json has no {'.'.join(keys)}, so the set cannot be "
+          "checked against this config's data.")
+    value = value[key]
+  return value
+
+
 def check_compatible(distilled: synthetic.DistilledSet, config: ml_collections.ConfigDict,
-                     path: str) -> None:
+                     path: str, text_dim: int | None = None) -> None:
   """Raises unless a saved set can be evaluated on this config's data: the same
-  text encoder (fingerprint) and image size."""
+  text encoder (fingerprint), image size and, given `text_dim`, text width."""
   if distilled.format_version < 1:
     raise ValueError(f"{path} has no provenance (format_version 0, from an older "
                      "vldd_jax): its text encoder cannot be checked; distil it again.")
-  made = distilled.provenance["text"]
+  made = {key: _provenance_field(distilled, path, "text", key)
+          for key in ("fingerprint", "folder", "pooling", "max_length")}
   ours = text.fingerprint(config.text.path or None, config.text.pooling,
                           config.text.max_length)
   if made["fingerprint"] != ours:
@@ -315,17 +330,20 @@ def check_compatible(distilled: synthetic.DistilledSet, config: ml_collections.C
         f"{config.text.pooling}, max_length {config.text.max_length}): its text "
         "embeddings would mean nothing to this data's captions.")
   size = distilled.images.shape[1]
-  if size != config.data.image_size or distilled.provenance["image"]["size"] != size:
+  made_size = _provenance_field(distilled, path, "image", "size")
+  if size != config.data.image_size or made_size != size:
     raise ValueError(f"{path}: images of {size} px (provenance.image.size="
-                     f"{distilled.provenance['image']['size']}), but data.image_size="
-                     f"{config.data.image_size}.")
+                     f"{made_size}), but data.image_size={config.data.image_size}.")
+  if text_dim is not None and distilled.text_emb.shape[1] != text_dim:
+    raise ValueError(f"{path}: text_emb of width {distilled.text_emb.shape[1]}, but this "
+                     f"data's text embeddings have width {text_dim}.")
 
 
 def file_row(config: ml_collections.ConfigDict, workdir: str, path: str,
              test: input_pipeline.Split, val: input_pipeline.Split | None) -> dict:
   """A row for a saved set of any workdir (`evaluate.distilled_path`)."""
-  return evaluate_pairs(config, workdir, f"distilled ({path})", file_pairs(config, path),
-                        test, val)
+  pairs = file_pairs(config, path, test.text_emb.shape[-1])
+  return evaluate_pairs(config, workdir, f"distilled ({path})", pairs, test, val)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -7,13 +7,17 @@ TensorFlow), one split `train` of N examples: `image` (float32 model space,
 (pixels / 255 - 0.5) / 0.5, the learned values), `image_uint8`, `text_emb`,
 `index`, and `similarity` (row i of S) when the set learned one. The learned
 student rates and the set's provenance are in the dataset's description and in
-`distilled.json` beside it. Read it back with
+`distilled.json` beside it, with the SHA-256 of the source file: exporting the
+same file again is a no-op, and a folder made from another file is never
+overwritten. Read it back with
 
   tfds.builder_from_directory(folder).as_data_source()["train"]
 """
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 
@@ -72,19 +76,61 @@ class DistilledPairs(tfds.core.GeneratorBasedBuilder):
       yield i, example
 
 
+def checksum(path: str) -> str:
+  """The SHA-256 of a file's bytes: which set an export folder was made from."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 22), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _source_checksum(folder: str) -> str | None:
+  """The source checksum an export folder records; None if it records none."""
+  try:
+    with open(os.path.join(folder, SIDECAR), encoding="utf-8") as f:
+      sidecar = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return sidecar.get("source_sha256") if isinstance(sidecar, dict) else None
+
+
 def export(path: str, out_dir: str) -> str:
   """Writes the set at `path` (a distilled.npz) as a TFDS folder under `out_dir`;
-  returns the folder `tfds.builder_from_directory` reads."""
+  returns the folder `tfds.builder_from_directory` reads.
+
+  Exporting the same file again leaves its folder as it is; a non-empty folder
+  that is not an export of this file is refused. The folder is built in a
+  temporary sibling and renamed into place when complete, so a killed export
+  leaves no partial folder (the next export removes its temporary)."""
   distilled = synthetic.load_distilled(path)
-  config = _SetConfig(name=f"n{len(distilled)}", arrays=distilled.arrays)
-  builder = DistilledPairs(config=config, data_dir=out_dir)
+  source_sha256 = checksum(path)
+  name = f"n{len(distilled)}"
+  version = str(DistilledPairs.VERSION)
+  folder = os.path.join(out_dir, DistilledPairs.name, name, version)
+  if os.path.isdir(folder) and os.listdir(folder):
+    if _source_checksum(folder) == source_sha256:
+      return folder  # This file's export, complete (it was renamed into place whole).
+    raise ValueError(f"{folder} is not empty and is not an export of {path} (its "
+                     f"{SIDECAR} records another source checksum, or none): export into "
+                     "another out_dir.")
+  # Ours alone: one per target folder, so a rerun replaces what a kill left.
+  tmp = os.path.join(os.path.dirname(folder), f".{version}.export-tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  builder = DistilledPairs(config=_SetConfig(name=name, arrays=distilled.arrays),
+                           data_dir=tmp)
   builder.download_and_prepare(file_format="array_record")
   with open(os.path.join(builder.data_dir, SIDECAR), "w", encoding="utf-8") as f:
     json.dump({"lr_image": distilled.lr_image, "lr_text": distilled.lr_text,
-               "source": os.path.abspath(path), "provenance": distilled.provenance,
+               "source": os.path.abspath(path), "source_sha256": source_sha256,
+               "provenance": distilled.provenance,
                "loss_bias": float(distilled.arrays["loss_bias"])
                if "loss_bias" in distilled.arrays else None}, f, indent=2)
-  return builder.data_dir
+  if os.path.isdir(folder):
+    os.rmdir(folder)  # Empty (checked above).
+  os.rename(builder.data_dir, folder)
+  shutil.rmtree(tmp)
+  return folder
 
 
 if __name__ == "__main__":

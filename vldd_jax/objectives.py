@@ -51,6 +51,11 @@ class Plain:
     """Arrays `distilled.npz` stores for the learned parts."""
     return {}
 
+  def exported(self, num_pairs: int) -> dict[str, tuple[int, ...]]:
+    """The shape of each array `export` writes for a set of `num_pairs` pairs
+    (a saved set must hold them: `synthetic.read`)."""
+    return {}
+
   def eval_targets(self, arrays: dict[str, np.ndarray]) -> np.ndarray | dict | None:
     """The targets an evaluation student trains against, from `export`: [N, N]
     arrays (a batch takes their block) and scalars."""
@@ -119,6 +124,9 @@ class LowRankSimilarity(Plain):
     if self.sigmoid:
       out["loss_bias"] = np.asarray(syn["bias"])
     return out
+
+  def exported(self, num_pairs):
+    return {"similarity": (num_pairs, num_pairs), **({"loss_bias": ()} if self.sigmoid else {})}
 
   def eval_targets(self, arrays):
     if self.sigmoid:

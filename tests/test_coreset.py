@@ -105,18 +105,14 @@ def test_easy_takes_pairs_every_expert_found_before_any_other():
   assert any(subset(s) != subset(0) for s in range(1, 6))
 
 
-def test_easy_reads_the_recorded_epoch_of_every_expert(trained):
+def test_easy_reads_the_last_epoch_of_every_expert(trained):
   from vldd_jax import trajectories
   from vldd_jax.data import input_pipeline
   config, workdir = trained
   train = input_pipeline.load_split(config, workdir, "train")
-  experts = trajectories.finished_experts(workdir)
-  for epoch in (1, 2):
-    record = np.stack([trajectories.load_correct(workdir, e)[epoch - 1] for e in experts])
-    all_found = np.flatnonzero((record == 1).all(axis=0))
-    assert len(all_found) >= 2, "the tiny experts found too few pairs"
-    selector = coreset.Selector(config, workdir, train, easy_epoch=epoch)
-    rows, _ = selector.rows("easy", len(all_found))
-    assert sorted(rows.tolist()) == all_found.tolist()
-  with pytest.raises(ValueError, match="reads epoch 9; the experts recorded epochs 1..3"):
-    coreset.Selector(config, workdir, train, easy_epoch=9).rows("easy", 2)
+  record = np.stack([trajectories.load_correct(workdir, e)[-1]
+                     for e in trajectories.finished_experts(workdir)])
+  all_found = np.flatnonzero((record == 1).all(axis=0))
+  assert len(all_found) >= 2, "the tiny experts found too few pairs"
+  rows, _ = coreset.Selector(config, workdir, train).rows("easy", len(all_found))
+  assert sorted(rows.tolist()) == all_found.tolist()

@@ -70,7 +70,7 @@ def distill_config() -> ml_collections.ConfigDict:
       # "real": N random training pairs, one caption each; "real_mean": each
       # image with the mean of its captions' embeddings (ours); "noise".
       # Or any coreset of coreset.py, e.g. "k_center", or "easy" (DATM: pairs
-      # every expert found at the window's top start epoch).
+      # every expert found in its last epoch).
       init="real",
       syn_steps=20,  # Student steps unrolled per iteration.
       batch_size=100,  # Synthetic pairs per student step (at most num_pairs).

@@ -19,10 +19,8 @@ TMLR 2024, Sec. 5 and Table 1); how each is adapted here:
   broken by the seed; the caption is drawn by the seed.
 - `easy` (DATM, Guo et al., ICLR 2024, initialise from samples the experts
   predict correctly): images ranked by how many experts found their caption
-  first in the batch during one recorded epoch (`Selector.easy_epoch`, the last
-  by default), so only pairs every expert got right come first; ties and the
-  caption are drawn by the seed. Distillation's `init="easy"` records the
-  epoch at the top of its trajectory window.
+  first in the batch during their last epoch, so only pairs every expert got
+  right come first; ties and the caption are drawn by the seed.
 
 Herding and k-center see every (image, caption) pair as a candidate, with the
 joint feature [image embedding, caption embedding] / sqrt(2) (unit norm) from
@@ -168,9 +166,8 @@ class Selector:
   forgetting events load once, when a method first needs them."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               train: input_pipeline.Split, easy_epoch: int | None = None):
+               train: input_pipeline.Split):
     self.config, self.workdir, self.train = config, workdir, train
-    self.easy_epoch = easy_epoch  # None: the experts' last epoch.
     self._features: np.ndarray | None = None
     self._events: np.ndarray | None = None
 
@@ -186,15 +183,10 @@ class Selector:
       self._events = total_forgetting_events(self.workdir)
     return self._events
 
-  def correct_at_epoch(self) -> np.ndarray:
-    """[experts, N]: whether each expert found each pair during `easy_epoch`."""
+  def correct_at_last_epoch(self) -> np.ndarray:
+    """[experts, N]: whether each expert found each pair during its last epoch."""
     experts = trajectories.finished_experts(self.workdir)
-    records = [trajectories.load_correct(self.workdir, e) for e in experts]
-    epoch = self.easy_epoch or len(records[0])
-    if not 1 <= epoch <= len(records[0]):
-      raise ValueError(f"The easy coreset reads epoch {epoch}; the experts recorded "
-                       f"epochs 1..{len(records[0])}.")
-    return np.stack([r[epoch - 1] for r in records])
+    return np.stack([trajectories.load_correct(self.workdir, e)[-1] for e in experts])
 
   def rows(self, method: str, budget: int) -> tuple[np.ndarray, np.ndarray]:
     """(image rows, caption indices) of a coreset."""
@@ -220,6 +212,6 @@ SELECTORS: dict[str, Callable[[Selector, int], tuple[np.ndarray, np.ndarray]]] =
     "k_center": lambda s, budget: k_center(s.features(), budget, s.config.seed),
     "forgetting": lambda s, budget: forgetting(s.events(), s.train.text_emb.shape[1],
                                                budget, s.config.seed),
-    "easy": lambda s, budget: easy(s.correct_at_epoch(), s.train.text_emb.shape[1],
+    "easy": lambda s, budget: easy(s.correct_at_last_epoch(), s.train.text_emb.shape[1],
                                    budget, s.config.seed),
 }

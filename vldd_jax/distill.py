@@ -102,15 +102,13 @@ def _check(config: ml_collections.ConfigDict, experts: list[int], workdir: str,
 
 
 def _init_pairs(config: ml_collections.ConfigDict, workdir: str,
-                train: input_pipeline.Split,
-                matched: window.Window) -> tuple[np.ndarray, np.ndarray] | None:
+                train: input_pipeline.Split) -> tuple[np.ndarray, np.ndarray] | None:
   """(rows, captions) of the real pairs a coreset `distill.init` starts from;
-  None for the inits `matching.init_synthetic` draws itself. `easy` reads the
-  epoch at the top of the window's first start range (DATM's teacher)."""
+  None for the inits `matching.init_synthetic` draws itself."""
   if config.distill.init not in coreset.SELECTORS:
     return None
-  selector = coreset.Selector(config, workdir, train, easy_epoch=max(matched.max_start, 1))
-  return selector.rows(config.distill.init, config.distill.num_pairs)
+  return coreset.Selector(config, workdir, train).rows(config.distill.init,
+                                                        config.distill.num_pairs)
 
 
 def settings(config: ml_collections.ConfigDict, num_experts: int) -> dict:
@@ -235,7 +233,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                       make_feature_fn(model))
   syn, rows = matching.init_synthetic(train, cfg.num_pairs, cfg.init,
                                       config.experts.lr, config.seed,
-                                      _init_pairs(config, workdir, train, matched))
+                                      _init_pairs(config, workdir, train))
   syn.update(jax.device_get(objective.init(cfg.num_pairs, jax.random.key(config.seed))))
   state = matching.init_state(syn, tx, ema=objective.ema_decay() > 0)
   history: list[dict] = []

@@ -75,7 +75,7 @@ def distill_config() -> ml_collections.ConfigDict:
       syn_steps=20,  # Student steps unrolled per iteration.
       batch_size=100,  # Synthetic pairs per student step (at most num_pairs).
       expert_epochs=3,  # M: the target is the expert M epochs after the start.
-      # The trajectory window and how it follows the budget (window.py; DATM,
+      # The trajectory window and how it follows the budget (budget.py; DATM,
       # Guo et al., ICLR 2024): start epochs are drawn from [min_start_epoch,
       # max_start_epoch), whose top moves linearly to max_start_epoch_final
       # (0: stays) over the iterations; each doubling of num_pairs above
@@ -87,6 +87,9 @@ def distill_config() -> ml_collections.ConfigDict:
       budget_reference=100,
       start_shift_per_doubling=0.0,
       syn_steps_exponent=0.0,
+      # Above budget_reference the learned rates' meta rate is meta_lr_rates *
+      # (budget_reference / num_pairs) ** meta_lr_rates_exponent (budget.py).
+      meta_lr_rates_exponent=0.0,
       iterations=5000,  # The paper runs 50,000.
       meta_optimizer="sgd",  # "sgd" (with momentum, as the paper) | "adam".
       meta_lr_images=1000.0,  # Meta learning rates of each part of the set.
@@ -200,7 +203,7 @@ _POSITIVE_INTS = (
 _POSITIVE_FLOATS = ("pretrain.lr", "experts.lr", "evaluate.lr")
 _NON_NEGATIVE = ("distill.num_experts", "distill.min_start_epoch",
                  "distill.max_start_epoch_final", "distill.start_shift_per_doubling",
-                 "distill.syn_steps_exponent", "distill.meta_lr_images", "distill.meta_lr_text",
+                 "distill.syn_steps_exponent", "distill.meta_lr_rates_exponent", "distill.meta_lr_images", "distill.meta_lr_text",
                  "distill.meta_lr_rates", "distill.meta_lr_similarity",
                  "distill.blend_alpha",
                  "pretrain.weight_decay")

@@ -2,7 +2,7 @@
 
 Per iteration, each of `meta_batch` trajectories (sharded over devices) draws
 an expert e and a start epoch t from the budget's trajectory window
-(`window.py`); the set moves to bring `syn_steps` student steps from
+(`budget.py`); the set moves to bring `syn_steps` student steps from
 theta*_{e,t} close to theta*_{e,t+expert_epochs} (see `matching.py`). The state is checkpointed with Orbax every
 `checkpoint_every` iterations and a rerun resumes from the last one; a
 non-finite loss stops the run before it can overwrite a good checkpoint.
@@ -28,6 +28,7 @@ import tqdm
 from absl import logging
 from flax import traverse_util
 
+from vldd_jax import budget
 from vldd_jax import coreset
 from vldd_jax import jsonfile
 from vldd_jax import matching
@@ -40,7 +41,6 @@ from vldd_jax import text
 from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax import viz
-from vldd_jax import window
 from vldd_jax.data import input_pipeline
 from vldd_jax.models import build_model, make_apply_fn, make_feature_fn
 
@@ -89,12 +89,12 @@ def _shared_frozen(workdir: str, experts: list[int]) -> dict:
 
 
 def _check(config: ml_collections.ConfigDict, experts: list[int], workdir: str,
-           matched: window.Window) -> None:
+           matched: budget.Window) -> None:
   cfg = config.distill
   if not experts:
     raise FileNotFoundError(f"No finished experts in {trajectories.experts_dir(workdir)}: "
                             "run --config.stage=experts first.")
-  window.check(matched, trajectories.read_manifest(workdir, experts[0])["epochs"],
+  budget.check(matched, trajectories.read_manifest(workdir, experts[0])["epochs"],
                cfg.num_pairs)
   if cfg.meta_batch % jax.device_count():
     raise ValueError(f"distill.meta_batch={cfg.meta_batch} must be a multiple of the "
@@ -211,7 +211,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       return
     except ValueError as e:  # Damaged: the loop below rewrites it.
       logging.warning("%s Writing it again.", e)
-  matched = window.for_budget(cfg, cfg.num_pairs)
+  matched = budget.window(cfg, cfg.num_pairs)
   _check(config, experts, workdir, matched)
   logging.info("Trajectory window at %d pairs: %s.", cfg.num_pairs, matched)
   os.makedirs(out, exist_ok=True)
@@ -227,8 +227,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                  hoist_tower=cfg.hoist_tower,
                                  first_order=cfg.gradient == "first_order")
   tx = matching.make_meta_optimizer(cfg.meta_lr_images, cfg.meta_lr_text,
-                                    cfg.meta_lr_rates, cfg.momentum, objective.rates(),
-                                    cfg.meta_optimizer)
+                                    budget.meta_lr_rates(cfg, cfg.num_pairs), cfg.momentum,
+                                    objective.rates(), cfg.meta_optimizer)
   meta_step = matching.make_meta_step(apply_fn, trainable_like, unroll, tx, objective,
                                       make_feature_fn(model))
   syn, rows = matching.init_synthetic(train, cfg.num_pairs, cfg.init,

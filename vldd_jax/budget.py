@@ -1,4 +1,5 @@
-"""The trajectory window: which expert epochs a distillation iteration matches.
+"""Distillation settings that follow the budget: the trajectory window and the
+learned rates' meta rate.
 
 An iteration draws a start epoch t from [lo, hi) and unrolls `syn_steps`
 student steps from the expert at t toward the expert at t + expert_epochs.
@@ -22,6 +23,15 @@ the reference budget (0 at or below it):
 and hi moves linearly from hi at the first iteration to hi+ at the last.
 With `start_shift_per_doubling = syn_steps_exponent = 0` every budget matches
 the window as written.
+
+The student rates a set learns fit its short unroll, but an evaluation
+student trains on the set for `evaluate.epochs` passes, N / batch_size steps
+each: ten times longer at 1000 pairs than at 100. On shapes, learned rates
+then hurt large sets (docs/budget.md), so their meta rate falls with the budget:
+
+  meta_lr_rates(N) = meta_lr_rates * (budget_reference / N) ** meta_lr_rates_exponent
+
+(N above the reference; exponent 0: the same at every budget).
 """
 import dataclasses
 import math
@@ -55,7 +65,13 @@ def doublings(num_pairs: int, reference: int) -> float:
   return max(0.0, math.log2(num_pairs / reference))
 
 
-def for_budget(cfg: ml_collections.ConfigDict, num_pairs: int) -> Window:
+def meta_lr_rates(cfg: ml_collections.ConfigDict, num_pairs: int) -> float:
+  """The meta rate of the learned student rates at `num_pairs` (module docstring)."""
+  return cfg.meta_lr_rates * min(1.0, cfg.budget_reference / num_pairs) ** (
+      cfg.meta_lr_rates_exponent)
+
+
+def window(cfg: ml_collections.ConfigDict, num_pairs: int) -> Window:
   """The window of a `num_pairs` set under the rule of the module docstring."""
   shift = round(cfg.start_shift_per_doubling * doublings(num_pairs, cfg.budget_reference))
   final = cfg.max_start_epoch_final or cfg.max_start_epoch

@@ -91,13 +91,17 @@ def _copy_experts(trained, tmp_path, name):
 
 
 def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path):
-  # With a moving window and the `easy` start (window.py), whose draws depend
+  # With a moving window and the `easy` start (budget.py), whose draws depend
   # on the iteration.
   flags = ("--config.stage=distill", "--config.distill.iterations=8",
            "--config.distill.max_start_epoch=1", "--config.distill.max_start_epoch_final=2",
            "--config.distill.init=easy")
+  # The uninterrupted reference runs in this process, with the same settings.
+  config = trained[0].copy_and_resolve_references()
+  config.distill.update(iterations=8, max_start_epoch=1, max_start_epoch_final=2,
+                        init="easy")
   reference = _copy_experts(trained, tmp_path, "reference")
-  run_main(reference, data_dir, *flags)
+  distill.run(config, str(reference))
 
   killed = _copy_experts(trained, tmp_path, "killed")
   kill_when_exists(killed, data_dir, flags, killed / "distill" / "n8" / "ckpt" / "2")

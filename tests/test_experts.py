@@ -1,6 +1,7 @@
 """The pretrain and experts stages: trajectories, resume after a kill, device count."""
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -89,39 +90,41 @@ def _run_stages(workdir, data_dir, *flags, devices=1):
     run_main(workdir, data_dir, f"--config.stage={stage}", *flags, devices=devices)
 
 
-def test_killed_run_resumes_to_the_same_trajectories(data_dir, tmp_path):
-  flags = ("--config.experts.epochs=6",)
-  reference = tmp_path / "reference"
-  _run_stages(reference, data_dir, *flags)
-
+def test_killed_run_resumes_to_the_same_trajectories(trained, data_dir, tmp_path):
+  # The uninterrupted reference is the session's `trained` workdir (the same
+  # tiny config, 2 experts x 3 epochs, run in this process); the killed run
+  # starts from its pretrained tower, since only the experts stage is killed.
+  _, reference = trained
   killed = tmp_path / "killed"
-  run_main(killed, data_dir, "--config.stage=pretrain")
-  kill_when_exists(killed, data_dir, ("--config.stage=experts", *flags),
+  shutil.copytree(os.path.join(reference, "pretrain"), killed / "pretrain")
+  kill_when_exists(killed, data_dir, ("--config.stage=experts",),
                    killed / "experts" / "expert_000" / "ckpt" / "2")
   assert not trajectories.finished_experts(str(killed)) == [0, 1], "killed too late"
 
-  result = run_main(killed, data_dir, "--config.stage=experts", *flags)
+  result = run_main(killed, data_dir, "--config.stage=experts")
   assert "resuming after epoch" in result.stderr
   for expert in (0, 1):
-    for epoch in range(7):
-      want = _flat(trajectories.load_params(str(reference), expert, epoch))
+    for epoch in range(4):
+      want = _flat(trajectories.load_params(reference, expert, epoch))
       got = _flat(trajectories.load_params(str(killed), expert, epoch))
       for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=f"{expert}/{epoch}/{key}")
     np.testing.assert_array_equal(trajectories.load_correct(str(killed), expert),
-                                  trajectories.load_correct(str(reference), expert))
+                                  trajectories.load_correct(reference, expert))
 
 
-def test_one_and_four_devices_train_the_same_expert(data_dir, tmp_path):
-  flags = ("--config.experts.num_experts=1", "--config.experts.epochs=2")
-  one, four = tmp_path / "one", tmp_path / "four"
-  _run_stages(one, data_dir, *flags)
-  _run_stages(four, data_dir, *flags, devices=4)
-  for epoch in (1, 2):
-    want = _flat(trajectories.load_params(str(one), 0, epoch))
-    got = _flat(trajectories.load_params(str(four), 0, epoch))
+def test_one_and_four_devices_train_the_same_expert(trained, data_dir, tmp_path):
+  # One device: the session's `trained` workdir (this process, 1 CPU device);
+  # four: a child process with 4 CPU devices running both stages.
+  _, one = trained
+  four = tmp_path / "four"
+  _run_stages(four, data_dir, devices=4)
+  for expert, epoch in ((0, 1), (0, 3), (1, 3)):
+    want = _flat(trajectories.load_params(one, expert, epoch))
+    got = _flat(trajectories.load_params(str(four), expert, epoch))
     for key in want:
-      np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-5, err_msg=key)
+      np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-5,
+                                 err_msg=f"{expert}/{epoch}/{key}")
 
 
 def test_split_of_expert_params_matches_model_partition(trained):

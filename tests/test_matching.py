@@ -162,8 +162,9 @@ def _first_meta_step(optimizer: str, momentum: float) -> tuple[dict, dict]:
                                     META_RATES["log_lr"], momentum=momentum,
                                     optimizer=optimizer)
   loss = matching.make_matching_loss(apply_fn, trainable, cfg)
-  grads = jax.grad(lambda s: sum(loss(s, start, target, frozen, k) for k in
-                                 jax.random.split(jax.random.key(0), 2)))(syn)
+  # Jitted: op-by-op dispatch of the unrolled loss took most of the test's time.
+  grads = jax.jit(jax.grad(lambda s: sum(loss(s, start, target, frozen, k) for k in
+                                         jax.random.split(jax.random.key(0), 2))))(syn)
   before = jax.tree.map(np.asarray, syn)
   meta_step = matching.make_meta_step(apply_fn, trainable, cfg, tx)
   stack = lambda tree: jax.tree.map(lambda x: jnp.stack([x, x]), tree)

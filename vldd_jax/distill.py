@@ -45,6 +45,7 @@ from vldd_jax.data import input_pipeline
 from vldd_jax.models import build_model, make_apply_fn, make_feature_fn
 
 SETTINGS = "settings.json"
+TMP_RESULT = "distilled.tmp.npz"  # The set is written here, then renamed.
 
 
 class ExpertBuffer:
@@ -388,7 +389,7 @@ def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.
                 format_version=synthetic.FORMAT_VERSION,
                 provenance_json=json.dumps(provenance_json, default=str),
                 **objective.export(syn))
-  tmp = os.path.join(out, "distilled.tmp.npz")
+  tmp = os.path.join(out, TMP_RESULT)
   np.savez(tmp, **arrays)
   viz.image_grid(images_uint8, nearest_captions, os.path.join(out, "synthetic_grid.png"))
   viz.loss_curve([h["iteration"] for h in history], [h["loss"] for h in history],

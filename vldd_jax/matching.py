@@ -64,13 +64,14 @@ def init_synthetic(train: Split, num_pairs: int, init: str, lr_init: float,
     raise ValueError(f"distill.num_pairs={num_pairs} exceeds the {len(train)} "
                      "training pairs.")
   rng = np.random.default_rng([seed, num_pairs])
-  rows = np.sort(rng.choice(len(train), num_pairs, replace=False))
-  captions = rng.integers(0, train.text_emb.shape[1], num_pairs)
   if pairs is not None:
     rows, captions = pairs
   elif init not in INITS:
     raise ValueError(f"distill.init={init!r}; expected 'real', 'real_mean', 'noise' "
                      "or a coreset.")
+  else:
+    rows = np.sort(rng.choice(len(train), num_pairs, replace=False))
+    captions = rng.integers(0, train.text_emb.shape[1], num_pairs)
   images = np.asarray(to_model_space(jnp.asarray(train.images[rows])))
   text = train.text_emb[rows, captions]
   if init == "noise":

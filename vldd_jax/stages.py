@@ -32,6 +32,7 @@ from vldd_jax import matching
 from vldd_jax import objectives
 from vldd_jax import pretrain
 from vldd_jax import students
+from vldd_jax import synthetic
 from vldd_jax import trajectories
 from vldd_jax.data import input_pipeline
 from vldd_jax.data import karpathy
@@ -66,7 +67,6 @@ def _replaced(*names: str) -> str:
   return "|".join(re.escape(name + jsonfile.TMP) for name in names)
 
 
-_SET = r"n\d+(_\w+)?"  # The folders of synthetic.set_dir.
 _EXPERT = trajectories.EXPERT_NAME
 _TFDS = ("tfds", "|".join(re.escape(b.name) for b in (shapes.Shapes, karpathy.Karpathy)))
 # Orbax's unfinished step of a checkpoint folder, `<step>.orbax-checkpoint-tmp`
@@ -83,11 +83,11 @@ LEFTOVERS: tuple[Leftover, ...] = (
                            *(f"config_{s}.json" for s in ("pipeline", *STAGES, *ALONE)))),
     Leftover(("pretrain",), _replaced(backbone.SUMMARY)),
     Leftover(("experts", _EXPERT), _replaced(trajectories.MANIFEST)),
-    # distill.py writes its set through `distilled.tmp.npz`.
-    Leftover(("distill", _SET), _replaced(distill.SETTINGS) + r"|distilled\.tmp\.npz"),
+    Leftover(("distill", synthetic.SET_FOLDER),
+             _replaced(distill.SETTINGS) + "|" + re.escape(distill.TMP_RESULT)),
     Leftover(("pretrain", "ckpt"), _ORBAX, folder=True),
     Leftover(("experts", _EXPERT, "ckpt"), _ORBAX, folder=True),
-    Leftover(("distill", _SET, "ckpt"), _ORBAX, folder=True),
+    Leftover(("distill", synthetic.SET_FOLDER, "ckpt"), _ORBAX, folder=True),
 )
 
 

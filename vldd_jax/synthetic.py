@@ -81,7 +81,7 @@ _FIELDS: dict[str, tuple[tuple, np.dtype | str]] = {
 }
 _REQUIRED = ("images", "images_uint8", "text_emb", "lr_image", "lr_text")
 _KIND_NAMES = {"f": "floating", "iu": "integer", "U": "string"}
-_SET_FOLDER = re.compile(r"n\d+(_\w+)?")  # The folder names of `set_dir`.
+SET_FOLDER = r"n\d+(_\w+)?"  # The folder names `set_dir` writes.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +100,8 @@ def _advice(path: str) -> str:
   """What to do about a set that cannot be used. Only a workdir's own set is
   ours to write again; any other file is someone's copy."""
   folder = os.path.dirname(os.path.abspath(path))
-  if (os.path.basename(path) == RESULT and _SET_FOLDER.fullmatch(os.path.basename(folder))
+  if (os.path.basename(path) == RESULT
+      and re.fullmatch(SET_FOLDER, os.path.basename(folder))
       and os.path.basename(os.path.dirname(folder)) == "distill"):
     return (" Rerun stage distill with the same settings to write it again from its "
             "last checkpoint.")

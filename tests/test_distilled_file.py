@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vldd_jax import checksums
 from vldd_jax import evaluate
 from vldd_jax import objectives
 from vldd_jax import synthetic
@@ -331,7 +332,7 @@ def test_export_never_mixes_two_sets_and_repeats_as_a_no_op(tmp_path):
   assert export.export(first, out) == folder and _files(folder) == written
   assert sorted(os.listdir(os.path.dirname(folder))) == ["1.0.0"]
   sidecar = json.load(open(os.path.join(folder, export.SIDECAR)))
-  assert sidecar["source_sha256"] == export.checksum(first) and sidecar["loss_bias"] == -10
+  assert sidecar["source_sha256"] == checksums.file_sha256(first) and sidecar["loss_bias"] == -10
 
 
 def test_a_killed_export_leaves_nothing_that_blocks_a_rerun(tmp_path):

@@ -6,9 +6,12 @@ import shutil
 import chex
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+import safetensors.numpy
 
 from vldd_jax import backbone
+from vldd_jax import checksums
 from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import experts
@@ -182,7 +185,7 @@ def test_a_damaged_trajectory_checkpoint_is_refused_not_loaded(trained, tmp_path
   copy = tmp_path / "work"
   shutil.copytree(os.path.join(workdir, "experts"), copy / "experts")
   good = jax.device_get(trajectories.load_params(str(copy), 0, 1))  # Checks out.
-  assert trajectories.digest(good) == trajectories.read_manifest(
+  assert checksums.tree_sha256(good) == trajectories.read_manifest(
       str(copy), 0)["history"][1]["params_sha256"]
   data = copy / "experts" / "expert_000" / "ckpt" / "1" / "params"
   biggest = max((p for p in data.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
@@ -193,3 +196,79 @@ def test_a_damaged_trajectory_checkpoint_is_refused_not_loaded(trained, tmp_path
   with pytest.raises(ValueError, match=r"expert_000/ckpt/1: the parameters do not match "
                                        "the checksum"):
     trajectories.load_params(str(copy), 0, 1)
+
+
+def _lend_tower(workdir, tmp_path):
+  """A copy of the trained workdir's pretrain/ folder, and the config that borrows it."""
+  config, workdir = workdir
+  lent = tmp_path / "lent" / "pretrain"
+  shutil.copytree(os.path.join(workdir, "pretrain"), lent)
+  borrower = config.copy_and_resolve_references()
+  borrower.model.backbone = str(lent)
+  return borrower, lent
+
+
+def _overwrite_tower(lent, record: bool) -> None:
+  """Saves another tower into `lent` (scaled weights); with `record`, its summary
+  records the new checksum, as pretraining into that folder again would."""
+  ckpt = str(lent / "ckpt")
+  with ocp.CheckpointManager(ckpt) as mngr:
+    step = mngr.latest_step()
+    tower = mngr.restore(step, args=ocp.args.Composite(
+        tower=ocp.args.StandardRestore())).tower
+  tower = jax.tree.map(lambda w: np.asarray(w) * 1.5, tower)
+  shutil.rmtree(ckpt)
+  with ocp.CheckpointManager(ckpt) as mngr:
+    mngr.save(step, args=ocp.args.Composite(tower=ocp.args.StandardSave(tower)))
+    mngr.wait_until_finished()
+  if record:
+    summary = json.loads((lent / backbone.SUMMARY).read_text())
+    summary["tower_sha256"] = checksums.tree_sha256(tower)
+    (lent / backbone.SUMMARY).write_text(json.dumps(summary))
+
+
+def test_a_borrowed_tower_replaced_under_the_same_path_is_refused(trained, tmp_path):
+  borrower, lent = _lend_tower(trained, tmp_path)
+  recorded = json.loads((lent / backbone.SUMMARY).read_text())["tower_sha256"]
+  assert provenance.settings(borrower, "distill")["model.backbone_sha256"] == recorded
+  mine = str(tmp_path / "mine")
+  borrower.experts.num_experts = 1
+  experts.run(borrower, mine)
+  assert trajectories.finished_experts(mine, borrower) == [0]
+  _overwrite_tower(lent, record=True)  # Its owner pretrains that folder again.
+  with pytest.raises(ValueError, match=rf"model\.backbone_sha256: saved '{recorded}', "
+                                       "config '[0-9a-f]{64}'"):
+    trajectories.finished_experts(mine, borrower)
+
+
+def test_a_damaged_borrowed_tower_is_refused_not_loaded(trained, tmp_path):
+  borrower, lent = _lend_tower(trained, tmp_path)
+  backbone.loader(borrower, "/nonexistent")  # The intact copy loads.
+  _overwrite_tower(lent, record=False)
+  with pytest.raises(ValueError, match=r"pretrain/ckpt: the tower does not match the "
+                                       "tower_sha256"):
+    backbone.loader(borrower, "/nonexistent")
+  summary = json.loads((lent / backbone.SUMMARY).read_text())
+  del summary["tower_sha256"]
+  (lent / backbone.SUMMARY).write_text(json.dumps(summary))
+  with pytest.raises(ValueError, match=r"summary.json records no tower_sha256"):
+    provenance.settings(borrower, "experts")
+
+
+def test_a_hugging_face_tower_is_recorded_by_its_bytes(trained, tmp_path):
+  config, _ = trained
+  (tmp_path / "config.json").write_text("{}")
+  weights = tmp_path / "model.safetensors"
+  safetensors.numpy.save_file({"w": np.zeros(4, np.float32)}, str(weights))
+  config = config.copy_and_resolve_references()
+  config.model.backbone = str(tmp_path)
+  first = provenance.settings(config, "compare")["model.backbone_sha256"]
+  assert provenance.settings(config, "pretrain").get("model.backbone_sha256") is None
+  safetensors.numpy.save_file({"w": np.ones(4, np.float32)}, str(weights))
+  os.utime(weights, ns=(1, 1))  # A new mtime: the memo is keyed by path, size, mtime.
+  assert provenance.settings(config, "compare")["model.backbone_sha256"] != first
+  config.model.backbone = str(weights)  # The file itself, config.json beside it.
+  assert len(provenance.settings(config, "experts")["model.backbone_sha256"]) == 64
+  os.remove(tmp_path / "config.json")
+  with pytest.raises(FileNotFoundError, match=r"config.json not found"):
+    provenance.settings(config, "experts")

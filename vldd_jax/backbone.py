@@ -12,11 +12,12 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from vldd_jax import checksums
 from vldd_jax import jsonfile
 from vldd_jax import provenance
 from vldd_jax.models import load_hf_vit
 
-SUMMARY = "summary.json"
+SUMMARY = checksums.PRETRAIN_SUMMARY
 # The settings a pretrained tower used on other data must share with the config.
 TOWER_FIELDS = ("model.tower", "model.vit.", "model.convnet.")
 
@@ -30,14 +31,17 @@ def _is_base(path: str) -> bool:
   return not path.endswith(("/lora_a", "/lora_b"))
 
 
-def _graft(tower: dict, base: dict) -> dict:
+def _graft(tower: dict, base: dict, folder: str) -> dict:
   flat = traverse_util.flatten_dict(tower, sep="/")
   loaded = traverse_util.flatten_dict(base, sep="/")
   expected = {k for k in flat if _is_base(k)}
-  if expected != loaded.keys() or any(flat[k].shape != v.shape for k, v in loaded.items()):
-    raise ValueError("The pretrained tower in the workdir does not match config.model "
-                     "(was it pretrained with other model settings?); delete "
-                     "<workdir>/pretrain to pretrain again.")
+  differ = sorted(expected ^ loaded.keys()) or [
+      k for k, v in loaded.items() if flat[k].shape != v.shape]
+  if differ:
+    raise ValueError(f"The tower in {folder} does not fit config.model (first differing "
+                     f"weights: {', '.join(differ[:3])}): it was made for another "
+                     "architecture. Set config.model to the settings it was pretrained "
+                     "with, or point config.model.backbone at a tower made for these.")
   flat.update({k: jnp.asarray(v) for k, v in loaded.items()})
   return traverse_util.unflatten_dict(flat, sep="/")
 
@@ -65,10 +69,15 @@ def loader(config: ml_collections.ConfigDict,
     raise FileNotFoundError(f"{summary} not found: run --config.stage=pretrain first, "
                             "or set config.model.backbone.")
   check_settings(config, summary, fields)
+  recorded = checksums.backbone_sha256(folder)
   with ocp.CheckpointManager(os.path.join(folder, "ckpt")) as mngr:
     base = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
         tower=ocp.args.StandardRestore())).tower
-  return lambda tower: _graft(tower, base)
+  if checksums.tree_sha256(base) != recorded:
+    raise ValueError(f"{folder}/ckpt: the tower does not match the tower_sha256 that "
+                     f"{summary} recorded when it was pretrained (a damaged or replaced "
+                     "checkpoint).")
+  return lambda tower: _graft(tower, base, folder)
 
 
 def check_settings(config: ml_collections.ConfigDict, summary: str,

@@ -29,6 +29,7 @@ from absl import logging
 from flax import traverse_util
 
 from vldd_jax import budget
+from vldd_jax import checksums
 from vldd_jax import coreset
 from vldd_jax import jsonfile
 from vldd_jax import matching
@@ -183,7 +184,7 @@ def _restore(mngr: ocp.CheckpointManager, like: dict, out: str) -> tuple[dict, l
   record = restored.history
   if isinstance(record, list):  # Saved before checksums.
     return restored.state, record
-  if trajectories.digest(restored.state) != record["state_sha256"]:
+  if checksums.tree_sha256(restored.state) != record["state_sha256"]:
     raise ValueError(f"{where}: the set does not match the checksum recorded when it "
                      f"was saved (a damaged file). {remedy}")
   return restored.state, list(record["history"])
@@ -290,7 +291,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
           # leaves nothing that blocks a corrected rerun. A finished set keeps
           # its settings until its longer result replaces it, below.
           jsonfile.write(os.path.join(out, SETTINGS), settings(config, len(experts)))
-        record = {"history": history, "state_sha256": trajectories.digest(state)}
+        record = {"history": history, "state_sha256": checksums.tree_sha256(state)}
         mngr.save(it + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   history=ocp.args.JsonSave(record)))
     mngr.wait_until_finished()

@@ -17,6 +17,7 @@ import tqdm
 from absl import logging
 
 from vldd_jax import backbone
+from vldd_jax import checksums
 from vldd_jax import metrics_log
 from vldd_jax import parallel
 from vldd_jax import provenance
@@ -110,7 +111,7 @@ def _train_expert(config, workdir, expert, student, tx, train_step, embedder,
     if last is None:
       metrics = {"epoch": 0, "val": _rounded(trainer.evaluate_retrieval(
           embedder, trainable, frozen, val)), "seconds": 0.0,
-                 "params_sha256": trajectories.digest(trainable)}
+                 "params_sha256": checksums.tree_sha256(trainable)}
       _save(mngr, 0, dict(params=trainable, opt_state=opt_state, frozen=frozen,
                           metrics=metrics))
       last = 0
@@ -132,7 +133,7 @@ def _train_expert(config, workdir, expert, student, tx, train_step, embedder,
       metrics = {"epoch": epoch, "loss": round(loss, 5), "val": recall,
                  "in_batch_accuracy": round(100 * float(np.mean(correct[correct >= 0])), 2),
                  "seconds": round(time.time() - t0, 2),
-                 "params_sha256": trajectories.digest(trainable)}
+                 "params_sha256": checksums.tree_sha256(trainable)}
       _save(mngr, epoch, dict(params=trainable, opt_state=opt_state, correct=correct,
                               metrics=metrics))
       history.append(metrics)

@@ -14,7 +14,6 @@ overwritten. Read it back with
   tfds.builder_from_directory(folder).as_data_source()["train"]
 """
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vldd_jax import checksums
 from vldd_jax import synthetic
 
 SIDECAR = "distilled.json"
@@ -76,15 +76,6 @@ class DistilledPairs(tfds.core.GeneratorBasedBuilder):
       yield i, example
 
 
-def checksum(path: str) -> str:
-  """The SHA-256 of a file's bytes: which set an export folder was made from."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def _source_checksum(folder: str) -> str | None:
   """The source checksum an export folder records; None if it records none."""
   try:
@@ -104,7 +95,7 @@ def export(path: str, out_dir: str) -> str:
   temporary sibling and renamed into place when complete, so a killed export
   leaves no partial folder (the next export removes its temporary)."""
   distilled = synthetic.load_distilled(path)
-  source_sha256 = checksum(path)
+  source_sha256 = checksums.file_sha256(path)
   name = f"n{len(distilled)}"
   version = str(DistilledPairs.VERSION)
   folder = os.path.join(out_dir, DistilledPairs.name, name, version)

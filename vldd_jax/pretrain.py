@@ -23,6 +23,7 @@ import tqdm
 from absl import logging
 
 from vldd_jax import backbone
+from vldd_jax import checksums
 from vldd_jax import compile_options
 from vldd_jax import jsonfile
 from vldd_jax import parallel
@@ -189,6 +190,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   logging.info("Pretrained tower, held-out accuracy: %s", accuracy)
   jsonfile.write(os.path.join(out, backbone.SUMMARY),
                  {"settings": provenance.settings(config, "pretrain"),
+                  "tower_sha256": checksums.tree_sha256(params["tower"]),
                   "epochs": cfg.epochs, "held_out_examples": n_held,
                   "held_out_accuracy": accuracy,
                   "seconds_this_run": round(time.time() - t0, 1)})

@@ -6,12 +6,15 @@ less those that cannot change it (where the data lives, logging cadence, how
 many experts there are). A later run compares that record with its own config
 through `check`, which refuses with every differing field, its saved and its
 new value, so a workdir never mixes results made under different settings.
+A tower from outside the workdir (`model.backbone` a path) is recorded by its
+content too, `model.backbone_sha256`.
 """
 import json
 
 import ml_collections
 from flax import traverse_util
 
+from vldd_jax import checksums
 from vldd_jax import config_lib
 
 # The config sections (or single fields) each kind of output depends on.
@@ -46,7 +49,13 @@ def settings(config: ml_collections.ConfigDict, kind: str,
       value = value.to_dict()
     if value is not None:  # A config without the section (no pretrain stage).
       nested[name] = value
-  return flatten(nested, ignore)
+  flat = flatten(nested, ignore)
+  source = flat.get("model.backbone")
+  if source not in (None, "pretrain", "scratch"):
+    # A tower from outside the workdir is recorded by what it holds, so one
+    # replaced under the same path is refused like a changed setting.
+    flat["model.backbone_sha256"] = checksums.backbone_sha256(source)
+  return flat
 
 
 def flatten(nested: dict, ignore: tuple[str, ...] = ()) -> dict:

@@ -17,6 +17,7 @@ import safetensors.numpy
 import tqdm
 import transformers
 
+from vldd_jax import checksums
 from vldd_jax import compile_options
 
 POOLINGS = ("mean", "cls")
@@ -231,10 +232,7 @@ def _fingerprint(model_dir: str, pooling: str, max_length: int) -> str:
     file = os.path.join(model_dir, name)
     if not os.path.isfile(file):
       continue
-    digest.update(name.encode() + b"\0")
-    with open(file, "rb") as f:
-      for chunk in iter(lambda: f.read(1 << 22), b""):
-        digest.update(chunk)
+    digest.update(f"{name}:{checksums.file_sha256(file)};".encode())
   digest.update(f"pooling={pooling};max_length={max_length}".encode())
   return digest.hexdigest()[:16]
 

@@ -11,7 +11,6 @@ Layout under `<workdir>/experts/expert_NNN/`:
 
 Loading one (expert, epoch) reads only that checkpoint's `params` item.
 """
-import hashlib
 import json
 import os
 import re
@@ -22,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from vldd_jax import checksums
 from vldd_jax import jsonfile
 from vldd_jax import parallel
 from vldd_jax import provenance
@@ -171,24 +171,6 @@ def finished_experts(workdir: str,
   return finished
 
 
-def _key_name(key) -> str:
-  return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
-
-
-def digest(tree) -> str:
-  """SHA-256 of a pytree's leaf paths ("img/lora_a"), dtypes, shapes and bytes;
-  device arrays are gathered to the host first (`parallel.to_host`)."""
-  leaves = {"/".join(map(_key_name, path)): leaf
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-  sha = hashlib.sha256()
-  for path, leaf in sorted(leaves.items()):
-    leaf = np.ascontiguousarray(parallel.to_host(leaf) if isinstance(leaf, jax.Array)
-                                else leaf)
-    sha.update(f"{path}:{leaf.dtype}:{leaf.shape};".encode())
-    sha.update(leaf.tobytes())
-  return sha.hexdigest()
-
-
 def load_params(workdir: str, expert: int, epoch: int) -> dict:
   """The trainable parameters of `expert` after `epoch` epochs (0: its start),
   checked against the checksum recorded when they were saved."""
@@ -201,7 +183,7 @@ def load_params(workdir: str, expert: int, epoch: int) -> dict:
     params = _restore_item(mngr, epoch, "params")
   recorded = [h.get("params_sha256") for h in (read_manifest(workdir, expert) or {}).get(
       "history", []) if h["epoch"] == epoch]
-  if recorded and recorded[0] and digest(params) != recorded[0]:
+  if recorded and recorded[0] and checksums.tree_sha256(params) != recorded[0]:
     raise ValueError(f"{expert_dir(workdir, expert)}/ckpt/{epoch}: the parameters do not "
                      "match the checksum recorded when they were saved (a damaged file). "
                      f"{RETRAIN_EPOCH}")

@@ -160,6 +160,7 @@ def test_a_checkpoint_past_the_asked_iterations_is_refused(trained, data_dir, tm
   run_main(workdir, data_dir, "--config.stage=distill")
   four = {name: (out / name).read_bytes() for name in (distill.SETTINGS, synthetic.RESULT)}
   run_main(workdir, data_dir, "--config.stage=distill", "--config.distill.iterations=6")
+  six = (out / synthetic.RESULT).read_bytes()
   for name, content in four.items():
     (out / name).write_bytes(content)
   result = run_main(workdir, data_dir, "--config.stage=distill",
@@ -167,6 +168,15 @@ def test_a_checkpoint_past_the_asked_iterations_is_refused(trained, data_dir, tm
   assert result.returncode != 0
   assert re.search(r"n8/ckpt holds iteration 6, past distill.iterations=5", result.stderr)
   assert (out / synthetic.RESULT).read_bytes() == four[synthetic.RESULT]  # Kept.
+  # Killed between writing the 6-iteration set and its settings: settings.json
+  # says 4, the file holds 6 iterations. It is not handed back as the 4-iteration set.
+  (out / synthetic.RESULT).write_bytes(six)
+  result = run_main(workdir, data_dir, "--config.stage=distill", check=False)
+  assert result.returncode != 0
+  assert re.search(r"n8/distilled.npz holds a set distilled for 6 iterations, not the "
+                   r"4 asked.*n8/ckpt holds iteration 6, past distill.iterations=4",
+                   result.stderr, re.S)
+  assert (out / synthetic.RESULT).read_bytes() == six  # Kept.
 
 
 _DEVICES_FLAGS = ("--config.stage=distill", "--config.distill.meta_batch=4",

@@ -208,9 +208,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   finished = os.path.exists(result)
   if finished and saved_iterations in (None, cfg.iterations):
     try:
-      synthetic.read(result)
-      logging.info("Distilled set found: %s", result)
-      return
+      made = synthetic.load_distilled(result).provenance.get("iterations")
+      if made == cfg.iterations:
+        logging.info("Distilled set found: %s", result)
+        return
+      # A longer run that stopped between writing its set and its settings.
+      logging.warning("%s holds a set distilled for %s iterations, not the %d asked; "
+                      "going on from the checkpoints.", result, made, cfg.iterations)
     except ValueError as e:  # Damaged: the loop below rewrites it.
       logging.warning("%s Writing it again.", e)
   matched = budget.window(cfg, cfg.num_pairs)

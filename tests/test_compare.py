@@ -6,14 +6,11 @@ import shutil
 
 import jax
 import pytest
-from flax import traverse_util
 
 from vldd_jax import compare
 from vldd_jax import evaluate
 from vldd_jax import objectives
 from vldd_jax import synthetic
-
-from conftest import tiny_config
 
 
 def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, tmp_path,
@@ -85,20 +82,3 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, tmp_pat
   other.evaluate.epochs += 1
   with pytest.raises(ValueError, match=r"compare.json was made with other settings \(evaluate\.epochs: saved 1, config 2\)"):
     compare.run(other, workdir)
-
-
-def test_compare_json_from_before_per_cell_similarity_settings_still_loads(tmp_path):
-  # Such a file kept the similarity fields in its table-wide settings.
-  config = tiny_config(str(tmp_path))
-  old = compare.settings(config)
-  old.update({f"distill.{k}": v for k, v in
-              compare.objective_settings(config, "distilled_lowrank").items()},
-             **{"distill.similarity": "none"})
-  old = traverse_util.unflatten_dict(old, sep=".")  # Such files nest the sections.
-  rows = [{"method": "random", "budget": 4}, {"method": "distilled_lowrank", "budget": 4}]
-  path = tmp_path / compare.RESULT
-  path.write_text(json.dumps({"rows": rows, "settings": old}))
-  assert [r["method"] for r in compare.load_rows(str(path), config)] == [
-      "random", "distilled_lowrank"]
-  config.distill.similarity_alpha += 1
-  assert [r["method"] for r in compare.load_rows(str(path), config)] == ["random"]

@@ -7,16 +7,13 @@ import shutil
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from vldd_jax import distill
 from vldd_jax import experts
-from vldd_jax import matching
 from vldd_jax import stages
 from vldd_jax import synthetic
 from vldd_jax import trajectories
-from vldd_jax.data import input_pipeline
 
 
 def _copy(trained, root, *folders):
@@ -196,36 +193,3 @@ def test_a_full_disk_names_the_workdir_and_a_rerun_finishes(trained, tmp_path,
   stages.run(config, str(work))
   assert not (work / "distill" / "n8" / "distilled.tmp.npz").exists()
   assert synthetic.read(str(work / "distill" / "n8" / synthetic.RESULT))["images"].shape[0] == 8
-
-
-def test_a_checkpoint_from_before_the_text_emb_rename_resumes_to_the_same_set(
-    trained, tmp_path):
-  config, _ = trained
-  reference = _copy(trained, tmp_path / "reference", "pretrain", "experts")
-  _distill(config, reference, 4)
-  work = _copy(trained, tmp_path / "old", "pretrain", "experts")
-  _distill(config, work, 2)
-  # Rewrite its checkpoint as versions before the rename saved it: the set's
-  # text part called "text", the history a plain list.
-  cfg = config.distill
-  train = input_pipeline.load_split(config, str(work), "train")
-  # Only the state's structure is used, so any init gives the template.
-  syn, _ = matching.init_synthetic(train, cfg.num_pairs, "real", config.experts.lr,
-                                   config.seed)
-  tx = matching.make_meta_optimizer(cfg.meta_lr_images, cfg.meta_lr_text, cfg.meta_lr_rates,
-                                    cfg.momentum, optimizer=cfg.meta_optimizer)
-  like = matching.init_state(syn, tx)
-  out = str(work / "distill" / "n8")
-  with distill._checkpoint_manager(out) as mngr:
-    state, history = distill._restore(mngr, like, out)
-    mngr.delete(2)
-    mngr.save(2, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(distill._renamed(state, "text_emb", "text")),
-        history=ocp.args.JsonSave(history)))
-    mngr.wait_until_finished()
-  assert (work / "distill" / "n8" / "ckpt" / "2" / "state").is_dir()
-  _distill(config, work, 4)  # Resumes from the old layout.
-  got = synthetic.read(os.path.join(out, synthetic.RESULT))
-  want = synthetic.read(str(reference / "distill" / "n8" / synthetic.RESULT))
-  for key in ("images", "text_emb", "lr_image", "lr_text"):
-    np.testing.assert_array_equal(got[key], want[key], err_msg=key)

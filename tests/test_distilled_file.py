@@ -88,9 +88,11 @@ def test_a_valid_set_loads_every_field(tmp_path, objective, similarity_loss, com
   assert sorted(loaded.arrays) == sorted(arrays)
   for key, value in arrays.items():
     np.testing.assert_array_equal(loaded.arrays[key], value, err_msg=key)
-  # A version-0 file (older vldd_jax) has no provenance and reads as plain.
-  old = {k: v for k, v in arrays.items() if k not in ("format_version", "provenance_json")}
-  assert synthetic.load_distilled(_write(tmp_path / "old.npz", old)).objective == "plain"
+  # A file without a format version or provenance is not a set vldd_jax wrote.
+  for field in ("format_version", "provenance_json"):
+    other = {k: v for k, v in arrays.items() if k != field}
+    with pytest.raises(synthetic.DistilledFileError, match=f"old.npz: no {field}"):
+      synthetic.load_distilled(_write(tmp_path / "old.npz", other))
 
 
 @pytest.mark.parametrize("similarity_loss", ["wbce", "sigmoid"])
@@ -160,8 +162,8 @@ MALFORMED = [
      r"format_version has shape \(\) and dtype float64, expected \[\] integer"),
     ("string_version", _replace(format_version="1"),
      r"format_version has shape \(\) and dtype <U1, expected \[\] integer"),
-    ("negative_version", _replace(format_version=-1), r"format_version=-1, expected 0 to 1"),
-    ("no_provenance", _drop("provenance_json"), r"format_version=1 but no provenance_json"),
+    ("old_version", _replace(format_version=0), r"format_version=0, expected 1"),
+    ("no_provenance", _drop("provenance_json"), r"no provenance_json \(not a distilled set written by vldd_jax\)"),
     ("provenance_not_json", _replace(provenance_json="{objective: plain"),
      r"provenance_json is not valid JSON \(Expecting property name"),
     ("provenance_a_list", _replace(provenance_json="[1, 2]"),

@@ -111,8 +111,6 @@ def test_unknown_config_field_names_the_field_and_its_siblings(tmp_path):
           in result.stderr), result.stderr[-2000:]
   result = _main(tmp_path, "--config=configs/shapes.py:tiny", "--config.nope.x=1")
   assert "--config.nope.x: the config has no field 'nope'" in result.stderr
-  result = _main(tmp_path, "--config=configs/shapes.py:tiny", "--config.distill.lr_lr=0.1")
-  assert "--config.distill.lr_lr is now --config.distill.meta_lr_rates." in result.stderr
 
 
 def test_a_second_run_on_a_workdir_in_use_is_refused_with_the_holders_pid(tmp_path):

@@ -103,19 +103,6 @@ def test_every_finished_expert_is_matched_logged_and_recorded(trained, tmp_path,
   assert settings["distill.experts_used"] == 3
 
 
-def test_manifests_from_before_settings_are_checked_on_the_fields_they_hold(
-    trained, tmp_path):
-  config, workdir = trained
-  manifest = trajectories.read_manifest(workdir, 0)
-  del manifest["settings"]
-  copy = tmp_path / "work"
-  shutil.copytree(trajectories.expert_dir(workdir, 0), trajectories.expert_dir(str(copy), 0))
-  trajectories.write_manifest(str(copy), 0, manifest)
-  assert trajectories.finished_experts(str(copy), config) == [0]
-  with pytest.raises(ValueError, match=r"data\.num_train: saved 64, config 48"):
-    trajectories.finished_experts(str(copy), _changed(config, "data.num_train", 48))
-
-
 def test_another_workdirs_pretrained_tower_serves_other_data_with_the_same_tower(
     trained):
   config, workdir = trained
@@ -142,27 +129,6 @@ def test_a_garbage_json_file_is_named_with_what_to_do(trained, tmp_path, content
   (copy / "experts" / "expert_000" / trajectories.MANIFEST).write_text(content)
   with pytest.raises(ValueError, match=message + ".*move its folder away"):
     trajectories.finished_experts(str(copy), config)
-
-
-def test_a_record_from_before_a_field_existed_matches_its_old_behaviour_value():
-  saved = {"distill.iterations": 10}
-  assert provenance.differences(saved, {"distill.iterations": 10,
-                                        "distill.gradient": "exact"}) == []
-  assert provenance.differences(saved, {"distill.iterations": 10,
-                                        "distill.gradient": "first_order"}) == [
-                                            "distill.gradient"]
-  assert provenance.differences({**saved, "distill.gradient": "first_order"},
-                                {"distill.iterations": 10,
-                                 "distill.gradient": "exact"}) == ["distill.gradient"]
-
-
-def test_a_record_with_a_renamed_field_is_read_under_its_new_name():
-  saved = {"distill.lr_images": 2e-3, "distill.iterations": 10}  # Before the rename.
-  assert provenance.differences(saved, {"distill.meta_lr_images": 2e-3,
-                                        "distill.iterations": 10}) == []
-  with pytest.raises(ValueError, match=r"distill.meta_lr_images: saved 0.002, config 0.004"):
-    provenance.check(saved, {"distill.meta_lr_images": 4e-3, "distill.iterations": 10},
-                     "n8", "")
 
 
 def test_a_pretrained_tower_whose_checkpoint_was_deleted_is_pretrained_again(

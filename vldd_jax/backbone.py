@@ -83,11 +83,8 @@ def loader(config: ml_collections.ConfigDict,
 def check_settings(config: ml_collections.ConfigDict, summary: str,
                    fields: tuple[str, ...] | None = None) -> None:
   """Raises if the pretrained tower of `summary` was made under other settings
-  (of those starting with one of `fields`, if given); summaries from before
-  `settings` existed are taken as matching."""
-  saved = jsonfile.read(summary).get("settings")
-  if saved is None:
-    return
+  (of those starting with one of `fields`, if given)."""
+  saved = jsonfile.read(summary).get("settings", {})
   wanted = provenance.settings(config, "pretrain")
   if fields is not None:
     saved, wanted = ({k: v for k, v in d.items() if k.startswith(fields)}

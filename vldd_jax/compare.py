@@ -57,24 +57,13 @@ def load_rows(path: str, config: ml_collections.ConfigDict) -> list[dict]:
   if not os.path.exists(path):
     return []
   saved = jsonfile.read(path)
-  saved_settings = provenance.flatten(saved.get("settings", {}))
-  # Files from before per-cell settings hold the similarity fields (and the
-  # objective, then `distill.similarity`) for the whole table.
-  legacy = {name: saved_settings.pop(f"distill.{name}", None)
-            for name in objectives.all_fields()}
-  saved_settings.pop("distill.similarity", None)
-  provenance.check(saved_settings, settings(config), path,
+  provenance.check(saved.get("settings", {}), settings(config), path,
                    "move it away to start a new comparison, or rerun with the "
                    "settings it records.")
   rows = saved["rows"]
   distilled = objectives.methods()
-  for row in rows:
-    if row["method"] in distilled:
-      row.setdefault("objective_settings", row.pop("similarity_settings", None) or
-                     {k: v for k, v in legacy.items()
-                      if k in objectives.OBJECTIVES[distilled[row["method"]]].fields})
   stale = [r for r in rows if r["method"] in distilled
-           and r["objective_settings"] != objective_settings(config, r["method"])]
+           and r.get("objective_settings") != objective_settings(config, r["method"])]
   for row in stale:
     logging.warning("%s: recomputing the %s cell at budget %d, made with other "
                     "settings of its objective (now %s).", path, row["method"],

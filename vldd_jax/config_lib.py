@@ -214,12 +214,6 @@ _NON_NEGATIVE = ("distill.num_experts", "distill.min_start_epoch",
                  "distill.blend_alpha",
                  "pretrain.weight_decay")
 GRADIENTS = ("exact", "first_order")  # distill.gradient
-# Fields renamed since outputs were first recorded, old -> new: the meta rates
-# were `lr_*`, which read like the student rates a set learns (`lr_image`).
-RENAMED = {"distill.lr_images": "distill.meta_lr_images",
-           "distill.lr_text": "distill.meta_lr_text",
-           "distill.lr_lr": "distill.meta_lr_rates",
-           "distill.lr_similarity": "distill.meta_lr_similarity"}
 _FRACTIONS = ("experts.momentum", "distill.momentum", "evaluate.momentum",
               "distill.ema_decay")  # In [0, 1).
 

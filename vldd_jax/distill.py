@@ -133,7 +133,7 @@ def _check_settings(config: ml_collections.ConfigDict, out: str,
   path = os.path.join(out, SETTINGS)
   if not os.path.exists(path):
     return None
-  saved = provenance.flatten(jsonfile.read(path))  # Older files nest the sections.
+  saved = jsonfile.read(path)
   wanted = settings(config, num_experts)
   remedy = "rerun with those settings, or move that folder away to distill anew."
   if provenance.check(saved, wanted, out, remedy, allowed=("distill.iterations",)):
@@ -152,21 +152,9 @@ def _checkpoint_manager(out: str) -> ocp.CheckpointManager:
                      "history": ocp.JsonCheckpointHandler()})
 
 
-def _renamed(tree, old: str, new: str):
-  """`tree` with every dict key `old` (a part of the set, in `syn` and in the
-  optimizer state's per-part entries) called `new`."""
-  if isinstance(tree, dict):
-    return {new if k == old else k: _renamed(v, old, new) for k, v in tree.items()}
-  if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # optax states.
-    return type(tree)(*(_renamed(v, old, new) for v in tree))
-  if isinstance(tree, (list, tuple)):
-    return type(tree)(_renamed(v, old, new) for v in tree)
-  return tree
-
-
 def _restore(mngr: ocp.CheckpointManager, like: dict, out: str) -> tuple[dict, list[dict]]:
   """(state, history) of the latest checkpoint, checked against the checksum
-  saved with it (checkpoints from before it have none)."""
+  saved with it."""
   where = f"{out}/ckpt/{mngr.latest_step()}"
   remedy = ("Delete that folder and rerun: distillation resumes from the checkpoint "
             "before it, or starts again.")
@@ -175,16 +163,11 @@ def _restore(mngr: ocp.CheckpointManager, like: dict, out: str) -> tuple[dict, l
   try:
     restored = restore(like)
   except Exception as e:  # Orbax/TensorStore/JSON errors name neither file nor fix.
-    try:  # Saved before the set's text part was renamed "text_emb" (and checksums).
-      restored = restore(_renamed(like, "text_emb", "text"))
-      return _renamed(restored.state, "text", "text_emb"), list(restored.history)
-    except Exception:
-      pass
     raise ValueError(f"{where} cannot be read ({type(e).__name__}: {e}). {remedy}") from e
   record = restored.history
-  if isinstance(record, list):  # Saved before checksums.
-    return restored.state, record
-  if checksums.tree_sha256(restored.state) != record["state_sha256"]:
+  if not isinstance(record, dict) or not isinstance(record.get("history"), list):
+    raise ValueError(f"{where}: its history item is not a history record. {remedy}")
+  if checksums.tree_sha256(restored.state) != record.get("state_sha256"):
     raise ValueError(f"{where}: the set does not match the checksum recorded when it "
                      f"was saved (a damaged file). {remedy}")
   return restored.state, list(record["history"])

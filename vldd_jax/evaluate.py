@@ -315,9 +315,6 @@ def check_compatible(distilled: synthetic.DistilledSet, config: ml_collections.C
                      path: str, text_dim: int | None = None) -> None:
   """Raises unless a saved set can be evaluated on this config's data: the same
   text encoder (fingerprint), image size and, given `text_dim`, text width."""
-  if distilled.format_version < 1:
-    raise ValueError(f"{path} has no provenance (format_version 0, from an older "
-                     "vldd_jax): its text encoder cannot be checked; distil it again.")
   made = {key: _provenance_field(distilled, path, "text", key)
           for key in ("fingerprint", "folder", "pooling", "max_length")}
   ours = text.fingerprint(config.text.path or None, config.text.pooling,

@@ -68,21 +68,8 @@ def flatten(nested: dict, ignore: tuple[str, ...] = ()) -> dict:
   return json.loads(json.dumps(kept, default=list))
 
 
-# Fields added after outputs were first recorded, with the value that does what
-# versions without them did: a record that predates a field matches it there.
-ADDED = {"distill.gradient": "exact", "evaluate.student": "same"}
-
-
-def _current_names(saved: dict) -> dict:
-  return {config_lib.RENAMED.get(k, k): v for k, v in saved.items()}
-
-
 def differences(saved: dict, wanted: dict) -> list[str]:
-  """Sorted fields whose saved and wanted values differ (or that only one has;
-  an `ADDED` field missing from `saved` counts as its old-behaviour value, and a
-  field saved under its old name (`config_lib.RENAMED`) as the new one)."""
-  saved = _current_names(saved)
-  saved = {**{k: v for k, v in ADDED.items() if k in wanted}, **saved}
+  """Sorted fields whose saved and wanted values differ (or that only one has)."""
   return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
 
 
@@ -93,7 +80,6 @@ def check(saved: dict, wanted: dict, what: str, remedy: str,
   Returns the differing fields that `allowed` lets through (the caller acts on
   them, e.g. distilling further).
   """
-  saved = _current_names(saved)
   differ = differences(saved, wanted)
   refused = [k for k in differ if k not in allowed]
   if refused:

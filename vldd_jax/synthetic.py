@@ -35,7 +35,7 @@ import numpy as np
 from vldd_jax import objectives
 
 RESULT = "distilled.npz"
-# 1: provenance and format_version added; files without them read as version 0.
+# 1: the first format; every file carries it and provenance_json.
 FORMAT_VERSION = 1
 
 
@@ -220,29 +220,26 @@ def _read_zip(path: str, zf: zipfile.ZipFile) -> tuple[dict[str, np.ndarray], in
   """Checks what the headers declare, then the few small fields that say what
   else must be there, and only then decompresses everything."""
   members = _members(path, zf)
-  version = 0  # Files without it (older vldd_jax) have no provenance.
-  if "format_version" in members:
-    _check_member(path, "format_version", members["format_version"],
-                  *_FIELDS["format_version"], {})
-    version = int(_value(zf, members["format_version"]))
-    if version > FORMAT_VERSION:
-      raise DistilledFileError(
-          f"{path}: format_version={version}, but this vldd_jax reads versions up to "
-          f"{FORMAT_VERSION}: upgrade vldd_jax.")
-    if version < 0:
-      raise _invalid(path, f"format_version={version}, expected 0 to {FORMAT_VERSION}")
+  for field in ("format_version", "provenance_json"):
+    if field not in members:
+      raise _invalid(path, f"no {field} (not a distilled set written by vldd_jax)")
+  _check_member(path, "format_version", members["format_version"],
+                *_FIELDS["format_version"], {})
+  version = int(_value(zf, members["format_version"]))
+  if version > FORMAT_VERSION:
+    raise DistilledFileError(
+        f"{path}: format_version={version}, but this vldd_jax reads versions up to "
+        f"{FORMAT_VERSION}: upgrade vldd_jax.")
+  if version < FORMAT_VERSION:
+    raise _invalid(path, f"format_version={version}, expected {FORMAT_VERSION}")
   sizes = _layout(path, members)
-  provenance = {}
-  if version >= 1:
-    if "provenance_json" not in members:
-      raise _invalid(path, f"format_version={version} but no provenance_json")
-    provenance = _provenance(path, str(_value(zf, members["provenance_json"])))
-    objective = _objective(path, provenance)
-    for field, shape in objective.exported(sizes["N"]).items():
-      if field not in members:
-        raise _invalid(path, f"provenance_json.objective={provenance['objective']!r} "
-                       f"stores {field} {list(shape)}, but the file has no {field}")
-      _check_member(path, field, members[field], shape, "f", {})
+  provenance = _provenance(path, str(_value(zf, members["provenance_json"])))
+  objective = _objective(path, provenance)
+  for field, shape in objective.exported(sizes["N"]).items():
+    if field not in members:
+      raise _invalid(path, f"provenance_json.objective={provenance['objective']!r} "
+                     f"stores {field} {list(shape)}, but the file has no {field}")
+    _check_member(path, field, members[field], shape, "f", {})
   arrays = {field: _value(zf, member) for field, member in members.items()}
   for field, array in arrays.items():
     if array.dtype.kind in "fc" and not np.isfinite(array).all():
@@ -299,14 +296,14 @@ class DistilledSet:
   lr_image: float
   lr_text: float
   nearest_caption: list[str]
-  provenance: dict  # Empty for version-0 files.
+  provenance: dict
   format_version: int
   arrays: dict[str, np.ndarray]  # Everything in the file, objective parts included.
 
   @property
   def objective(self) -> str:
-    """The objective that made it ("plain" for version-0 files)."""
-    return self.provenance.get("objective", "plain")
+    """The objective that made it ("plain", "lowrank", ...)."""
+    return self.provenance["objective"]
 
   def __len__(self) -> int:
     return len(self.text_emb)

@@ -23,7 +23,6 @@ from absl import logging
 
 from vldd_jax import checksums
 from vldd_jax import jsonfile
-from vldd_jax import parallel
 from vldd_jax import provenance
 
 MANIFEST = "manifest.json"
@@ -116,22 +115,12 @@ def read_manifest(workdir: str, expert: int) -> dict | None:
 
 
 def check_settings(config: ml_collections.ConfigDict, workdir: str, expert: int) -> None:
-  """Raises if the expert's manifest records other settings than `config`'s.
-
-  Manifests written before `settings` existed are checked on the fields they
-  store (data, text, model, epochs and optimiser).
-  """
+  """Raises if the expert's manifest records other settings than `config`'s."""
   manifest = read_manifest(workdir, expert)
   if manifest is None:
     return
-  wanted = provenance.settings(config, "experts")
-  saved = manifest.get("settings")
-  if saved is None:
-    saved = provenance.flatten({
-        "data": manifest["data"], "text": manifest["text"], "model": manifest["model"],
-        "experts": {"epochs": manifest["epochs"], **manifest["optimizer"]}})
-    wanted = {k: v for k, v in wanted.items() if k in saved}
-  provenance.check(saved, wanted, expert_dir(workdir, expert),
+  provenance.check(manifest.get("settings", {}), provenance.settings(config, "experts"),
+                   expert_dir(workdir, expert),
                    "use a new workdir, or delete its experts/ folder to train anew.")
 
 
@@ -183,7 +172,7 @@ def load_params(workdir: str, expert: int, epoch: int) -> dict:
     params = _restore_item(mngr, epoch, "params")
   recorded = [h.get("params_sha256") for h in (read_manifest(workdir, expert) or {}).get(
       "history", []) if h["epoch"] == epoch]
-  if recorded and recorded[0] and checksums.tree_sha256(params) != recorded[0]:
+  if not recorded or checksums.tree_sha256(params) != recorded[0]:
     raise ValueError(f"{expert_dir(workdir, expert)}/ckpt/{epoch}: the parameters do not "
                      "match the checksum recorded when they were saved (a damaged file). "
                      f"{RETRAIN_EPOCH}")

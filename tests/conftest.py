@@ -59,17 +59,22 @@ def run_main(workdir, data_dir: str, *flags: str, devices: int = 1,
   return result
 
 
-def kill_when_exists(workdir, data_dir: str, flags: tuple[str, ...], marker) -> None:
-  """Starts `main_cmd` and SIGKILLs it as soon as the path `marker` exists."""
-  proc = subprocess.Popen(main_cmd(workdir, data_dir, *flags), cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          env=subprocess_env())
-  deadline = time.time() + 300
-  while not marker.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert marker.exists(), f"the run ended before {marker} was saved"
+def kill_when_exists(workdir, data_dir: str, flags: tuple[str, ...], marker,
+                     sig: int = signal.SIGKILL) -> tuple[int, str]:
+  """Starts `main_cmd`, sends it `sig` as soon as the path `marker` exists and
+  returns its (exit code, stderr)."""
+  with tempfile.TemporaryFile("w+") as stderr:
+    proc = subprocess.Popen(main_cmd(workdir, data_dir, *flags), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=stderr,
+                            env=subprocess_env())
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+      time.sleep(0.02)
+    proc.send_signal(sig)
+    proc.wait()
+    assert marker.exists(), f"the run ended before {marker} was saved"
+    stderr.seek(0)
+    return proc.returncode, stderr.read()
 
 
 def tiny_config(data_dir: str):

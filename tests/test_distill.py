@@ -3,6 +3,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 
@@ -109,6 +110,23 @@ def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path
   result = run_main(killed, data_dir, *flags)
   assert "Resuming distillation at iteration" in result.stderr
   want, got = (synthetic.load(str(w), 8) for w in (reference, killed))
+  for key in ("images", "text_emb", "lr_image", "lr_text"):
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+  # SIGTERM (a preempted VM) checkpoints at once, though the next checkpoint is
+  # not due before the end, and the rerun goes on from there to the same set.
+  stopped = _copy_experts(trained, tmp_path, "stopped")
+  flags += ("--config.distill.checkpoint_every=8",)
+  code, stderr = kill_when_exists(stopped, data_dir, flags, stopped / "metrics.jsonl",
+                                  signal.SIGTERM)
+  assert code == 128 + signal.SIGTERM, stderr[-3000:]
+  done = int(re.search(r"Stopped by SIGTERM after iteration (\d) of 8; saved \S+"
+                       r"/distill/n8/ckpt/(\d)", stderr).group(1))
+  assert 2 <= done < 8 and (stopped / "distill" / "n8" / "ckpt" / str(done)).is_dir()
+  assert not (stopped / "distill" / "n8" / synthetic.RESULT).exists()
+  result = run_main(stopped, data_dir, *flags)
+  assert f"Resuming distillation at iteration {done}" in result.stderr
+  got = synthetic.load(str(stopped), 8)
   for key in ("images", "text_emb", "lr_image", "lr_text"):
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 

@@ -36,6 +36,7 @@ from vldd_jax import matching
 from vldd_jax import metrics_log
 from vldd_jax import objectives
 from vldd_jax import parallel
+from vldd_jax import preemption
 from vldd_jax import provenance
 from vldd_jax import synthetic
 from vldd_jax import text
@@ -227,7 +228,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   state = matching.init_state(syn, tx, ema=objective.ema_decay() > 0)
   history: list[dict] = []
 
-  with _checkpoint_manager(out) as mngr:
+  with _checkpoint_manager(out) as mngr, preemption.StopOnSigterm() as stop:
     if mngr.latest_step() is not None:
       state, history = _restore(mngr, state, out)
       if int(state["iteration"]) > cfg.iterations:  # A longer run was stopped.
@@ -253,7 +254,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       state, loss = meta_step(state, starts, targets, frozen, key)
       pending.append((it, loss))
       done = it + 1 == cfg.iterations
-      if (it + 1) % cfg.log_every == 0 or done:
+      stopping = stop.requested  # SIGTERM: log, checkpoint, then stop.
+      if (it + 1) % cfg.log_every == 0 or done or stopping:
         _stop_if_non_finite(state, out, mngr, objective)
         losses = jax.device_get([l for _, l in pending])
         history += [{"iteration": i, "loss": float(l)} for (i, _), l in zip(pending, losses)]
@@ -271,7 +273,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             "loss": history[-1]["loss"], "lr_image": float(lrs[0]),
             "lr_text": float(lrs[1]),
             "seconds_per_iteration": (time.time() - t0) / (it + 1 - start)})
-      if (it + 1) % cfg.checkpoint_every == 0 or done:
+      if (it + 1) % cfg.checkpoint_every == 0 or done or stopping:
         _stop_if_non_finite(state, out, mngr, objective)
         if not finished and mngr.latest_step() is None:
           # Recorded with the first checkpoint, so a run that fails before it
@@ -281,6 +283,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         record = {"history": history, "state_sha256": checksums.tree_sha256(state)}
         mngr.save(it + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   history=ocp.args.JsonSave(record)))
+      if stopping and not done:
+        mngr.wait_until_finished()
+        raise preemption.Stopped(f"Stopped by SIGTERM after iteration {it + 1} of "
+                                 f"{cfg.iterations}; saved {out}/ckpt/{it + 1}. Rerun the "
+                                 "same command to go on from there.")
     mngr.wait_until_finished()
   saved = state["ema"] if "ema" in state else state["syn"]
   _write_outputs(out, jax.tree.map(parallel.to_host, saved), rows, train, history,

@@ -5,6 +5,7 @@ r"""Command-line entry point: one stage, or the whole pipeline.
       --config.stage=data --config.data.num_train=2000 --workdir=/tmp/vldd
 """
 import logging as py_logging
+import signal
 import sys
 
 from absl import app
@@ -14,6 +15,7 @@ from ml_collections import config_flags
 
 from vldd_jax import config_lib
 from vldd_jax import parallel
+from vldd_jax import preemption
 from vldd_jax import stages
 from vldd_jax import xla_cache
 
@@ -38,7 +40,11 @@ def main(argv: list[str]) -> None:
       lambda r: r.levelno >= py_logging.WARNING or "/orbax/" not in r.pathname)
   xla_cache.enable(_COMPILE_CACHE.value)
   parallel.initialize(_CONFIG.value.multihost)
-  stages.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    stages.run(_CONFIG.value, _WORKDIR.value)
+  except preemption.Stopped as e:
+    logging.warning("%s", e)
+    sys.exit(128 + signal.SIGTERM)  # What a shell reports for a SIGTERM'd process.
 
 
 def unknown_field(argv: list[str]) -> str | None:

@@ -56,3 +56,11 @@ def test_the_rates_meta_rate_falls_with_the_budget_above_the_reference():
   rates = {n: budget.meta_lr_rates(cfg, n) for n in (50, 100, 200, 500, 1000)}
   assert rates == pytest.approx({50: 1e-2, 100: 1e-2, 200: 5e-3, 500: 2e-3, 1000: 1e-3})
   assert budget.meta_lr_rates(_distill(meta_lr_rates=1e-2), 1000) == 1e-2
+
+
+def test_the_sets_meta_rates_fall_with_the_square_root_of_the_budget():
+  cfg = _distill(meta_lr_images=2e-3, meta_lr_text=3e-3, meta_lr_set_exponent=0.5)
+  assert budget.meta_lr_set(cfg, 50) == budget.meta_lr_set(cfg, 100) == (2e-3, 3e-3)
+  assert budget.meta_lr_set(cfg, 400) == pytest.approx((1e-3, 1.5e-3))
+  assert budget.meta_lr_set(cfg, 1000) == pytest.approx((2e-3 / 10 ** 0.5, 3e-3 / 10 ** 0.5))
+  assert budget.meta_lr_set(_distill(meta_lr_images=2e-3), 1000)[0] == 2e-3

@@ -1,5 +1,5 @@
 """Distillation settings that follow the budget: the trajectory window and the
-learned rates' meta rate.
+meta rates of the set and of its learned rates.
 
 An iteration draws a start epoch t from [lo, hi) and unrolls `syn_steps`
 student steps from the expert at t toward the expert at t + expert_epochs.
@@ -32,6 +32,17 @@ then hurt large sets (docs/budget.md), so their meta rate falls with the budget:
   meta_lr_rates(N) = meta_lr_rates * (budget_reference / N) ** meta_lr_rates_exponent
 
 (N above the reference; exponent 0: the same at every budget).
+
+The set's own meta rates fall too. With `meta_optimizer="normalized"` a rate
+is the RMS step over the whole set, but an iteration's gradient reaches only
+the pairs its unroll draws (syn_steps x batch_size), so above that many pairs
+each drawn pair moves about sqrt(N / drawn) times further per step. On
+shapes at 1000 pairs, 3x the rates cost 14 r_mean and 1/2 gained 2.5
+(docs/budget.md), so
+
+  meta_lr_images(N) = meta_lr_images * (budget_reference / N) ** meta_lr_set_exponent
+
+and alike for meta_lr_text; 0.5 undoes the sqrt growth.
 """
 import dataclasses
 import math
@@ -65,10 +76,20 @@ def doublings(num_pairs: int, reference: int) -> float:
   return max(0.0, math.log2(num_pairs / reference))
 
 
+def _falling(rate: float, exponent: float, cfg: ml_collections.ConfigDict,
+             num_pairs: int) -> float:
+  return rate * min(1.0, cfg.budget_reference / num_pairs) ** exponent
+
+
 def meta_lr_rates(cfg: ml_collections.ConfigDict, num_pairs: int) -> float:
   """The meta rate of the learned student rates at `num_pairs` (module docstring)."""
-  return cfg.meta_lr_rates * min(1.0, cfg.budget_reference / num_pairs) ** (
-      cfg.meta_lr_rates_exponent)
+  return _falling(cfg.meta_lr_rates, cfg.meta_lr_rates_exponent, cfg, num_pairs)
+
+
+def meta_lr_set(cfg: ml_collections.ConfigDict, num_pairs: int) -> tuple[float, float]:
+  """The meta rates of the pixels and the text embeddings at `num_pairs`."""
+  return tuple(_falling(rate, cfg.meta_lr_set_exponent, cfg, num_pairs)
+               for rate in (cfg.meta_lr_images, cfg.meta_lr_text))
 
 
 def window(cfg: ml_collections.ConfigDict, num_pairs: int) -> Window:

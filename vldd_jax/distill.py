@@ -216,7 +216,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                  cfg.augment, cfg.augment_per_image,
                                  hoist_tower=cfg.hoist_tower,
                                  first_order=cfg.gradient == "first_order")
-  tx = matching.make_meta_optimizer(cfg.meta_lr_images, cfg.meta_lr_text,
+  tx = matching.make_meta_optimizer(*budget.meta_lr_set(cfg, cfg.num_pairs),
                                     budget.meta_lr_rates(cfg, cfg.num_pairs), cfg.momentum,
                                     objective.rates(), cfg.meta_optimizer)
   meta_step = matching.make_meta_step(apply_fn, trainable_like, unroll, tx, objective,

@@ -114,20 +114,21 @@ def test_leftovers_of_interrupted_runs_are_removed_and_nothing_else(tmp_path):
       "tfds/shapes/tiny/incomplete.AB12CD_1.0.0/x.array_record":
           "tfds/shapes/tiny/incomplete.AB12CD_1.0.0",
       f"tfds/karpathy/.config/incomplete.{uuid}.metadata.json": None,
-      "tfds/caption_embeddings/tmpq1w2_e3r.tmp": None,
+      "tfds/caption_embeddings/tiny-train-0123456789abcdef.npy.tmp": None,
+      "compare.md.tmp": None, "distill/n8/synthetic_grid.png.tmp": None,
       "config_data.json.tmp": None, "results.json.tmp": None, "compare.json.tmp": None,
       "pretrain/summary.json.tmp": None,
       "pretrain/ckpt/5.orbax-checkpoint-tmp/tower/x": "pretrain/ckpt/5.orbax-checkpoint-tmp",
       "experts/expert_000/manifest.json.tmp": None,
       "experts/expert_000/ckpt/3.orbax-checkpoint-tmp-1700000000/params/x":
           "experts/expert_000/ckpt/3.orbax-checkpoint-tmp-1700000000",
-      "distill/n8/distilled.tmp.npz": None, "distill/n8/settings.json.tmp": None,
+      "distill/n8/distilled.npz.tmp": None, "distill/n8/settings.json.tmp": None,
       "distill/n8_lowrank/ckpt/4.orbax-checkpoint-tmp/state/x":
           "distill/n8_lowrank/ckpt/4.orbax-checkpoint-tmp"}
   kept = ["tfds/shapes/tiny/1.0.0/x.array_record", "distill/n8/distilled.npz",
           "distill/n8/settings.json", "experts/expert_000/ckpt/3/params/x", ".lock",
           # A user's files with those suffixes, anywhere the project does not write them.
-          "notes.tmp", "old.tmp.npz", "incomplete.draft/x", "3.orbax-checkpoint-tmp/x",
+          "notes.tmp", "old.tmp.npz", "tfds/caption_embeddings/tmpq1w2_e3r.tmp", "incomplete.draft/x", "3.orbax-checkpoint-tmp/x",
           "mine/results.json.tmp", "mine/incomplete.AB12CD_1.0.0/x",
           "mine/ckpt/3.orbax-checkpoint-tmp/x", "experts/notes.tmp",
           "experts/expert_000/notes.tmp", "experts/expert_000/ckpt/notes.tmp",
@@ -141,7 +142,7 @@ def test_leftovers_of_interrupted_runs_are_removed_and_nothing_else(tmp_path):
   links = {"linked.tmp": "a.tmp", "experts/expert_001": ".",
            "experts/expert_000/ckpt/4.orbax-checkpoint-tmp": "3.orbax-checkpoint-tmp",
            "config_pipeline.json.tmp": "manifest.json.tmp",
-           "tfds/caption_embeddings/tmpabcdefgh.tmp": "manifest.json.tmp"}
+           "tfds/caption_embeddings/x-0123456789abcdef.json.tmp": "manifest.json.tmp"}
   for link, target in links.items():
     (work / link).symlink_to(tmp_path / "elsewhere" / target)
   removed = stages.remove_leftovers(str(work))
@@ -177,7 +178,7 @@ def test_a_full_disk_names_the_workdir_and_a_rerun_finishes(trained, tmp_path,
   config, _ = trained
   work = _copy(trained, tmp_path, "pretrain", "experts")
   (work / "distill" / "n8").mkdir(parents=True)
-  (work / "distill" / "n8" / "distilled.tmp.npz").write_text("half")  # A killed write.
+  (work / "distill" / "n8" / "distilled.npz.tmp").write_text("half")  # A killed write.
   config = config.copy_and_resolve_references()
   config.stage = "distill"
 
@@ -191,5 +192,5 @@ def test_a_full_disk_names_the_workdir_and_a_rerun_finishes(trained, tmp_path,
   assert (work / "distill" / "n8" / "ckpt" / "4").is_dir()  # Finished work is kept.
   monkeypatch.undo()
   stages.run(config, str(work))
-  assert not (work / "distill" / "n8" / "distilled.tmp.npz").exists()
+  assert not (work / "distill" / "n8" / "distilled.npz.tmp").exists()
   assert synthetic.read(str(work / "distill" / "n8" / synthetic.RESULT))["images"].shape[0] == 8

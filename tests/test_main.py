@@ -1,7 +1,9 @@
 """The command line: config files, overrides and the `data` stage end to end."""
+import errno
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -9,7 +11,10 @@ import numpy as np
 import pytest
 
 from vldd_jax import config_lib
+from vldd_jax import jsonfile
+from vldd_jax import metrics_log
 from vldd_jax import stages
+from vldd_jax import viz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,3 +156,47 @@ def test_an_empty_workdir_is_refused_naming_the_flag(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="--workdir is empty"):
     stages.run(config, "")
   assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("name,write", [
+    ("metrics.jsonl", lambda work: metrics_log.append(str(work), {"loss": 1.0})),
+    ("compare.md", lambda work: jsonfile.write_text(str(work / "compare.md"), "| table |")),
+    ("matching_loss.png", lambda work: viz.loss_curve([0, 1], [1.0, 0.5],
+                                                      str(work / "matching_loss.png"))),
+    ("distilled.npz", lambda work: jsonfile.write_file(
+        str(work / "distilled.npz"), lambda f: np.savez(f, x=np.zeros(2))))])
+def test_every_kind_of_workdir_file_refuses_a_planted_link(tmp_path, name, write):
+  outside = tmp_path / "someone_elses_file"
+  outside.write_text("precious")
+  work = tmp_path / "work"
+  work.mkdir()
+  (work / name).symlink_to(outside)
+  with pytest.raises(OSError, match=re.escape(f"{work / name} is a symbolic link")):
+    write(work)
+  assert outside.read_text() == "precious"
+  assert sorted(os.listdir(work)) == [name]  # No temporary file left behind.
+
+
+def test_workdir_files_get_the_usual_mode_and_a_failed_write_leaves_nothing(tmp_path):
+  old = os.umask(0o022)
+  try:
+    jsonfile.write_text(str(tmp_path / "a.md"), "x")
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE(os.stat(tmp_path / "a.md").st_mode) == 0o644  # Not mkstemp's 0600.
+
+  def fail(f):
+    f.write(b"half")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  with pytest.raises(OSError, match="No space left"):
+    jsonfile.write_file(str(tmp_path / "b.npz"), fail)
+  assert sorted(os.listdir(tmp_path)) == ["a.md"]
+
+
+def test_the_caption_cache_is_readable_by_others_sharing_the_data_dir(data_dir):
+  cache = os.path.join(data_dir, "caption_embeddings")
+  modes = {stat.S_IMODE(os.stat(os.path.join(cache, f)).st_mode) for f in os.listdir(cache)}
+  umask = os.umask(0)
+  os.umask(umask)
+  assert modes == {0o666 & ~umask}

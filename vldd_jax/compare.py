@@ -31,6 +31,7 @@ from vldd_jax import viz
 from vldd_jax.data import input_pipeline
 
 RESULT = "compare.json"
+TABLE, FIGURE = "compare.md", "compare.png"
 
 
 def settings(config: ml_collections.ConfigDict) -> dict:
@@ -119,8 +120,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   table = "\n\n".join([pivot_table(wanted, "tr@1"), pivot_table(wanted, "ir@1"),
                        evaluate.format_table(wanted)])
   print(table)
+  jsonfile.write_text(os.path.join(workdir, TABLE), table + "\n")
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "compare.md"), "w") as f:
-      f.write(table + "\n")
-    viz.budget_plot(wanted, ("tr@1", "ir@1"), os.path.join(workdir, "compare.png"))
+    viz.budget_plot(wanted, ("tr@1", "ir@1"), os.path.join(workdir, FIGURE))
   logging.info("Comparison of %d cells written to %s.", len(wanted), workdir)

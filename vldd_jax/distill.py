@@ -47,7 +47,7 @@ from vldd_jax.data import input_pipeline
 from vldd_jax.models import build_model, make_apply_fn, make_feature_fn
 
 SETTINGS = "settings.json"
-TMP_RESULT = "distilled.tmp.npz"  # The set is written here, then renamed.
+FIGURES = GRID, LOSS_CURVE = "synthetic_grid.png", "matching_loss.png"
 
 
 class ExpertBuffer:
@@ -384,12 +384,11 @@ def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.
                 format_version=synthetic.FORMAT_VERSION,
                 provenance_json=json.dumps(provenance_json, default=str),
                 **objective.export(syn))
-  tmp = os.path.join(out, TMP_RESULT)
-  np.savez(tmp, **arrays)
-  viz.image_grid(images_uint8, nearest_captions, os.path.join(out, "synthetic_grid.png"))
+  viz.image_grid(images_uint8, nearest_captions, os.path.join(out, GRID))
   viz.loss_curve([h["iteration"] for h in history], [h["loss"] for h in history],
-                 os.path.join(out, "matching_loss.png"))
-  os.replace(tmp, os.path.join(out, synthetic.RESULT))  # Last: marks the stage done.
+                 os.path.join(out, LOSS_CURVE))
+  # Last: the set's file marks the stage done.
+  jsonfile.write_file(os.path.join(out, synthetic.RESULT), lambda f: np.savez(f, **arrays))
   logging.info("Distilled %d pairs into %s (learned lr image %.4g, text %.4g; "
                "pixels moved %.3g RMS from the real images they started as).",
                len(rows), out, arrays["lr_image"], arrays["lr_text"], image_change)

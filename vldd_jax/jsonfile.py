@@ -1,7 +1,11 @@
-"""JSON files the stages write (atomically, from process 0 only) and read back."""
+"""Every file a stage writes into the workdir goes through here: atomically,
+from process 0 only, never through a symbolic link; and JSON read back with
+errors that name the file."""
+from collections.abc import Callable
 import errno
 import json
 import os
+from typing import BinaryIO
 
 import jax
 
@@ -27,9 +31,10 @@ def _link_error(path: str) -> OSError:
                  "overwrite any file the link points to). Remove the link and rerun.")
 
 
-def write(path: str, obj) -> None:
-  """Writes `obj` to `path` via `<path>.tmp`, then renames it, so a kill never
-  leaves half a file; refuses a symbolic link at `path` or at the temporary name."""
+def write_file(path: str, write: Callable[[BinaryIO], object]) -> None:
+  """Calls `write(f)` on `<path>.tmp`, then renames it to `path`, so a kill never
+  leaves half a file; refuses a symbolic link at `path` or at the temporary
+  name. The file gets the usual mode (0666 less the umask)."""
   if jax.process_index():
     return
   if os.path.islink(path):
@@ -37,9 +42,33 @@ def write(path: str, obj) -> None:
   tmp = path + TMP
   if os.path.lexists(tmp) and not os.path.islink(tmp):
     os.remove(tmp)  # Left by a killed write; O_EXCL below wants a fresh file.
-  with os.fdopen(open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as f:
-    json.dump(obj, f, indent=2)
+  try:
+    with os.fdopen(open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+  except BaseException:
+    os.remove(tmp)  # Ours (O_EXCL made it); a full disk keeps no half file.
+    raise
   os.replace(tmp, path)  # Replaces a name, never a link's target.
+
+
+def write(path: str, obj) -> None:
+  """Writes `obj` as indented JSON to `path` (`write_file`)."""
+  write_file(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` (UTF-8) to `path` (`write_file`)."""
+  write_file(path, lambda f: f.write(text.encode()))
+
+
+def append_line(path: str, line: str) -> None:
+  """Appends `line` and a newline to `path` (process 0 only), never through a link."""
+  if jax.process_index():
+    return
+  with os.fdopen(open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a") as f:
+    f.write(line + "\n")
 
 
 def read(path: str, expected: type = dict):

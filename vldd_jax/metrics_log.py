@@ -2,13 +2,11 @@
 import json
 import os
 
-import jax
+from vldd_jax import jsonfile
 
 METRICS_LOG = "metrics.jsonl"
 
 
 def append(workdir: str, record: dict) -> None:
   """Appends `record` as one line (process 0 only)."""
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, METRICS_LOG), "a") as f:
-      f.write(json.dumps(record) + "\n")
+  jsonfile.append_line(os.path.join(workdir, METRICS_LOG), json.dumps(record))

@@ -34,6 +34,7 @@ from vldd_jax import pretrain
 from vldd_jax import students
 from vldd_jax import synthetic
 from vldd_jax import trajectories
+from vldd_jax.data import embeddings
 from vldd_jax.data import input_pipeline
 from vldd_jax.data import karpathy
 from vldd_jax.data import prepare
@@ -77,14 +78,13 @@ LEFTOVERS: tuple[Leftover, ...] = (
     # and writes `<dataset>/.config/metadata.json` via `incomplete.<hex>.metadata.json`.
     Leftover((*_TFDS, r"[^.].*"), r"incomplete\.[A-Z0-9]{6}_\d+\.\d+\.\d+", folder=True),
     Leftover((*_TFDS, r"\.config"), r"incomplete\.[0-9a-f]{32}\.metadata\.json"),
-    # embeddings._atomic_write: `tempfile.mkstemp(suffix=".tmp")` in the cache.
-    Leftover(("tfds", "caption_embeddings"), r"tmp[a-z0-9_]{8}\.tmp"),
-    Leftover((), _replaced(compare.RESULT, evaluate.RESULTS,
+    Leftover(("tfds", "caption_embeddings"), embeddings.ENTRY + re.escape(jsonfile.TMP)),
+    Leftover((), _replaced(compare.RESULT, compare.TABLE, compare.FIGURE, evaluate.RESULTS,
                            *(f"config_{s}.json" for s in ("pipeline", *STAGES, *ALONE)))),
     Leftover(("pretrain",), _replaced(backbone.SUMMARY)),
     Leftover(("experts", _EXPERT), _replaced(trajectories.MANIFEST)),
     Leftover(("distill", synthetic.SET_FOLDER),
-             _replaced(distill.SETTINGS) + "|" + re.escape(distill.TMP_RESULT)),
+             _replaced(distill.SETTINGS, synthetic.RESULT, *distill.FIGURES)),
     Leftover(("pretrain", "ckpt"), _ORBAX, folder=True),
     Leftover(("experts", _EXPERT, "ckpt"), _ORBAX, folder=True),
     Leftover(("distill", synthetic.SET_FOLDER, "ckpt"), _ORBAX, folder=True),

@@ -7,6 +7,14 @@ matplotlib.use("Agg")  # Files only; no display needed.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from vldd_jax import jsonfile
+
+
+def _save(fig, path: str) -> None:
+  fig.tight_layout()
+  jsonfile.write_file(path, lambda f: fig.savefig(f, format="png", dpi=110))
+  plt.close(fig)
+
 
 def image_grid(images: np.ndarray, captions: list[str], path: str,
                max_images: int = 40, columns: int = 8) -> None:
@@ -20,9 +28,7 @@ def image_grid(images: np.ndarray, captions: list[str], path: str,
     if i < n:
       ax.imshow(images[i], interpolation="nearest")
       ax.set_title("\n".join(textwrap.wrap(captions[i], 28)[:3]), fontsize=6)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def loss_curve(steps: list[int], values: list[float], path: str,
@@ -33,9 +39,7 @@ def loss_curve(steps: list[int], values: list[float], path: str,
   ax.set_xlabel("iteration")
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def budget_plot(rows: list[dict], keys: tuple[str, ...], path: str) -> None:
@@ -54,6 +58,4 @@ def budget_plot(rows: list[dict], keys: tuple[str, ...], path: str) -> None:
     ax.set_ylabel(f"{key} (%)")
     ax.grid(alpha=0.3)
   axes.flat[0].legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, path)

@@ -5,16 +5,17 @@ import hashlib
 import json
 import os
 import re
-import tempfile
-from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
 
+from vldd_jax import jsonfile
 from vldd_jax.text import TextEncoder
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# The file names `cache_paths` gives an entry (a regex, matched whole).
+ENTRY = r"[A-Za-z0-9][A-Za-z0-9_.-]*-[0-9a-f]{16}\.(npy|json)"
 
 
 def texts_digest(texts: Sequence[str]) -> str:
@@ -32,20 +33,6 @@ def cache_paths(cache_dir: str, name: str, key: dict) -> tuple[str, str]:
   key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
   stem = os.path.join(cache_dir, f"{name}-{key_hash}")
   return stem + ".npy", stem + ".json"
-
-
-def _atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
-  """Writes through a temporary file in the same folder, then renames it."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
 
 
 def _load(npy: str, sidecar: str, key: dict, count: int) -> np.ndarray | None:
@@ -106,9 +93,9 @@ def encode_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir: str, na
   # The sidecar marks an entry complete: drop a stale one before replacing the .npy.
   if os.path.exists(sidecar):
     os.remove(sidecar)
-  _atomic_write(npy, lambda f: np.save(f, embeddings, allow_pickle=False))
+  jsonfile.write_file(npy, lambda f: np.save(f, embeddings, allow_pickle=False))
   meta = {"key": key, "count": len(texts), "dim": int(embeddings.shape[1]),
           "sha256": hashlib.sha256(embeddings.tobytes()).hexdigest()}
-  _atomic_write(sidecar, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+  jsonfile.write_file(sidecar, lambda f: f.write(json.dumps(meta, indent=2).encode()))
   logging.info("Encoded %d captions and cached them at %s.", len(texts), npy)
   return embeddings

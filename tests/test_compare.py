@@ -71,7 +71,7 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, tmp_pat
   calls = []
   original = evaluate.train_and_evaluate
   monkeypatch.setattr(evaluate, "train_and_evaluate",
-                      lambda *a, **k: calls.append(len(a[2])) or original(*a, **k))
+                      lambda *a, **k: calls.append(len(a[1].images)) or original(*a, **k))
   compare.run(config, workdir)
   assert calls == [8] * config.evaluate.seeds
   again = json.load(open(path))["rows"]

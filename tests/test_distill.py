@@ -282,9 +282,9 @@ def test_evaluation_is_deterministic_and_reports_as_asked(distilled):
   test = input_pipeline.load_split(config, workdir, "test")
   val = input_pipeline.load_split(config, workdir, "val")
   data = synthetic.load(workdir, 8)
+  pairs = evaluate.Pairs(data["images"], data["text_emb"], 0.1, 0.1)
   run = lambda cfg, seed: evaluate.train_and_evaluate(
-      cfg, workdir, data["images"], data["text_emb"], lr_image=0.1, lr_text=0.1,
-      seed=seed, test=test, val=val)
+      cfg, pairs, seed=seed, tower=evaluate.student_tower(cfg, workdir), test=test, val=val)
   first, again = run(config, 0), run(config, 0)
   assert first == again
   lors = config.copy_and_resolve_references()
@@ -294,6 +294,21 @@ def test_evaluation_is_deterministic_and_reports_as_asked(distilled):
   bad.evaluate.report = "best"
   with pytest.raises(ValueError, match="evaluate.report='best'"):
     run(bad, 0)
+
+
+def test_the_students_tower_is_read_once_for_every_row_and_seed(distilled, monkeypatch):
+  config, workdir = distilled
+  test = input_pipeline.load_split(config, workdir, "test")
+  data = synthetic.load(workdir, 8)
+  pairs = evaluate.Pairs(data["images"], data["text_emb"], 0.1, 0.1)
+  reads = []
+  original = backbone.loader
+  monkeypatch.setattr(backbone, "loader", lambda *a: reads.append(a) or original(*a))
+  monkeypatch.setattr(evaluate, "_TOWERS", {})
+  for method in ("one", "two"):
+    row = evaluate.evaluate_pairs(config, workdir, method, pairs, test, None)
+    assert row["seeds"] == config.evaluate.seeds > 1 and row["diverged"] == 0
+  assert len(reads) == 1
 
 
 def test_summarize_is_mean_and_population_std():

@@ -11,6 +11,7 @@ so in every output).
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -80,26 +81,18 @@ def check_methods(methods_asked) -> None:
                      f"subset of {known}.")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       images: np.ndarray, text_emb: np.ndarray, *, lr_image: float,
-                       lr_text: float, seed: int, test: input_pipeline.Split,
-                       val: input_pipeline.Split | None = None,
-                       objective: objectives.Plain | None = None,
-                       targets: np.ndarray | None = None) -> dict[str, float] | None:
-  """Trains a fresh student on pairs and returns its test recall (percent), or
-  None if its loss diverged.
+def train_and_evaluate(config: ml_collections.ConfigDict, pairs: Pairs, *, seed: int,
+                       tower: Callable[[dict], dict] | None, test: input_pipeline.Split,
+                       val: input_pipeline.Split | None = None) -> dict[str, float] | None:
+  """Trains a fresh student on `pairs` (with their rates, objective and targets)
+  and returns its test recall (percent), or None if its loss diverged.
 
   Args:
     config: the run config (`model`, `evaluate`, `seed` are read).
-    workdir: where the backbone (pretrain stage) lives.
-    images: [N, H, W, C] uint8 or model-space floats.
-    text_emb: [N, D] (one text per image) or [N, captions, D].
-    lr_image, lr_text: SGD rates of the image and text sides.
     seed: the student's initialisation and data order.
+    tower: what sets the student's base tower weights (`backbone.loader` of the
+      student's config), loaded once for every student of a run.
     test, val: splits to report on and (for `best_val`) select on.
-    objective: the distilled set's objective (default: plain pairs), whose
-      student loss the student trains with, as during distillation.
-    targets: the set's learned [N, N] targets (`Objective.eval_targets`).
   """
   cfg = config.evaluate
   if cfg.report not in REPORTS:
@@ -108,22 +101,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError("evaluate.report='best_val' needs the val split.")
   mesh = parallel.make_mesh()
   config = students.student_config(config)
-  student = trainer.init_student(
-      config.model, jax.random.key(seed), images.shape[1:], text_emb.shape[-1],
-      backbone.loader(config, workdir))
-  objective = objective or objectives.Plain()
-  train_step, embedder = _compiled(config, mesh, objective)
+  images, text_emb = pairs.images, pairs.text_emb
+  student = trainer.init_student(config.model, jax.random.key(seed), images.shape[1:],
+                                 text_emb.shape[-1], tower)
+  train_step, embedder = _compiled(config, mesh, pairs.objective)
   batch_size = min(cfg.batch_size, len(images))
   batch_size -= batch_size % jax.device_count()
   trainable, frozen = parallel.put_replicated((student.trainable, student.frozen), mesh)
   # The rates live in the state, so every student shares one compiled step.
   opt_state = parallel.put_replicated(trainer.make_optimizer(
-      lr_image, cfg.momentum, lr_text=lr_text, rates_in_state=True).init(trainable), mesh)
+      pairs.lr_image, cfg.momentum, lr_text=pairs.lr_text,
+      rates_in_state=True).init(trainable), mesh)
   best, best_score = None, -np.inf
   for epoch in range(1, cfg.epochs + 1):
     trainable, opt_state, loss, _ = trainer.train_epoch(
         train_step, trainable, opt_state, frozen, images, text_emb,
-        batch_size=batch_size, seed=(seed, epoch), mesh=mesh, targets=targets)
+        batch_size=batch_size, seed=(seed, epoch), mesh=mesh, targets=pairs.targets)
     if cfg.report != "final":
       split = val if cfg.report == "best_val" else test
       score = trainer.evaluate_retrieval(embedder, trainable, frozen, split)["r_mean"]
@@ -138,6 +131,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 _COMPILED: dict[str, tuple] = {}
+_TOWERS: dict[str, Callable[[dict], dict] | None] = {}
+
+
+def student_tower(config: ml_collections.ConfigDict,
+                  workdir: str) -> Callable[[dict], dict] | None:
+  """`backbone.loader` of the evaluation students' config, read from disk once
+  per process for every row and seed that shares it."""
+  config = students.student_config(config)
+  key = json.dumps([config.model.to_dict(), os.path.abspath(workdir)], sort_keys=True,
+                   default=str)
+  if key not in _TOWERS:
+    _TOWERS[key] = backbone.loader(config, workdir)
+  return _TOWERS[key]
 
 
 def _compiled(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -190,10 +196,8 @@ def evaluate_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
   `budget` (default: the number of pairs) labels the row; it differs when what
   the objective learned takes part of the storage.
   """
-  recalls = [train_and_evaluate(config, workdir, pairs.images, pairs.text_emb,
-                                lr_image=pairs.lr_image, lr_text=pairs.lr_text,
-                                seed=1000 + s, test=test, val=val,
-                                objective=pairs.objective, targets=pairs.targets)
+  tower = student_tower(config, workdir)
+  recalls = [train_and_evaluate(config, pairs, seed=1000 + s, tower=tower, test=test, val=val)
              for s in range(config.evaluate.seeds)]
   row = summarize(method, budget or len(pairs.images), recalls, config.evaluate.report)
   row["pairs"] = len(pairs.images)

@@ -114,9 +114,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, pairs: Pairs, *, seed:
       rates_in_state=True).init(trainable), mesh)
   best, best_score = None, -np.inf
   for epoch in range(1, cfg.epochs + 1):
-    trainable, opt_state, loss, _ = trainer.train_epoch(
-        train_step, trainable, opt_state, frozen, images, text_emb,
-        batch_size=batch_size, seed=(seed, epoch), mesh=mesh, targets=pairs.targets)
+    (trainable, opt_state), loss, _ = trainer.train_epoch(
+        train_step, (trainable, opt_state), frozen, images, text_emb,
+        batch_size=batch_size, seed=(seed, epoch), targets=pairs.targets)
     if cfg.report != "final":
       split = val if cfg.report == "best_val" else test
       score = trainer.evaluate_retrieval(embedder, trainable, frozen, split)["r_mean"]

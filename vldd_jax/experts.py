@@ -8,10 +8,12 @@ depends only on (seed, expert, epoch), so resuming repeats an uninterrupted run.
 """
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import tqdm
 from absl import logging
@@ -87,13 +89,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       train_step = trainer.make_train_step(
           trainer.student_loss(student.apply_fn, objectives.Plain()), tx)
       embedder = trainer.Embedder(student.apply_fn, mesh, cfg.eval_batch_size)
-    _train_expert(config, workdir, expert, student, tx, train_step, embedder,
-                  train, val, test, mesh)
+    _train_expert(config, workdir, expert, student,
+                  _Program(tx, train_step, embedder, mesh), (train, val, test))
 
 
-def _train_expert(config, workdir, expert, student, tx, train_step, embedder,
-                  train, val, test, mesh) -> None:
+class _Program(NamedTuple):
+  """What every expert shares: the optimizer, the compiled step, the embedder."""
+  tx: optax.GradientTransformation
+  train_step: trainer.TrainStep
+  embedder: trainer.Embedder
+  mesh: jax.sharding.Mesh
+
+
+def _train_expert(config, workdir, expert, student, program: _Program,
+                  splits: tuple[input_pipeline.Split, ...]) -> None:
   cfg = config.experts
+  tx, train_step, embedder, mesh = program
+  train, val, test = splits
   os.makedirs(trajectories.expert_dir(workdir, expert), exist_ok=True)
   # Global (replicated) arrays from the start: multi-host Orbax saves only those.
   trainable, opt_state, frozen = parallel.put_replicated(
@@ -123,9 +135,9 @@ def _train_expert(config, workdir, expert, student, tx, train_step, embedder,
                       desc=f"expert {expert + 1}/{cfg.num_experts}")
     for epoch in range(last + 1, cfg.epochs + 1):
       t0 = time.time()
-      trainable, opt_state, loss, correct = trainer.train_epoch(
-          train_step, trainable, opt_state, frozen, train.images, train.text_emb,
-          batch_size=cfg.batch_size, seed=(config.seed, expert, epoch), mesh=mesh)
+      (trainable, opt_state), loss, correct = trainer.train_epoch(
+          train_step, (trainable, opt_state), frozen, train.images, train.text_emb,
+          batch_size=cfg.batch_size, seed=(config.seed, expert, epoch))
       if not np.isfinite(loss):
         raise FloatingPointError(f"Expert {expert}: loss {loss} at epoch {epoch}; lower "
                                  "config.experts.lr. Epochs before it are saved.")

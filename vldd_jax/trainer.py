@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 
 from vldd_jax import augment as augment_lib
 from vldd_jax import compile_options
@@ -150,11 +149,10 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Trai
   return train_step
 
 
-def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptState,
+def train_epoch(train_step: TrainStep, state: tuple[dict, optax.OptState],
                 frozen: dict, images: np.ndarray, text_emb: np.ndarray, *,
-                batch_size: int, seed: tuple[int, ...], mesh: jax.sharding.Mesh,
-                desc: str | None = None, targets: np.ndarray | None = None
-                ) -> tuple[dict, optax.OptState, float, np.ndarray]:
+                batch_size: int, seed: tuple[int, ...], targets: np.ndarray | None = None
+                ) -> tuple[tuple[dict, optax.OptState], float, np.ndarray]:
   """One epoch over the pairs in a random order, one random caption per image.
 
   The order, captions and dropout keys depend only on `seed`, so a resumed run
@@ -162,6 +160,7 @@ def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptStat
   different one each epoch), which keeps one compiled step.
 
   Args:
+    state: (trainable parameters, optimizer state), as returned.
     images: [N, H, W, C], uint8 or model-space floats.
     text_emb: [N, captions_per_image, D] or [N, D] (one text per image).
     seed: e.g. (run seed, expert, epoch).
@@ -169,7 +168,7 @@ def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptStat
       [N, N] arrays, of which a batch takes its block, and scalars.
 
   Returns:
-    (trainable, opt_state, mean loss, correct) with `correct` int8 [N]: 1 if the
+    ((trainable, opt_state), mean loss, correct) with `correct` int8 [N]: 1 if the
     image's own caption was its top match in its batch, 0 if not, -1 if the
     pair was in the dropped partial batch.
   """
@@ -183,8 +182,10 @@ def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptStat
     captions = rng.integers(0, text_emb.shape[1], n)
     text_emb = text_emb[np.arange(n), captions]
   key = jax.random.key(rng.integers(2**31))
+  trainable, opt_state = state
+  mesh = parallel.make_mesh()  # Batches split over every device, as the step's inputs.
   step_losses, step_correct = [], []
-  for i in tqdm.trange(steps, desc=desc, leave=False, disable=desc is None):
+  for i in range(steps):
     rows = order[i * batch_size:(i + 1) * batch_size]
     batch = parallel.put_batch((images[rows], text_emb[rows]), mesh)
     rng_i = parallel.put_replicated(jax.random.fold_in(key, i), mesh)
@@ -197,7 +198,7 @@ def train_epoch(train_step: TrainStep, trainable: dict, opt_state: optax.OptStat
   record = np.full(n, -1, np.int8)
   record[order[:steps * batch_size]] = np.concatenate(
       [parallel.to_host(c) for c in step_correct])
-  return trainable, opt_state, float(np.mean(jax.device_get(step_losses))), record
+  return (trainable, opt_state), float(np.mean(jax.device_get(step_losses))), record
 
 
 class Embedder:

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 
 import vldd_jax
 from vldd_jax import backbone
+from vldd_jax import checksums
 from vldd_jax import coreset
 from vldd_jax import distill
 from vldd_jax import evaluate
@@ -437,8 +438,11 @@ def test_a_saved_set_evaluates_in_another_workdir_as_in_its_own(distilled, tmp_p
   subprocess.run(["cp", "-r", os.path.join(workdir, "pretrain"), str(other)], check=True)
   file_config = config.copy_and_resolve_references()
   file_config.evaluate.update(distilled_path=path, methods=("distilled", "random"))
+  (other / evaluate.RESULTS).write_text("the workdir's own results")
   evaluate.run(file_config, str(other))
-  rows = json.load(open(other / evaluate.RESULTS))["rows"]
+  assert (other / evaluate.RESULTS).read_text() == "the workdir's own results"  # Kept.
+  named = evaluate.EXTERNAL_RESULTS.format(checksums.file_sha256(path)[:12])
+  rows = json.load(open(other / named))["rows"]
   assert [r["method"] for r in rows] == [f"distilled ({path})", "random", "chance"]
   for key in evaluate.RECALL_KEYS:
     assert rows[0][key] == own[key], key

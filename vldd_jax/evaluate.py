@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 
 from vldd_jax import backbone
+from vldd_jax import checksums
 from vldd_jax import coreset
 from vldd_jax import jsonfile
 from vldd_jax import objectives
@@ -37,6 +38,9 @@ REPORTS = ("final", "best_val", "best_test_lors")
 SPLITS = ("test", "val")
 RECALL_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
 RESULTS = "results.json"
+# The results of an outside set (`evaluate.distilled_path`), named by the first
+# 12 hex digits of its file's SHA-256, so they never replace the workdir's own.
+EXTERNAL_RESULTS = "results_{}.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,14 +356,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
   Methods (`evaluate.methods`) are evaluated at `distill.num_pairs` pairs; with
   `evaluate.distilled_path`, that saved set instead of this workdir's, next to
-  the coresets of its size.
+  the coresets of its size, into `results_<its sha256[:12]>.json`.
   """
   check_methods(config.evaluate.methods)
   experts = trajectories.finished_experts(workdir, config)  # Refuses other settings.
   train, test, val = load_splits(config, workdir)
   selector = coreset.Selector(config, workdir, train)
   rows = [full_data_row(config, workdir, len(train))] if experts else []
-  path = config.evaluate.get("distilled_path", "")
+  path = config.evaluate.distilled_path
   if path:
     rows.append(file_row(config, workdir, path, test, val))
     budget = rows[-1]["budget"]
@@ -371,6 +375,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   rows.append(chance_row(test))
   table = f"Scored on the {config.evaluate.split} split.\n\n" + format_table(rows)
   print(table)
-  jsonfile.write(os.path.join(workdir, RESULTS),
-                 {"split": config.evaluate.split, "rows": rows, "table": table,
-                  "config": config.to_dict()})
+  out = os.path.join(workdir, EXTERNAL_RESULTS.format(checksums.file_sha256(path)[:12])
+                     if path else RESULTS)
+  jsonfile.write(out, {"split": config.evaluate.split, "rows": rows, "table": table,
+                       "config": config.to_dict()})
+  logging.info("Results written to %s.", out)

@@ -79,6 +79,7 @@ LEFTOVERS: tuple[Leftover, ...] = (
     Leftover((*_TFDS, r"[^.].*"), r"incomplete\.[A-Z0-9]{6}_\d+\.\d+\.\d+", folder=True),
     Leftover((*_TFDS, r"\.config"), r"incomplete\.[0-9a-f]{32}\.metadata\.json"),
     Leftover(("tfds", "caption_embeddings"), embeddings.ENTRY + re.escape(jsonfile.TMP)),
+    Leftover((), evaluate.EXTERNAL_RESULTS.format("[0-9a-f]{12}") + re.escape(jsonfile.TMP)),
     Leftover((), _replaced(compare.RESULT, compare.TABLE, compare.FIGURE, evaluate.RESULTS,
                            *(f"config_{s}.json" for s in ("pipeline", *STAGES, *ALONE)))),
     Leftover(("pretrain",), _replaced(backbone.SUMMARY)),

@@ -200,3 +200,14 @@ def test_the_caption_cache_is_readable_by_others_sharing_the_data_dir(data_dir):
   umask = os.umask(0)
   os.umask(umask)
   assert modes == {0o666 & ~umask}
+
+
+def test_a_read_only_workdir_is_named_with_what_to_do(tmp_path, monkeypatch):
+  def read_only(path, flags):  # What os.open says on a read-only mount (even as root).
+    raise OSError(errno.EROFS, "Read-only file system", path)
+
+  monkeypatch.setattr(jsonfile, "open_nofollow", read_only)
+  with pytest.raises(OSError, match=rf"{tmp_path} is not writable \(Read-only file "
+                                    r"system\).*copy it to a writable place"):
+    with stages.workdir_lock(str(tmp_path)):
+      pass

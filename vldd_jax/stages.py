@@ -115,7 +115,16 @@ def workdir_lock(workdir: str) -> Iterator[None]:
   path = os.path.join(workdir, LOCK)
   # Not through a link: a `.lock` planted in a shared workdir must not make this
   # run truncate the file it points to.
-  with os.fdopen(jsonfile.open_nofollow(path, os.O_RDWR | os.O_CREAT), "r+") as f:
+  try:
+    fd = jsonfile.open_nofollow(path, os.O_RDWR | os.O_CREAT)
+  except OSError as e:
+    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+      raise
+    raise OSError(e.errno, f"{workdir} is not writable ({e.strerror}): every stage "
+                  "writes there (results, checkpoints, its lock). To evaluate or extend "
+                  "a finished workdir on a read-only mount, copy it to a writable place "
+                  "and pass that copy as --workdir.") from None
+  with os.fdopen(fd, "r+") as f:
     if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
       raise RuntimeError(f"{path} is not a regular file: remove it and rerun.")
     try:

@@ -101,8 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   # LoRA rank/alpha/targets: library default (the paper gives none we follow).
   # configs/karpathy.py sets what trains: LoRA + heads on a `backbone=` ViT (the
-  # paper), the whole tower from scratch without one; and an unused pretrain
-  # section (that stage needs shapes' labels).
+  # paper), the whole tower from scratch without one.
 
   # The paper's code is the source of config_lib's expert, distillation and
   # evaluation defaults (cited there); only these differ from them.

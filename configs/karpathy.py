@@ -51,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       image_size=image_size,
       restval_to_train=True,  # COCO's Karpathy `restval` joins train, as usual.
       skip_bad_images=False,  # True: skip missing/corrupt images and list them.
+      captions_per_image=5,  # Karpathy split; retrieval scores 5 captions per image.
   ))
   config.text = config_lib.text_config()
   config.model = models.default_model_config()
@@ -59,10 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.backbone = arg.backbone
   else:
     config.model.backbone = "scratch"
-  # Unused: the pretrain stage needs shapes' attribute labels; the tower comes
-  # from `backbone=`, another workdir's `pretrain/` folder, or "scratch".
-  config.pretrain = ml_collections.ConfigDict(dict(
-      epochs=10, batch_size=128, lr=1e-3, weight_decay=1e-4))
+  # No `pretrain` section: that stage needs shapes' attribute labels; the tower
+  # comes from `backbone=`, another workdir's `pretrain/` folder, or "scratch".
   # A tower from scratch must train (and be matched) whole, as the VLDD code's;
   # frozen random towers would not be shared by the experts.
   if config.model.backbone == "scratch":

@@ -79,7 +79,7 @@ def _data_config(ann_file: str, image_root: str,
                  **overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       ann_file=ann_file, image_root=image_root, image_size=SIZE,
-      restval_to_train=True, skip_bad_images=False) | overrides)
+      restval_to_train=True, skip_bad_images=False, captions_per_image=5) | overrides)
 
 
 def _prepare(ann_file, image_root, data_dir, **overrides) -> karpathy.Karpathy:

@@ -49,7 +49,7 @@ STUDENTS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
 
 def student_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` with `model` replaced by that of the student `evaluate.student`."""
-  name = config.evaluate.get("student", "same")
+  name = config.evaluate.student
   if name not in STUDENTS:
     raise ValueError(f"evaluate.student={name!r}: expected one of {sorted(STUDENTS)}.")
   if name == "same":

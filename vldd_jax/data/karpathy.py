@@ -426,5 +426,5 @@ def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> Karpa
       image_size=data_config.image_size,
       restval_to_train=data_config.restval_to_train,
       skip_bad_images=data_config.skip_bad_images,
-      captions_per_image=data_config.get("captions_per_image", 5))
+      captions_per_image=data_config.captions_per_image)
   return Karpathy(config=config, data_dir=data_dir)

@@ -170,13 +170,19 @@ def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfi
   return loss
 
 
-META_OPTIMIZERS = ("sgd", "normalized", "adam")
-
-
 def _normalize_rms() -> optax.GradientTransformation:
   """Divides each gradient array by its root mean square (ours)."""
   return optax.stateless(lambda updates, _: jax.tree.map(
       lambda g: g / (jnp.sqrt(jnp.mean(jnp.square(g))) + 1e-20), updates))
+
+
+# `distill.meta_optimizer`: (rate, momentum) -> the optimizer of one part of the set.
+META_OPTIMIZERS: dict[str, Callable[[float, float], optax.GradientTransformation]] = {
+    "sgd": lambda rate, momentum: optax.sgd(rate, momentum=momentum),
+    "normalized": lambda rate, momentum: optax.chain(
+        _normalize_rms(), optax.sgd(rate, momentum=momentum)),
+    "adam": lambda rate, momentum: optax.adam(rate),
+}
 
 
 def make_meta_optimizer(meta_lr_images: float, meta_lr_text: float,
@@ -197,17 +203,11 @@ def make_meta_optimizer(meta_lr_images: float, meta_lr_text: float,
   """
   if optimizer not in META_OPTIMIZERS:
     raise ValueError(f"distill.meta_optimizer={optimizer!r}: expected one of "
-                     f"{META_OPTIMIZERS}.")
+                     f"{tuple(META_OPTIMIZERS)}.")
   rates = {"images": meta_lr_images, "text_emb": meta_lr_text, "log_lr": meta_lr_rates,
            **(extra_rates or {})}
-  makers = {
-      "sgd": lambda rate: optax.sgd(rate, momentum=momentum),
-      "normalized": lambda rate: optax.chain(_normalize_rms(),
-                                             optax.sgd(rate, momentum=momentum)),
-      "adam": optax.adam,
-  }
   return optax.multi_transform(
-      {name: makers[optimizer](rate) for name, rate in rates.items()},
+      {name: META_OPTIMIZERS[optimizer](rate, momentum) for name, rate in rates.items()},
       lambda syn: {name: jax.tree.map(lambda _, n=name: n, part)
                    for name, part in syn.items()})
 

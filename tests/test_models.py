@@ -346,3 +346,25 @@ def test_load_hf_vit_errors(hf_dir, tmp_path):
                                              pool="gap"), embed_dim=8), image_size=8)
   with pytest.raises(ValueError, match=r"no leaves \['cls'\]"):
     models.load_hf_vit(str(path), target=params["img"])
+
+
+def test_a_bad_hugging_face_folder_is_named_with_what_is_wrong(hf_dir, tmp_path):
+  path, tensors = hf_dir
+  with pytest.raises(FileNotFoundError, match=r"Hugging Face ViT not found: /nonexistent/vit"):
+    models.load_hf_vit("/nonexistent/vit")
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "config.json").write_text("{not json")
+  with pytest.raises(ValueError, match=r"bad/config.json is not valid JSON"):
+    models.hf_vit_config(str(bad))
+  (bad / "config.json").write_text(json.dumps(HF_CONFIG))
+  with pytest.raises(FileNotFoundError, match=r"bad/model.safetensors not found"):
+    models.load_hf_vit(str(bad))
+  (bad / "model.safetensors").write_bytes(np.random.default_rng(0).bytes(256))
+  with pytest.raises(ValueError, match=r"bad/model.safetensors is not a readable "
+                                       "safetensors file"):
+    models.load_hf_vit(str(bad))
+  tensors["layernorm.weight"] = np.full_like(tensors["layernorm.weight"], np.nan)
+  safetensors.numpy.save_file(tensors, str(bad / "model.safetensors"))
+  with pytest.raises(ValueError, match=r"non-finite values .* \['layernorm.weight'\]"):
+    models.load_hf_vit(str(bad))

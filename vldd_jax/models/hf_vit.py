@@ -27,6 +27,10 @@ _LAYER_MODULES = {
 
 def _paths(path: str) -> tuple[str, str]:
   """(weights file, config file) for a folder or a .safetensors file."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Hugging Face ViT not found: {path} (a folder with "
+                            f"{WEIGHTS_FILE} and {CONFIG_FILE}, or a .safetensors file "
+                            f"with {CONFIG_FILE} beside it).")
   if os.path.isdir(path):
     return os.path.join(path, WEIGHTS_FILE), os.path.join(path, CONFIG_FILE)
   return path, os.path.join(os.path.dirname(path), CONFIG_FILE)
@@ -37,8 +41,14 @@ def _read_config(path: str) -> dict:
   if not os.path.isfile(config_file):
     raise FileNotFoundError(f"HF ViT config not found: {config_file} (it must sit next "
                             "to the safetensors file).")
-  with open(config_file, encoding="utf-8") as f:
-    raw = json.load(f)
+  try:
+    with open(config_file, encoding="utf-8") as f:
+      raw = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{config_file} is not valid JSON ({e}): not a Hugging Face "
+                     "ViT config.") from e
+  if not isinstance(raw, dict):
+    raise ValueError(f"{config_file} holds a {type(raw).__name__}, expected a JSON object.")
   absent = [k for k in _REQUIRED_CONFIG if k not in raw]
   if absent:
     raise ValueError(f"{config_file}: missing keys {absent}")
@@ -124,7 +134,14 @@ def load_hf_vit(path: str, target: dict | None = None) -> dict:
   """
   weights_file, _ = _paths(path)
   raw = _read_config(path)
-  tensors = safetensors.numpy.load_file(weights_file)
+  if not os.path.isfile(weights_file):
+    raise FileNotFoundError(f"{weights_file} not found (a Hugging Face ViT folder needs "
+                            f"{WEIGHTS_FILE} beside {CONFIG_FILE}).")
+  try:
+    tensors = safetensors.numpy.load_file(weights_file)
+  except Exception as e:  # SafetensorError names neither the file nor the cause.
+    raise ValueError(f"{weights_file} is not a readable safetensors file "
+                     f"({type(e).__name__}: {e}).") from e
   prefix = _prefix(tensors, weights_file)
   if not raw.get("qkv_bias", True):  # HF then has no q/k/v biases; ours stay zero.
     for i in range(raw["num_hidden_layers"]):
@@ -139,6 +156,11 @@ def load_hf_vit(path: str, target: dict | None = None) -> dict:
          for key, shape in expected.values() if tensors[key].shape != shape]
   if bad:
     raise ValueError(f"{weights_file}: shapes differ from {CONFIG_FILE}: " + "; ".join(bad))
+  not_finite = [key for key, _ in expected.values()
+                if not np.isfinite(np.asarray(tensors[key], np.float32)).all()]
+  if not_finite:
+    raise ValueError(f"{weights_file}: non-finite values (NaN or inf) in "
+                     f"{len(not_finite)} tensors, e.g. {not_finite[:3]}.")
   loaded = {ours: _to_ours(ours, tensors[key]) for ours, (key, _) in expected.items()}
   if target is None:
     return traverse_util.unflatten_dict(

@@ -263,6 +263,8 @@ def _repeated_in_test(data, image_root):
     (_remove_image, r"'gray.png'\): image file not found: .*images/gray.png"),
     (_set_sentences([]), r"'gray.png'\): has no captions"),
     (_set_sentences([{"raw": "a"}] * 3), r"'gray.png'\): has 3 captions, need 5"),
+    (_set_sentences([{"raw": "a"}] * 2 + [{"raw": " \n"}] * 3),
+     r"'gray.png'\): sentences\[2\] is empty \(nothing but whitespace\)"),
 ])
 def test_bad_input_fails_before_writing(fixture, tmp_path, mutate, message):
   ann_file, image_root, data = fixture

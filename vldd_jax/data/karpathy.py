@@ -254,14 +254,17 @@ def read_annotations(ann_file: str, image_root: str, *,
                     "may appear once (in one split).")
       continue
     seen[resolved] = f"{where} in split {image['split']!r}"
+    captions = tuple(s["raw"].strip() for s in sentences[:captions_per_image])
+    empty = [j for j, caption in enumerate(captions) if not caption]
     if not sentences:
       problem = "has no captions."
     elif len(sentences) < captions_per_image:
       problem = f"has {len(sentences)} captions, need {captions_per_image}."
+    elif empty:
+      problem = f"sentences[{empty[0]}] is empty (nothing but whitespace)."
     elif not os.path.isfile(path):
       problem = f"image file not found: {path}"
     else:
-      captions = tuple(s["raw"].strip() for s in sentences[:captions_per_image])
       entries[split].append(Entry(index, filename, path, split, captions))
       continue
     if skip_bad_images:

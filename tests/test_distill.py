@@ -92,11 +92,12 @@ def _copy_experts(trained, tmp_path, name):
   return target
 
 
-def test_the_budget_rule_sets_the_meta_rates_distillation_uses(trained, tmp_path):
+def test_the_budget_rule_sets_the_meta_rates_distillation_uses(distilled, trained,
+                                                               tmp_path):
   # 8 pairs over a reference of 2: the rule halves the set's meta rates
   # (exponent 0.5), which must give the set that halved rates give.
   config = trained[0].copy_and_resolve_references()
-  config.distill.update(budget_reference=2, meta_lr_set_exponent=0.5, iterations=2)
+  config.distill.update(budget_reference=2, meta_lr_set_exponent=0.5)
   ruled = _copy_experts(trained, tmp_path, "ruled")
   distill.run(config, str(ruled))
   config.distill.update(meta_lr_set_exponent=0.0,
@@ -107,11 +108,9 @@ def test_the_budget_rule_sets_the_meta_rates_distillation_uses(trained, tmp_path
   got, want = (synthetic.load(str(w), 8) for w in (ruled, halved))
   for key in ("images", "text_emb", "lr_image", "lr_text"):
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-  moved = synthetic.load(str(ruled), 8)["image_change_rms"]
-  config.distill.update(meta_lr_images=config.distill.meta_lr_images * 2)
-  doubled = _copy_experts(trained, tmp_path, "doubled")
-  distill.run(config, str(doubled))  # The full rate moves the pixels further.
-  assert synthetic.load(str(doubled), 8)["image_change_rms"] > 1.5 * moved
+  # The same run at the full rates (the module's set) moves the pixels further.
+  full = synthetic.load(distilled[1], 8)["image_change_rms"]
+  assert got["image_change_rms"] < 0.75 * full
 
 
 def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path):

@@ -1,6 +1,7 @@
 """Tests for the Karpathy-split TFDS builder, on a small fixture written here."""
 import json
 import os
+import shutil
 import sys
 
 import ml_collections
@@ -241,6 +242,13 @@ def _lone_surrogate(data, image_root):
   data["images"][2]["sentences"][1]["raw"] = "a grey \ud800 square"
 
 
+def _copied_into_test(data, image_root):
+  first = data["images"][0]
+  source = os.path.join(image_root, first.get("filepath", ""), first["filename"])
+  shutil.copyfile(source, os.path.join(image_root, "copy.png"))
+  data["images"].append(dict(first, filename="copy.png", filepath="", split="test"))
+
+
 def _repeated_in_test(data, image_root):
   leaked = dict(data["images"][0], split="test")
   data["images"].append(leaked)
@@ -252,6 +260,8 @@ def _repeated_in_test(data, image_root):
     (_absolute, r"images\[2\] \('/.*gray.png'\): the image path leaves image_root"),
     (_repeated_in_test, r"images\[\d+\] \('.*'\): the same image as images\[0\] "
                         r".* in split '(train|restval|val|test)'"),
+    (_copied_into_test, r"images\[\d+\] \('copy.png'\): the same bytes as images\[0\] "
+                        r".* in split '(train|val|test)'"),
     (_no_images, "no top-level 'images' list"),
     (_del("filename"), r"images\[2\]: missing key\(s\) 'filename'"),
     (_del("split"), r"images\[2\] \('gray.png'\): missing key\(s\) 'split'"),
@@ -354,7 +364,7 @@ def test_a_split_emptied_by_undecodable_images_is_named(fixture, tmp_path):
     if entry["split"] == "test":
       path = os.path.join(image_root, entry.get("filepath", ""), entry["filename"])
       with open(path, "wb") as f:
-        f.write(b"not an image")
+        f.write(b"not an image: " + path.encode())  # Two different files.
   with pytest.raises(karpathy.KarpathyFormatError,
                      match=r"no usable images in split 'test': all 2 could not be "
                            r"decoded \(skip_bad_images=True"):

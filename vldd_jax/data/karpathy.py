@@ -28,6 +28,8 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
+from vldd_jax import checksums
+
 SPLITS = ("train", "val", "test")
 JSON_SPLITS = ("train", "restval", "val", "test")
 SKIPPED_FILE = "skipped_images.json"
@@ -271,6 +273,8 @@ def read_annotations(ann_file: str, image_root: str, *,
       skipped.append(_skip_record(index, filename, split, problem))
     else:
       errors.append(f"{where}: {problem}")
+  if not errors:
+    _drop_same_content(entries, skipped if skip_bad_images else None, errors)
 
   if errors:
     hint = ("" if skip_bad_images else "\n(skip_bad_images=True skips missing, "
@@ -284,6 +288,30 @@ def read_annotations(ann_file: str, image_root: str, *,
           f"{ann_file}: no usable images in split {split!r}; a Karpathy-split "
           f"file needs images in each of {', '.join(SPLITS)}.")
   return entries, skipped
+
+
+def _drop_same_content(entries: dict[str, list[Entry]], skipped: list[dict] | None,
+                       errors: list[str]) -> None:
+  """Finds an image file whose bytes another entry already has (a copy under
+  another name: within a split a duplicate, across splits a leak); skips it
+  into `skipped`, or names it in `errors` when `skipped` is None."""
+  first: dict[str, str] = {}  # SHA-256 of the file -> where it was listed first.
+  for split, split_entries in entries.items():
+    kept = []
+    for entry in split_entries:
+      digest = checksums.file_sha256(entry.path)
+      where = f"images[{entry.index}] ({entry.filename!r})"
+      if digest not in first:
+        first[digest] = f"{where} in split {entry.split!r}"
+        kept.append(entry)
+        continue
+      problem = (f"the same bytes as {first[digest]}; each image may appear once (in "
+                 "one split).")
+      if skipped is None:
+        errors.append(f"{where}: {problem}")
+      else:
+        skipped.append(_skip_record(entry.index, entry.filename, entry.split, problem))
+    entries[split] = kept
 
 
 def load_image(path: str, image_size: int) -> np.ndarray:

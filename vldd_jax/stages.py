@@ -64,7 +64,7 @@ class Leftover:
 
 
 def _replaced(*names: str) -> str:
-  """A regex of the temporary files `jsonfile.write` writes `names` through."""
+  """A regex of the temporary files `jsonfile.write_file` writes `names` through."""
   return "|".join(re.escape(name + jsonfile.TMP) for name in names)
 
 

@@ -11,9 +11,11 @@ from vldd_jax import jsonfile
 
 
 def _save(fig, path: str) -> None:
-  fig.tight_layout()
-  jsonfile.write_file(path, lambda f: fig.savefig(f, format="png", dpi=110))
-  plt.close(fig)
+  try:
+    fig.tight_layout()
+    jsonfile.write_file(path, lambda f: fig.savefig(f, format="png", dpi=110))
+  finally:
+    plt.close(fig)  # Also when the write is refused: pyplot keeps open figures.
 
 
 def image_grid(images: np.ndarray, captions: list[str], path: str,

@@ -96,6 +96,6 @@ def encode_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir: str, na
   jsonfile.write_file(npy, lambda f: np.save(f, embeddings, allow_pickle=False))
   meta = {"key": key, "count": len(texts), "dim": int(embeddings.shape[1]),
           "sha256": hashlib.sha256(embeddings.tobytes()).hexdigest()}
-  jsonfile.write_file(sidecar, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+  jsonfile.write(sidecar, meta)
   logging.info("Encoded %d captions and cached them at %s.", len(texts), npy)
   return embeddings

@@ -105,6 +105,50 @@ def test_easy_takes_pairs_every_expert_found_before_any_other():
   assert any(subset(s) != subset(0) for s in range(1, 6))
 
 
+def _easy_k_center_by_definition(features, correct, budget, seed):
+  """Clusters in k-center's order, each giving its untaken pair with the most
+  experts, then the nearest its centre; an exhausted cluster gives the untaken
+  pair nearest its centre. Also returns how many clusters were exhausted."""
+  n, c, _ = features.shape
+  found = (correct == 1).sum(axis=0)
+  centres = [features[r, j] for r, j in zip(*coreset.k_center(features, budget, seed))]
+  pairs = [(i, j) for i in range(n) for j in range(c)]
+  nearest = {p: int(np.argmax([features[p] @ z for z in centres])) for p in pairs}
+  taken, chosen, exhausted = set(), [], 0
+  for k, centre in enumerate(centres):
+    members = [p for p in pairs if nearest[p] == k and p[0] not in taken]
+    if members:
+      best = max(members, key=lambda p: (found[p[0]], features[p] @ centre))
+    else:
+      exhausted += 1
+      best = max((p for p in pairs if p[0] not in taken), key=lambda p: features[p] @ centre)
+    chosen.append(best)
+    taken.add(best[0])
+  return chosen, exhausted
+
+
+def test_easy_k_center_takes_the_easiest_pair_of_each_k_center_cluster():
+  rng = np.random.default_rng(3)
+  features = rng.normal(size=(40, 3, 6))
+  features /= np.linalg.norm(features, axis=-1, keepdims=True)
+  # Experts that agree on every pair: each cluster's nearest pair is its centre.
+  same = np.ones((2, 40), np.int8)
+  for got, want in zip(coreset.easy_k_center(features, same, 12, seed=1),
+                       coreset.k_center(features, 12, seed=1)):
+    np.testing.assert_array_equal(got, want)
+  exhausted = 0
+  for n, budget in ((40, 12), (6, 5), (5, 5), (7, 6)):
+    for seed in range(4):
+      features = rng.normal(size=(n, 3, 4))
+      features /= np.linalg.norm(features, axis=-1, keepdims=True)
+      correct = rng.choice(np.array([-1, 0, 1], np.int8), size=(3, n), p=[0.1, 0.4, 0.5])
+      rows, caps = coreset.easy_k_center(features, correct, budget, seed)
+      want, count = _easy_k_center_by_definition(features, correct, budget, seed)
+      assert list(zip(rows.tolist(), caps.tolist())) == want
+      exhausted += count
+  assert exhausted > 0  # The rule for a cluster left without a free image ran.
+
+
 def test_easy_reads_the_last_epoch_of_every_expert(trained):
   from vldd_jax import trajectories
   from vldd_jax.data import input_pipeline

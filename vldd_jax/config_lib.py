@@ -70,7 +70,8 @@ def distill_config() -> ml_collections.ConfigDict:
       # "real": N random training pairs, one caption each; "real_mean": each
       # image with the mean of its captions' embeddings (ours); "noise".
       # Or any coreset of coreset.py, e.g. "k_center", or "easy" (DATM: pairs
-      # every expert found in its last epoch).
+      # every expert found in its last epoch), or "easy_k_center" (the easiest
+      # pair of each k-center cluster).
       init="real",
       syn_steps=20,  # Student steps unrolled per iteration.
       batch_size=100,  # Synthetic pairs per student step (at most num_pairs).

@@ -21,6 +21,11 @@ TMLR 2024, Sec. 5 and Table 1); how each is adapted here:
   predict correctly): images ranked by how many experts found their caption
   first in the batch during their last epoch, so only pairs every expert got
   right come first; ties and the caption are drawn by the seed.
+- `easy_k_center`: k-center's coverage with DATM's easy pairs. Every pair joins
+  the cluster of its nearest k-center centre; each cluster gives its pair that
+  the most experts found, nearest its centre among those. `easy` alone takes
+  the most learnable pairs, which on data where they are alike (glyphs) is a
+  narrow start (docs/budget.md).
 
 Herding and k-center see every (image, caption) pair as a candidate, with the
 joint feature [image embedding, caption embedding] / sqrt(2) (unit norm) from
@@ -136,6 +141,44 @@ def easy(correct: np.ndarray, num_captions: int, budget: int,
   return rows, rng.integers(0, num_captions, budget)
 
 
+def easy_k_center(features: np.ndarray, correct: np.ndarray, budget: int,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(rows, captions): the easiest pair of each of k-center's `budget` clusters.
+
+  `features` is [N, C, F] (unit rows), `correct` [experts, N] as for `easy`.
+  Clusters are taken in k-center's order; a cluster whose pairs all belong to
+  images already taken gives the untaken pair nearest its centre.
+  """
+  n, c, _ = features.shape
+  flat = features.reshape(n * c, -1).astype(np.float32)
+  centre_rows, centre_captions = k_center(features, budget, seed)
+  centres = flat[centre_rows * c + centre_captions]
+  # Nearest centre by the largest dot product (unit features), in chunks of
+  # pairs so that a [pairs, budget] matrix never has to fit at once.
+  cluster = np.empty(n * c, np.int64)
+  closeness = np.empty(n * c, np.float32)
+  for start in range(0, n * c, 4096):
+    dots = flat[start:start + 4096] @ centres.T
+    cluster[start:start + 4096] = dots.argmax(axis=1)
+    closeness[start:start + 4096] = dots.max(axis=1)
+  found = np.repeat((correct == 1).sum(axis=0), c)
+  # Within a cluster: the most experts first, then nearest the centre.
+  order = np.lexsort((-closeness, -found, cluster))
+  bounds = np.searchsorted(cluster[order], np.arange(budget + 1))
+  taken = np.zeros(n, bool)
+  chosen = []
+  for k in range(budget):
+    members = order[bounds[k]:bounds[k + 1]]
+    free = members[~taken[members // c]]
+    if len(free) == 0:  # Rare: the nearest untaken pair to this centre.
+      dots = np.where(np.repeat(taken, c), -np.inf, flat @ centres[k])
+      free = np.asarray([int(np.argmax(dots))])
+    chosen.append(int(free[0]))
+    taken[free[0] // c] = True
+  chosen = np.asarray(chosen)
+  return chosen // c, chosen % c
+
+
 def expert_features(config: ml_collections.ConfigDict, workdir: str,
                     train: input_pipeline.Split) -> np.ndarray:
   """Joint unit features [N, C, 2 * embed_dim] of every training pair (first expert)."""
@@ -214,4 +257,6 @@ SELECTORS: dict[str, Callable[[Selector, int], tuple[np.ndarray, np.ndarray]]] =
                                                budget, s.config.seed),
     "easy": lambda s, budget: easy(s.correct_at_last_epoch(), s.train.text_emb.shape[1],
                                    budget, s.config.seed),
+    "easy_k_center": lambda s, budget: easy_k_center(
+        s.features(), s.correct_at_last_epoch(), budget, s.config.seed),
 }

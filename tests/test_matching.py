@@ -236,7 +236,7 @@ def test_identity_similarity_targets_reduce_to_the_plain_loss():
   with_sim = {**syn, **lowrank.init(6, jax.random.key(7))}
   np.testing.assert_allclose(jax.jit(loss, static_argnums=1)(with_sim, lowrank),
                              jax.jit(loss, static_argnums=1)(syn, objectives.Plain()),
-                             atol=1e-6)
+                             rtol=1e-6)  # float32: the two programs sum in other orders.
 
 
 def test_meta_gradient_reaches_the_similarity_factors():

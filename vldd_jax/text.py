@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 import tqdm
-import transformers
 
 from vldd_jax import checksums
 from vldd_jax import compile_options
@@ -315,6 +314,9 @@ class TextEncoder:
     ids = jnp.zeros((1, 1), jnp.int32)
     shapes = jax.eval_shape(BertModel(config).init, jax.random.key(0), ids, ids)["params"]
     params = _convert_params(tensors, shapes, weights)
+    # Imported here: transformers adds about a second to every start, and only
+    # the data stage (and an external set's captions) needs the tokenizer.
+    import transformers  # pylint: disable=g-import-not-at-top
     try:
       tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     except Exception as e:

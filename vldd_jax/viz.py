@@ -1,21 +1,22 @@
 """PNG figures: synthetic images with their nearest real captions, and curves."""
 import textwrap
 
-import matplotlib
-
-matplotlib.use("Agg")  # Files only; no display needed.
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from vldd_jax import jsonfile
 
 
+def _figure(figsize: tuple[float, float]):
+  """A matplotlib Figure of its own: no pyplot, so no global state to close."""
+  # Imported here: matplotlib adds most of a second to every start, and only
+  # the stages that draw need it.
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  return Figure(figsize=figsize)
+
+
 def _save(fig, path: str) -> None:
-  try:
-    fig.tight_layout()
-    jsonfile.write_file(path, lambda f: fig.savefig(f, format="png", dpi=110))
-  finally:
-    plt.close(fig)  # Also when the write is refused: pyplot keeps open figures.
+  fig.tight_layout()
+  jsonfile.write_file(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def image_grid(images: np.ndarray, captions: list[str], path: str,
@@ -23,8 +24,8 @@ def image_grid(images: np.ndarray, captions: list[str], path: str,
   """Saves up to `max_images` uint8 images [N, H, W, 3], each over its caption."""
   n = min(len(images), max_images)
   rows = -(-n // columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.4 * rows),
-                           squeeze=False)
+  fig = _figure((2.0 * columns, 2.4 * rows))
+  axes = fig.subplots(rows, columns, squeeze=False)
   for i, ax in enumerate(axes.flat):
     ax.axis("off")
     if i < n:
@@ -36,7 +37,8 @@ def image_grid(images: np.ndarray, captions: list[str], path: str,
 def loss_curve(steps: list[int], values: list[float], path: str,
                ylabel: str = "matching loss") -> None:
   """Saves a line plot of `values` against `steps`."""
-  fig, ax = plt.subplots(figsize=(5, 3.2))
+  fig = _figure((5, 3.2))
+  ax = fig.subplots()
   ax.plot(steps, values, linewidth=0.8)
   ax.set_xlabel("iteration")
   ax.set_ylabel(ylabel)
@@ -46,7 +48,8 @@ def loss_curve(steps: list[int], values: list[float], path: str,
 
 def budget_plot(rows: list[dict], keys: tuple[str, ...], path: str) -> None:
   """Saves one panel per recall key: mean ± std against budget, a line per method."""
-  fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+  fig = _figure((5 * len(keys), 3.6))
+  axes = fig.subplots(1, len(keys), squeeze=False)
   methods = list(dict.fromkeys(r["method"] for r in rows))
   for ax, key in zip(axes.flat, keys):
     for method in methods:

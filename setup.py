@@ -32,7 +32,8 @@ setuptools.setup(
         "transformers>=5",
     ],
     extras_require={
-        "test": ["pytest", "nbclient", "nbformat", "ipykernel"],
+        # pytest-xdist: tests are mostly single-threaded compilation, one per core.
+        "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
         # TFDS catalog datasets such as coco_captions decode with TensorFlow.
         "tf": ["tensorflow"],
     },

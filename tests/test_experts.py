@@ -1,7 +1,9 @@
 """The pretrain and experts stages: trajectories, resume after a kill, device count."""
 import json
 import os
+import re
 import shutil
+import signal
 
 import jax
 import numpy as np
@@ -90,16 +92,21 @@ def _run_stages(workdir, data_dir, *flags, devices=1):
     run_main(workdir, data_dir, f"--config.stage={stage}", *flags, devices=devices)
 
 
-def test_killed_run_resumes_to_the_same_trajectories(trained, data_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_same_trajectories(trained, data_dir, tmp_path, sig):
   # The uninterrupted reference is the session's `trained` workdir (the same
   # tiny config, 2 experts x 3 epochs, run in this process); the killed run
   # starts from its pretrained tower, since only the experts stage is killed.
   _, reference = trained
   killed = tmp_path / "killed"
   shutil.copytree(os.path.join(reference, "pretrain"), killed / "pretrain")
-  kill_when_exists(killed, data_dir, ("--config.stage=experts",),
-                   killed / "experts" / "expert_000" / "ckpt" / "2")
+  code, stderr = kill_when_exists(killed, data_dir, ("--config.stage=experts",),
+                                  killed / "experts" / "expert_000" / "ckpt" / "2", sig)
   assert not trajectories.finished_experts(str(killed)) == [0, 1], "killed too late"
+  if sig == signal.SIGTERM:  # A preempted VM: the epoch in progress is saved, then a clean exit.
+    assert code == 128 + signal.SIGTERM, stderr[-3000:]
+    assert re.search(r"Stopped by SIGTERM after epoch [23] of expert 0; saved \S+ckpt/[23]\. "
+                     "Rerun the same command", stderr), stderr[-3000:]
 
   result = run_main(killed, data_dir, "--config.stage=experts")
   assert "resuming after epoch" in result.stderr

@@ -26,6 +26,7 @@ from vldd_jax import distill
 from vldd_jax import evaluate
 from vldd_jax import jsonfile
 from vldd_jax import objectives
+from vldd_jax import preemption
 from vldd_jax import provenance
 from vldd_jax import viz
 from vldd_jax.data import input_pipeline
@@ -108,13 +109,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   train, test, val = evaluate.load_splits(config, workdir)
   selector = coreset.Selector(config, workdir, train)
   cells = [(b, m) for b in budgets for m in methods if (m, b) not in done]
-  for budget, method in tqdm.tqdm(cells, desc="compare"):
-    distill_sets(config, workdir, (budget,), (method,), train)
-    row = evaluate.method_row(config, workdir, method, budget, selector, test, val)
-    if method in objectives.methods():
-      row["objective_settings"] = objective_settings(config, method)
-    rows.append(row)
-    _write(workdir, rows, config)
+  with preemption.StopOnSigterm() as stop:  # SIGTERM: stop after the cell saved.
+    for budget, method in tqdm.tqdm(cells, desc="compare"):
+      distill_sets(config, workdir, (budget,), (method,), train)
+      row = evaluate.method_row(config, workdir, method, budget, selector, test, val)
+      if method in objectives.methods():
+        row["objective_settings"] = objective_settings(config, method)
+      rows.append(row)
+      _write(workdir, rows, config)
+      stop.stop_if_requested(f"the cell ({method}, {budget} pairs); saved "
+                             f"{os.path.join(workdir, RESULT)}")
   wanted = [r for r in rows if r["budget"] in budgets and r["method"] in methods]
   wanted.sort(key=lambda r: (methods.index(r["method"]), r["budget"]))
   table = "\n\n".join([pivot_table(wanted, "tr@1"), pivot_table(wanted, "ir@1"),

@@ -22,6 +22,7 @@ from vldd_jax import backbone
 from vldd_jax import checksums
 from vldd_jax import metrics_log
 from vldd_jax import parallel
+from vldd_jax import preemption
 from vldd_jax import provenance
 from vldd_jax import objectives
 from vldd_jax import trainer
@@ -81,16 +82,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   mesh = parallel.make_mesh()
   tx = trainer.make_optimizer(cfg.lr, cfg.momentum)
   train_step, embedder = None, None
-  for expert in todo:
-    student = trainer.init_student(
-        config.model, jax.random.fold_in(jax.random.key(config.seed), expert),
-        train.images.shape[1:], train.text_emb.shape[-1], tower)
-    if train_step is None:  # One compiled step and embedder for every expert.
-      train_step = trainer.make_train_step(
-          trainer.student_loss(student.apply_fn, objectives.Plain()), tx)
-      embedder = trainer.Embedder(student.apply_fn, mesh, cfg.eval_batch_size)
-    _train_expert(config, workdir, expert, student,
-                  _Program(tx, train_step, embedder, mesh), (train, val, test))
+  with preemption.StopOnSigterm() as stop:  # SIGTERM: stop after the epoch saved.
+    for expert in todo:
+      student = trainer.init_student(
+          config.model, jax.random.fold_in(jax.random.key(config.seed), expert),
+          train.images.shape[1:], train.text_emb.shape[-1], tower)
+      if train_step is None:  # One compiled step and embedder for every expert.
+        train_step = trainer.make_train_step(
+            trainer.student_loss(student.apply_fn, objectives.Plain()), tx)
+        embedder = trainer.Embedder(student.apply_fn, mesh, cfg.eval_batch_size)
+      _train_expert(config, workdir, expert, student,
+                    _Program(tx, train_step, embedder, mesh), (train, val, test), stop)
 
 
 class _Program(NamedTuple):
@@ -102,7 +104,8 @@ class _Program(NamedTuple):
 
 
 def _train_expert(config, workdir, expert, student, program: _Program,
-                  splits: tuple[input_pipeline.Split, ...]) -> None:
+                  splits: tuple[input_pipeline.Split, ...],
+                  stop: preemption.StopOnSigterm) -> None:
   cfg = config.experts
   tx, train_step, embedder, mesh = program
   train, val, test = splits
@@ -153,6 +156,8 @@ def _train_expert(config, workdir, expert, student, program: _Program,
       _write_manifest(config, workdir, expert, history, finished=False)
       bar.update()
       bar.set_postfix(loss=f"{loss:.3f}", val_tr1=recall["tr@1"], val_ir1=recall["ir@1"])
+      stop.stop_if_requested(f"epoch {epoch} of expert {expert}; saved "
+                             f"{trajectories.expert_dir(workdir, expert)}/ckpt/{epoch}")
     bar.close()
   test_recall = _rounded(trainer.evaluate_retrieval(embedder, trainable, frozen, test))
   logging.info("Expert %d finished: test %s", expert, test_recall)

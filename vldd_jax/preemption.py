@@ -31,9 +31,25 @@ class StopOnSigterm:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
-  def __exit__(self, *exc) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+  def __exit__(self, exc_type, *exc) -> None:
+    if self._previous is None:
+      return
+    signal.signal(signal.SIGTERM, self._previous)
+    if not self._flag or exc_type is not None:
+      return
+    # A SIGTERM after the loop's last check is not dropped: an enclosing loop
+    # gets it (its handler sets its flag); at the top, the process stops here.
+    if callable(self._previous):
+      self._previous(signal.SIGTERM, None)
+    elif self._previous == signal.SIG_DFL:
+      raise Stopped("Stopped by SIGTERM; what finished before it is saved. Rerun the "
+                    "same command to go on.")
+
+  def stop_if_requested(self, what: str) -> None:
+    """Raises `Stopped` (naming `what` was saved) if any process got SIGTERM."""
+    if self.requested:
+      raise Stopped(f"Stopped by SIGTERM after {what}. Rerun the same command to go on "
+                    "from there.")
 
   def _handle(self, signum, frame) -> None:
     del signum, frame

@@ -27,6 +27,7 @@ from vldd_jax import checksums
 from vldd_jax import compile_options
 from vldd_jax import jsonfile
 from vldd_jax import parallel
+from vldd_jax import preemption
 from vldd_jax import provenance
 from vldd_jax import trainer
 from vldd_jax.data import input_pipeline
@@ -158,7 +159,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   parallel.check_divisible(cfg.batch_size, "pretrain.batch_size")
 
   options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-  with ocp.CheckpointManager(os.path.join(out, "ckpt"), options=options) as mngr:
+  with (ocp.CheckpointManager(os.path.join(out, "ckpt"), options=options) as mngr,
+        preemption.StopOnSigterm() as stop):  # SIGTERM: stop after the epoch saved.
     opt_state = tx.init(params)
     start = mngr.latest_step() or 0
     if start:
@@ -184,6 +186,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
           tower=ocp.args.StandardSave(params["tower"]),
           heads=ocp.args.StandardSave(params["heads"]),
           opt_state=ocp.args.StandardSave(opt_state)))
+      stop.stop_if_requested(f"pretraining epoch {epoch + 1}; saved {out}/ckpt/{epoch + 1}")
     mngr.wait_until_finished()
 
   accuracy = _held_out_accuracy(eval_step, params, held_x, held_t, cfg.batch_size, mesh)

@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # The paper's expert optimiser; fewer, shorter runs suffice on shapes. 20
   # epochs (10 before the budget study, docs/budget.md, which ran on 20): the
-  # full-data row and the `easy` start read the last one.
+  # full-data row and the `easy_k_center` start read the last one.
   config.experts = config_lib.experts_config()
   config.experts.update(num_experts=3, epochs=20)
 

@@ -114,15 +114,15 @@ def test_the_budget_rule_sets_the_meta_rates_distillation_uses(distilled, traine
 
 
 def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path):
-  # With a moving window and the `easy` start (budget.py), whose draws depend
-  # on the iteration.
+  # With a moving window (budget.py), whose draws depend on the iteration,
+  # and the default start.
   flags = ("--config.stage=distill", "--config.distill.iterations=8",
            "--config.distill.max_start_epoch=1", "--config.distill.max_start_epoch_final=2",
-           "--config.distill.init=easy")
+           "--config.distill.init=easy_k_center")
   # The uninterrupted reference runs in this process, with the same settings.
   config = trained[0].copy_and_resolve_references()
   config.distill.update(iterations=8, max_start_epoch=1, max_start_epoch_final=2,
-                        init="easy")
+                        init="easy_k_center")
   reference = _copy_experts(trained, tmp_path, "reference")
   distill.run(config, str(reference))
 

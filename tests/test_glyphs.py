@@ -54,6 +54,6 @@ def test_own_small_data_runs_data_to_evaluate_with_every_row(tmp_path):
   rows = json.load(open(workdir / "results.json"))["rows"]
   assert [r["method"] for r in rows] == [
       "full train split (experts)", "distilled", "random", "herding", "k_center",
-      "forgetting", "easy", "chance"]
+      "forgetting", "easy", "easy_k_center", "chance"]
   assert all(r["tr@1"] is not None and 0 <= r["tr@1"] <= 100 for r in rows)
   assert rows[1]["budget"] == 8

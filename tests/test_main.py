@@ -90,7 +90,8 @@ def test_nonsense_settings_are_refused_before_anything_is_written(tmp_path, fiel
      r"'randon'\): expected a non-empty"),
     ("distill.objective", "lowrnak", r"distill.objective='lowrnak': expected one of"),
     ("distill.init", "kcenter", r"distill.init='kcenter': expected one of \('real', "
-     r"'real_mean', 'noise', 'random', 'herding', 'k_center', 'forgetting', 'easy'\)"),
+     r"'real_mean', 'noise', 'random', 'herding', 'k_center', 'forgetting', 'easy', "
+     r"'easy_k_center'\)"),
     ("evaluate.student", "vit", r"evaluate.student='vit': expected one of")])
 def test_an_unknown_name_is_refused_before_anything_is_written(tmp_path, field, value,
                                                               message):

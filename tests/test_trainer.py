@@ -27,5 +27,6 @@ def test_students_of_any_rates_share_one_compiled_step_and_train_as_plain_sgd():
       theirs, plain_state, *_ = plain(theirs, plain_state, frozen, images, text,
                                       jax.random.key(i))
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
-      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+      # float32, two programs that fuse and sum differently: 2e-6 apart seen.
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   assert shared._cache_size() == 1  # Both students ran one compiled step.

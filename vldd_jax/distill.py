@@ -285,9 +285,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                                   history=ocp.args.JsonSave(record)))
       if stopping and not done:
         mngr.wait_until_finished()
-        raise preemption.Stopped(f"Stopped by SIGTERM after iteration {it + 1} of "
-                                 f"{cfg.iterations}; saved {out}/ckpt/{it + 1}. Rerun the "
-                                 "same command to go on from there.")
+        stop.stop_if_requested(f"iteration {it + 1} of {cfg.iterations}; saved "
+                               f"{out}/ckpt/{it + 1}")
     mngr.wait_until_finished()
   saved = state["ema"] if "ema" in state else state["syn"]
   _write_outputs(out, jax.tree.map(parallel.to_host, saved), rows, train, history,

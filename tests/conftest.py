@@ -17,9 +17,9 @@ from vldd_jax import pretrain
 from vldd_jax.data import prepare
 
 # Tests check numbers, not speed: compile fast. Without the fusion emitters
-# XLA:CPU compiled a tiny meta-gradient 1.5-2x faster (these tests are mostly
-# compilation); this process's backend starts after this line, and children
-# inherit the variable.
+# XLA:CPU compiled a tiny meta-gradient 1.5-1.7x faster (alone, alternating
+# runs; these tests are mostly compilation); this process's backend starts
+# after this line, and children inherit the variable.
 jax.config.update("jax_disable_most_optimizations", True)
 os.environ["XLA_FLAGS"] = " ".join(
     filter(None, [os.environ.get("XLA_FLAGS"), "--xla_cpu_use_fusion_emitters=false"]))

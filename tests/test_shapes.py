@@ -9,7 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vldd_jax.data import input_pipeline
 from vldd_jax.data import shapes
+from conftest import tiny_config
 
 SIZES = dict(image_size=32, num_train=24, num_val=8, num_test=8,
              num_pretrain=16, max_objects=3, seed=0)
@@ -218,3 +220,16 @@ def test_objects_are_drawn_where_labelled(image_size):
 
 def test_tensorflow_not_imported():
   assert "tensorflow" not in sys.modules
+
+
+def test_a_process_makes_one_builder_per_data_config(data_dir, monkeypatch, caplog):
+  # TFDS logs "Using custom data configuration" for every builder it makes.
+  monkeypatch.setattr(input_pipeline, "_BUILT", {})
+  config = tiny_config(data_dir)
+  with caplog.at_level("WARNING"):
+    for split in ("train", "val", "test"):
+      input_pipeline.load_split(config, "unused", split)
+  assert caplog.text.count("Using custom data configuration") == 1
+  other = tiny_config(data_dir)
+  other.data.num_val += 1  # Another dataset: its own builder.
+  assert input_pipeline.builder(other, "unused") is not input_pipeline.builder(config, "unused")

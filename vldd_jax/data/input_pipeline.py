@@ -1,5 +1,6 @@
 """Reads prepared splits into memory, with their cached caption embeddings."""
 import dataclasses
+import json
 import os
 
 import ml_collections
@@ -14,6 +15,9 @@ from vldd_jax.data import shapes
 
 _BUILDERS = {"shapes": shapes.make_builder, "karpathy": karpathy.make_builder}
 _READ_CHUNK = 1024
+# One builder per data config and folder in a process: TFDS logs "Using custom
+# data configuration" for every builder it makes, 12 times in one default run.
+_BUILT: dict[str, tfds.core.DatasetBuilder] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +56,12 @@ def builder(config: ml_collections.ConfigDict,
   name = config.data.name
   if name not in _BUILDERS:
     raise ValueError(f"config.data.name={name!r}: expected one of {sorted(_BUILDERS)}.")
-  return _BUILDERS[name](config.data, data_dir(config, workdir))
+  folder = data_dir(config, workdir)
+  key = json.dumps([config.data.to_dict(), os.path.abspath(folder)], sort_keys=True,
+                   default=str)
+  if key not in _BUILT:
+    _BUILT[key] = _BUILDERS[name](config.data, folder)
+  return _BUILT[key]
 
 
 def prepare(config: ml_collections.ConfigDict,

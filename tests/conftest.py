@@ -1,6 +1,8 @@
 """Shared test settings and fixtures: the tiny shapes config, data and experts."""
 import atexit
+import inspect
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -105,3 +107,41 @@ def trained(data_dir, tmp_path_factory):
   pretrain.run(config, workdir)
   experts.run(config, workdir)
   return config, workdir
+
+
+# A test that starts a child interpreter (`python -m vldd_jax.main` or another)
+# pays JAX's import and its own compilations again: marked `slow`, so that
+# `pytest -m "not slow"` is the quick in-process loop.
+_CHILD_STARTERS = re.compile(r"\b(run_main|main_cmd|kill_when_exists|subprocess\.\w+|"
+                             r"nbclient|os\.system)\b")
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: starts a child interpreter (a subprocess)")
+
+
+def _starts_a_child(module) -> set[str]:
+  """Names of `module`'s functions that start a child, directly or through
+  another function of the module."""
+  functions = {name: inspect.getsource(f) for name, f in vars(module).items()
+               if inspect.isfunction(f) and f.__module__ == module.__name__}
+  starters = {n for n, source in functions.items() if _CHILD_STARTERS.search(source)}
+  while True:
+    calls = re.compile(r"\b(" + "|".join(map(re.escape, starters)) + r")\(") if starters else None
+    more = {n for n, source in functions.items() if calls and calls.search(source)}
+    if more <= starters:
+      return starters
+    starters |= more
+
+
+def pytest_collection_modifyitems(items):
+  starters = {}
+  for item in items:
+    function = getattr(item, "function", None)
+    if function is None:
+      continue
+    module = inspect.getmodule(function)
+    if module.__name__ not in starters:
+      starters[module.__name__] = _starts_a_child(module)
+    if function.__name__ in starters[module.__name__]:
+      item.add_marker(pytest.mark.slow)

@@ -28,6 +28,7 @@ from vldd_jax import jsonfile
 from vldd_jax import objectives
 from vldd_jax import preemption
 from vldd_jax import provenance
+from vldd_jax import synthetic
 from vldd_jax import viz
 from vldd_jax.data import input_pipeline
 
@@ -95,9 +96,9 @@ def distill_sets(config: ml_collections.ConfigDict, workdir: str, budgets, metho
   (stage `distill` keeps finished ones)."""
   for budget in budgets:
     for method in methods:
-      set_config = evaluate.distilled_config(config, method, budget, split)
-      if set_config is not None:
-        distill.run(set_config, workdir)
+      spec = synthetic.SetSpec.of_row(config, method, budget, split)
+      if spec is not None:
+        distill.run(spec.config(config), workdir)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -62,20 +62,6 @@ def methods() -> tuple[str, ...]:
   return tuple(objectives.methods()) + tuple(coreset.SELECTORS)
 
 
-def storage_fair_pairs(objective: objectives.Plain, split: input_pipeline.Split,
-                       budget: int) -> int:
-  """Pairs that fit, with what the objective learns, in the storage of `budget` pairs.
-
-  A pair stores an image and a text embedding; LoRS's S stores N (1 + 2 rank)
-  floats, and LoRS compares 99 pairs + S with 100 pairs the same way.
-  """
-  per_pair = int(np.prod(split.images.shape[1:])) + split.text_emb.shape[-1]
-  pairs = budget
-  while pairs * per_pair + objective.extra_floats(pairs) > budget * per_pair:
-    pairs -= 1
-  return pairs
-
-
 def check_methods(methods_asked) -> None:
   """Raises unless every entry of `evaluate.methods` is known."""
   known = methods()
@@ -209,33 +195,19 @@ def evaluate_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
   return row
 
 
-def distilled_config(config: ml_collections.ConfigDict, method: str, budget: int,
-                     split: input_pipeline.Split) -> ml_collections.ConfigDict | None:
-  """The config that distills the set a `method` row evaluates at `budget`; None
-  for a coreset. The set has as many pairs as fit, next to what its objective
-  learns, in the storage of `budget` pairs (`storage_fair_pairs`)."""
-  name = objectives.methods().get(method)
-  if name is None:
-    return None
-  out = config.copy_and_resolve_references()
-  out.distill.objective = name
-  out.distill.num_pairs = storage_fair_pairs(objectives.build(out.distill), split, budget)
-  return out
-
-
 def method_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
                  budget: int, selector: coreset.Selector,
                  split: input_pipeline.Split) -> Pairs:
   """The pairs of a `method` row at `budget`: this workdir's distilled set (its
   learned rates and targets; it must exist: stage `distill`, or `compare` and
   `pipeline`, which make missing ones), or a coreset at `evaluate.lr`. `split`
-  sizes what a set's objective stores (`storage_fair_pairs`)."""
-  set_config = distilled_config(config, method, budget, split)
-  if set_config is None:
+  sizes a pair (`synthetic.SetSpec`)."""
+  spec = synthetic.SetSpec.of_row(config, method, budget, split)
+  if spec is None:
     images, text_emb = selector.select(method, budget)
     return Pairs(images, text_emb, config.evaluate.lr, config.evaluate.lr)
-  objective = objectives.build(set_config.distill)
-  syn = synthetic.load(workdir, set_config.distill.num_pairs, objective.name)
+  objective = objectives.build(spec.config(config).distill)
+  syn = synthetic.load(workdir, spec.num_pairs, spec.objective)
   return Pairs(syn["images"], syn["text_emb"], float(syn["lr_image"]),
                float(syn["lr_text"]), objective, objective.eval_targets(syn))
 

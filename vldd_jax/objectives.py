@@ -163,9 +163,14 @@ def build(cfg: ml_collections.ConfigDict) -> Plain:
   return OBJECTIVES[cfg.objective](cfg)
 
 
+def suffix(name: str) -> str:
+  """What tells an objective's sets from plain ones, in their row and folder names."""
+  return "" if name == Plain.name else f"_{name}"
+
+
 def method(name: str) -> str:
   """The results-table row of an objective's sets."""
-  return "distilled" if name == Plain.name else f"distilled_{name}"
+  return "distilled" + suffix(name)
 
 
 def methods() -> dict[str, str]:

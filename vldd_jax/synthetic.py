@@ -28,11 +28,15 @@ import os
 import re
 import zipfile
 import zlib
+from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
 
 from vldd_jax import objectives
+
+if TYPE_CHECKING:  # Only its type: reading a set needs no dataset code.
+  from vldd_jax.data import input_pipeline
 
 RESULT = "distilled.npz"
 # 1: the first format; every file carries it and provenance_json.
@@ -41,8 +45,56 @@ FORMAT_VERSION = 1
 
 def set_dir(workdir: str, num_pairs: int, objective: str = "plain") -> str:
   """The folder of the set of `num_pairs` pairs (and its checkpoints, settings)."""
-  suffix = "" if objective == "plain" else f"_{objective}"
-  return os.path.join(workdir, "distill", f"n{num_pairs}{suffix}")
+  return os.path.join(workdir, "distill", f"n{num_pairs}{objectives.suffix(objective)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SetSpec:
+  """The distilled set a results row means: made with `objective`, counted
+  against the storage of `budget` pairs, and so holding `num_pairs` pairs,
+  fewer than `budget` when the objective stores more than pairs (LoRS's S)."""
+  objective: str
+  budget: int
+  num_pairs: int
+
+  @classmethod
+  def of_row(cls, config: ml_collections.ConfigDict, method: str, budget: int,
+             split: "input_pipeline.Split") -> "SetSpec | None":
+    """The set of the `method` row at `budget`; None for a coreset row.
+
+    A pair stores an image and a text embedding of `split`'s sizes. The set
+    gets as many pairs as fit, next to what its objective learns, in the
+    storage of `budget` pairs, as LoRS compares 99 pairs + S with 100 pairs.
+    """
+    name = objectives.methods().get(method)
+    if name is None:
+      return None
+    cfg = config.distill.copy_and_resolve_references()
+    cfg.objective = name
+    objective = objectives.build(cfg)
+    pair_floats = math.prod(split.images.shape[1:]) + split.text_emb.shape[-1]
+    pairs = budget
+    while pairs * pair_floats + objective.extra_floats(pairs) > budget * pair_floats:
+      pairs -= 1
+    if pairs < 1:
+      raise ValueError(f"A budget of {budget} pairs leaves no room for a pair next to "
+                       f"what objective {name!r} stores; use a larger budget.")
+    return cls(name, budget, pairs)
+
+  @property
+  def method(self) -> str:
+    """Its results-table row."""
+    return objectives.method(self.objective)
+
+  def folder(self, workdir: str) -> str:
+    """Where stage `distill` writes it."""
+    return set_dir(workdir, self.num_pairs, self.objective)
+
+  def config(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` with the `distill` fields that make this set."""
+    out = config.copy_and_resolve_references()
+    out.distill.objective, out.distill.num_pairs = self.objective, self.num_pairs
+    return out
 
 
 class DistilledFileError(ValueError):

@@ -64,10 +64,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The paper's meta rates (SGD, 1000 / 1000) blow pixels and unit-norm MiniLM
   # embeddings far out of distribution here (docs/results_shapes.md).
   config.distill = config_lib.small_data_distill_config()
-  # Under normalised meta steps a rate is S's RMS step per iteration: 1 (the
-  # best of 10 / 1 / 0.1 under SGD, results_shapes.md) diverges at iteration 64;
-  # 0.01 runs (docs/beyond_the_paper.md).
-  config.distill.meta_lr_similarity = 0.01
   config.evaluate = config_lib.evaluate_config()
   config.compare = config_lib.compare_config()
   if arg.table1:  # The paper's Table 1 on shapes: every method at every budget.

@@ -164,6 +164,10 @@ def small_data_distill_config() -> ml_collections.ConfigDict:
       # 33.2 against 32.2); the window stays early at every budget (later
       # starts cost 1-8 r_mean at 1000 pairs).
       init="easy_k_center", meta_lr_rates_exponent=1.0, meta_lr_set_exponent=0.5,
+      # objective="lowrank": under normalised steps S's rate is its RMS step per
+      # iteration; 1 (the best of 10 / 1 / 0.1 under SGD, results_shapes.md)
+      # diverged at iteration 64 on shapes, 0.01 runs (docs/beyond_the_paper.md).
+      meta_lr_similarity=0.01,
       # objective="blend": over 150 iterations an EMA of 0.97 beat 0.9 (0.99
       # averages most of the run); blending itself hurt on shapes at alpha 1
       # and 0.3, so the blend objective's default is the EMA alone here

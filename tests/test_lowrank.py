@@ -93,16 +93,17 @@ def test_minibatch_block_is_rows_and_columns_of_s():
 def test_objective_targets_export_and_rates():
   obj = _lowrank(rank=2, alpha=3.0)
   syn = {"sim": HAND}
-  np.testing.assert_allclose(obj.targets(syn, np.array([2, 0])),
+  assert set(obj.targets(syn, np.array([2, 0]))) == {"sim"}
+  np.testing.assert_allclose(obj.targets(syn, np.array([2, 0]))["sim"],
                              [[4.5, 1.5], [3.0, 1.0]], rtol=0, atol=1e-6)
   exported = obj.export(syn)
   assert set(exported) == {"similarity"}
   np.testing.assert_allclose(exported["similarity"], HAND_S, rtol=0, atol=1e-6)
-  np.testing.assert_allclose(obj.eval_targets(exported), HAND_S, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(obj.eval_targets(exported)["sim"], HAND_S, rtol=0, atol=1e-6)
   assert obj.rates() == {"sim": obj.cfg.meta_lr_similarity}
   fresh = obj.init(6, jax.random.key(1))
   assert set(fresh) == {"sim"}
-  np.testing.assert_array_equal(obj.targets(fresh, np.array([3, 1, 4])), np.eye(3))
+  np.testing.assert_array_equal(obj.targets(fresh, np.array([3, 1, 4]))["sim"], np.eye(3))
 
 
 # --- WBCE --------------------------------------------------------------------

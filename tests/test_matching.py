@@ -275,8 +275,8 @@ def test_train_step_trains_against_given_similarity_targets():
           jax.random.key(0), *targets)[2])
   plain = run(objectives.Plain())
   soft, wbce = _lowrank(similarity_loss="softmax"), _lowrank(similarity_loss="wbce")
-  assert run(soft, jnp.eye(4)) == pytest.approx(plain, rel=1e-6)
-  assert run(wbce, jnp.eye(4)) != pytest.approx(plain, rel=1e-3)
+  assert run(soft, {"sim": jnp.eye(4)}) == pytest.approx(plain, rel=1e-6)
+  assert run(wbce, {"sim": jnp.eye(4)}) != pytest.approx(plain, rel=1e-3)
 
 
 def test_normalized_meta_steps_have_the_rate_as_rms_and_the_gradients_direction():

@@ -78,63 +78,56 @@ class Plain:
 
 class LowRankSimilarity(Plain):
   """LoRS (Xu et al., ICML 2024): also learn S = diag(a) + alpha/rank L R^T,
-  the soft targets of the student loss (`similarity.py`). With
-  `similarity_loss="sigmoid"` the set also learns the bias of SigLIP's loss."""
+  the soft targets of the student loss (`similarity.py`), chosen from `LOSSES`
+  by `similarity_loss`; a loss's scalar parameters (SigLIP's bias) are learned
+  with S."""
   name = "lowrank"
   fields = ("similarity_rank", "similarity_alpha", "meta_lr_similarity", "similarity_loss")
-  # LoRS's default (WBCE), the soft-target InfoNCE, which equals the plain loss
-  # while S is the identity, and SigLIP's sigmoid loss with a learned bias.
-  LOSSES = ("wbce", "softmax", "sigmoid")
-  SIGLIP_BIAS = -10.0  # SigLIP's initial bias (Zhai et al., ICCV 2023).
+  # name: (loss(image_emb, text_emb, scale, S block, **scalars), {scalar: initial
+  # value}). LoRS's default (WBCE); the soft-target InfoNCE, which equals the
+  # plain loss while S is the identity; SigLIP's sigmoid loss with a learned
+  # bias, from SigLIP's -10 (Zhai et al., ICCV 2023).
+  LOSSES = {"wbce": (losses.weighted_bce_loss, {}),
+            "softmax": (losses.soft_contrastive_loss, {}),
+            "sigmoid": (losses.sigmoid_loss, {"bias": -10.0})}
 
   def __init__(self, cfg: ml_collections.ConfigDict):
     super().__init__(cfg)
     if cfg.similarity_loss not in self.LOSSES:
       raise ValueError(f"distill.similarity_loss={cfg.similarity_loss!r}: expected one "
-                       f"of {self.LOSSES}.")
-    self.sigmoid = cfg.similarity_loss == "sigmoid"
+                       f"of {tuple(self.LOSSES)}.")
+    self._loss, self._scalars = self.LOSSES[cfg.similarity_loss]
 
   def init(self, num_pairs, key):
-    parts = {"sim": similarity.init_lowrank(num_pairs, self.cfg.similarity_rank, key)}
-    if self.sigmoid:
-      parts["bias"] = jnp.float32(self.SIGLIP_BIAS)
-    return parts
+    return {"sim": similarity.init_lowrank(num_pairs, self.cfg.similarity_rank, key),
+            **{k: jnp.float32(v) for k, v in self._scalars.items()}}
 
   def rates(self):
-    # The bias moves at S's rate: one scalar next to S's N (1 + 2 rank) floats.
-    return {"sim": self.cfg.meta_lr_similarity,
-            **({"bias": self.cfg.meta_lr_similarity} if self.sigmoid else {})}
+    # A scalar moves at S's rate: one float next to S's N (1 + 2 rank).
+    return {part: self.cfg.meta_lr_similarity for part in ("sim", *self._scalars)}
 
   def targets(self, syn, rows):
-    block = similarity.targets(syn["sim"], rows, self.cfg.similarity_alpha)
-    return {"sim": block, "bias": syn["bias"]} if self.sigmoid else block
+    return {"sim": similarity.targets(syn["sim"], rows, self.cfg.similarity_alpha),
+            **{k: syn[k] for k in self._scalars}}
 
   def loss(self, image_emb, text_emb, scale, targets):
-    if self.sigmoid:
-      return losses.sigmoid_loss(image_emb, text_emb, scale, targets["sim"],
-                                 targets["bias"])
-    loss = (losses.weighted_bce_loss if self.cfg.similarity_loss == "wbce"
-            else losses.soft_contrastive_loss)
-    return loss(image_emb, text_emb, scale, targets)
+    return self._loss(image_emb, text_emb, scale, targets["sim"],
+                      **{k: targets[k] for k in self._scalars})
 
   def export(self, syn):
     rows = np.arange(syn["sim"]["a"].shape[0])
-    out = {"similarity": np.asarray(similarity.targets(  # The whole S.
-        syn["sim"], rows, self.cfg.similarity_alpha))}
-    if self.sigmoid:
-      out["loss_bias"] = np.asarray(syn["bias"])
-    return out
+    return {"similarity": np.asarray(similarity.targets(  # The whole S.
+        syn["sim"], rows, self.cfg.similarity_alpha)),
+            **{f"loss_{k}": np.asarray(syn[k]) for k in self._scalars}}
 
   def exported(self, num_pairs):
-    return {"similarity": (num_pairs, num_pairs), **({"loss_bias": ()} if self.sigmoid else {})}
+    return {"similarity": (num_pairs, num_pairs), **{f"loss_{k}": () for k in self._scalars}}
 
   def eval_targets(self, arrays):
-    if self.sigmoid:
-      return {"sim": arrays["similarity"], "bias": arrays["loss_bias"]}
-    return arrays["similarity"]
+    return {"sim": arrays["similarity"], **{k: arrays[f"loss_{k}"] for k in self._scalars}}
 
   def extra_floats(self, num_pairs):
-    return similarity.num_floats(num_pairs, self.cfg.similarity_rank) + self.sigmoid
+    return similarity.num_floats(num_pairs, self.cfg.similarity_rank) + len(self._scalars)
 
 
 class Blend(Plain):

@@ -84,7 +84,7 @@ def test_evaluate_refuses_a_missing_set_instead_of_distilling_it(trained, tmp_pa
     evaluate.run(other, workdir)
 
 
-class _HalfTemperature(objectives.Plain):
+class _HalfTemperature(objectives.Objective):
   """A toy objective: the plain loss at twice the temperature."""
   name = "toy"
   traced = 0  # How often a student loss was built from it.

@@ -314,7 +314,7 @@ def loss_rise(losses: list[float], window: int,
 
 
 def _stop_if_non_finite(state: dict, out: str, mngr: ocp.CheckpointManager,
-                        objective: objectives.Plain) -> None:
+                        objective: objectives.Objective) -> None:
   first_bad = int(state["first_bad"])
   if first_bad < 0:
     return
@@ -361,7 +361,7 @@ def provenance_record(config: ml_collections.ConfigDict, num_experts: int,
 
 
 def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.Split,
-                   history: list[dict], objective: objectives.Plain,
+                   history: list[dict], objective: objectives.Objective,
                    provenance_json: dict) -> None:
   if jax.process_index():
     return

@@ -52,7 +52,7 @@ class Pairs:
   text_emb: np.ndarray  # [N, D] or [N, captions, D].
   lr_image: float
   lr_text: float
-  objective: objectives.Plain = dataclasses.field(default_factory=objectives.Plain)
+  objective: objectives.Objective = dataclasses.field(default_factory=objectives.Plain)
   targets: Any = None  # `Objective.eval_targets` of the set; None: plain pairs.
 
 
@@ -137,7 +137,7 @@ def student_tower(config: ml_collections.ConfigDict,
 
 
 def _compiled(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-              objective: objectives.Plain) -> tuple:
+              objective: objectives.Objective) -> tuple:
   """(train step, embedder), built once per student loss, whatever the rates
   (they are in the optimizer state), so every seed and set reuses them."""
   objective_fields = {f: objective.cfg[f] for f in objective.fields}

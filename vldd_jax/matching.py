@@ -98,7 +98,7 @@ def minibatch_indices(key: jax.Array, num_pairs: int, steps: int,
 
 
 def make_student_step(apply_fn: ApplyFn, trainable_like: dict,
-                      objective: objectives.Plain, augment: bool,
+                      objective: objectives.Objective, augment: bool,
                       augment_per_image: bool = True, features: bool = False,
                       first_order: bool = False) -> Callable:
   """One SGD step on a synthetic minibatch with the (image, text) learning rates.
@@ -129,7 +129,7 @@ def _sq_dist(a: dict, b: dict) -> jax.Array:
 
 
 def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfig,
-                       objective: objectives.Plain | None = None,
+                       objective: objectives.Objective | None = None,
                        feature_fn: Callable | None = None) -> Callable:
   """`loss(syn, start, target, frozen, key)`: normalised distance after the unroll.
 
@@ -214,7 +214,7 @@ def make_meta_optimizer(meta_lr_images: float, meta_lr_text: float,
 
 def make_meta_step(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfig,
                    tx: optax.GradientTransformation,
-                   objective: objectives.Plain | None = None,
+                   objective: objectives.Objective | None = None,
                    feature_fn: Callable | None = None) -> Callable:
   """The jitted `meta_step(state, starts, targets, frozen, key) -> (state, loss)`.
 

@@ -20,9 +20,10 @@ from vldd_jax import losses
 from vldd_jax import similarity
 
 
-class Plain:
-  """Pairs trained with the symmetric InfoNCE loss (VLDD)."""
-  name: ClassVar[str] = "plain"
+class Objective:
+  """The base of every objective: pairs trained with the symmetric InfoNCE
+  loss, nothing learned beside them. Subclasses override what differs."""
+  name: ClassVar[str]
   # The `distill` fields a set of this objective depends on beyond the shared ones.
   fields: ClassVar[tuple[str, ...]] = ()
 
@@ -76,7 +77,12 @@ class Plain:
     return 0.0
 
 
-class LowRankSimilarity(Plain):
+class Plain(Objective):
+  """Pairs trained with the symmetric InfoNCE loss (VLDD)."""
+  name = "plain"
+
+
+class LowRankSimilarity(Objective):
   """LoRS (Xu et al., ICML 2024): also learn S = diag(a) + alpha/rank L R^T,
   the soft targets of the student loss (`similarity.py`), chosen from `LOSSES`
   by `similarity_loss`; a loss's scalar parameters (SigLIP's bias) are learned
@@ -130,7 +136,7 @@ class LowRankSimilarity(Plain):
     return similarity.num_floats(num_pairs, self.cfg.similarity_rank) + len(self._scalars)
 
 
-class Blend(Plain):
+class Blend(Objective):
   """Pairs distilled against modality collapse: RepBlend's representation
   blending (Zhang et al., NeurIPS 2025) in every distillation student step,
   and PTM-ST's exponential moving average of the set as what is saved (ICLR
@@ -145,10 +151,10 @@ class Blend(Plain):
     return float(self.cfg.ema_decay)
 
 
-OBJECTIVES: dict[str, type[Plain]] = {o.name: o for o in (Plain, LowRankSimilarity, Blend)}
+OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Plain, LowRankSimilarity, Blend)}
 
 
-def build(cfg: ml_collections.ConfigDict) -> Plain:
+def build(cfg: ml_collections.ConfigDict) -> Objective:
   """The objective `cfg.objective` (`cfg` is `config.distill`)."""
   if cfg.objective not in OBJECTIVES:
     raise ValueError(f"distill.objective={cfg.objective!r}: expected one of "

@@ -258,7 +258,7 @@ def _provenance(path: str, text: str) -> dict:
   return provenance
 
 
-def _objective(path: str, provenance: dict) -> objectives.Plain:
+def _objective(path: str, provenance: dict) -> objectives.Objective:
   """The objective that made the set, built from its provenance."""
   try:
     objective = objectives.build(ml_collections.ConfigDict(provenance["distill"]))

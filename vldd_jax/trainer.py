@@ -85,7 +85,7 @@ def make_optimizer(lr: float, momentum: float = 0.0, lr_text: float | None = Non
       text_side_mask)
 
 
-def student_loss(apply_fn: ApplyFn, objective: objectives.Plain, augment: bool = False,
+def student_loss(apply_fn: ApplyFn, objective: objectives.Objective, augment: bool = False,
                  augment_per_image: bool = True, blend_alpha: float = 0.0,
                  features: bool = False) -> Callable:
   """The loss every student trains with: experts, distillation and evaluation.

@@ -26,7 +26,6 @@ from vldd_jax.models.partition import ApplyFn, text_side_mask
 from vldd_jax.trainer import augmented_images, student_loss, to_model_space
 
 LR_SIDES = ("image", "text")
-INITS = ("real", "real_mean", "noise")  # Besides the coresets (`init_synthetic`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,14 +47,32 @@ class UnrollConfig:
   first_order: bool = False
 
 
+def _unit(text: np.ndarray) -> np.ndarray:
+  return text / np.linalg.norm(text, axis=-1, keepdims=True)
+
+
+# The starts `init_synthetic` draws itself (a coreset start is `_real` of its
+# pairs): (real images, their captions' embeddings [N, captions, D], caption
+# indices, rng) -> (images, text embeddings). Real captions' embeddings have
+# unit norm already; the others are made so.
+INITS: dict[str, Callable] = {
+    "real": lambda images, text, captions, rng: (
+        images, text[np.arange(len(text)), captions]),
+    "real_mean": lambda images, text, captions, rng: (images, _unit(text.mean(axis=1))),
+    "noise": lambda images, text, captions, rng: (
+        rng.standard_normal(images.shape).astype(np.float32),
+        _unit(rng.standard_normal((len(text), text.shape[-1])).astype(np.float32))),
+}
+
+
 def init_synthetic(train: Split, num_pairs: int, init: str, lr_init: float,
                    seed: int, pairs: tuple[np.ndarray, np.ndarray] | None = None
                    ) -> tuple[dict, np.ndarray]:
   """N synthetic pairs from real pairs or from noise.
 
-  `init`: "real" (random images, each with one of its captions), "real_mean"
-  (each image with the unit-norm mean of its captions' embeddings) or "noise";
-  any other name starts from the given `pairs` (rows, captions), a coreset.
+  `init`: one of `INITS` ("real": random images, each with one of its
+  captions; "real_mean": each image with the unit-norm mean of its captions'
+  embeddings; "noise"), or a coreset, whose `pairs` (rows, captions) are given.
 
   Returns:
     (synthetic set, indices of the real images it started from).
@@ -65,22 +82,15 @@ def init_synthetic(train: Split, num_pairs: int, init: str, lr_init: float,
                      "training pairs.")
   rng = np.random.default_rng([seed, num_pairs])
   if pairs is not None:
-    rows, captions = pairs
+    (rows, captions), make = pairs, INITS["real"]
   elif init not in INITS:
-    raise ValueError(f"distill.init={init!r}; expected 'real', 'real_mean', 'noise' "
-                     "or a coreset.")
+    raise ValueError(f"distill.init={init!r}; expected one of {tuple(INITS)} or a coreset.")
   else:
     rows = np.sort(rng.choice(len(train), num_pairs, replace=False))
     captions = rng.integers(0, train.text_emb.shape[1], num_pairs)
+    make = INITS[init]
   images = np.asarray(to_model_space(jnp.asarray(train.images[rows])))
-  text = train.text_emb[rows, captions]
-  if init == "noise":
-    images = rng.standard_normal(images.shape).astype(np.float32)
-    text = rng.standard_normal(text.shape).astype(np.float32)
-  elif init == "real_mean":
-    text = train.text_emb[rows].mean(axis=1)
-  if init in ("real_mean", "noise"):  # Real captions' embeddings have unit norm already.
-    text = text / np.linalg.norm(text, axis=-1, keepdims=True)
+  images, text = make(images, train.text_emb[rows], captions, rng)
   log_lr = np.full(len(LR_SIDES), np.log(lr_init), np.float32)
   return {"images": images, "text_emb": text, "log_lr": log_lr}, rows
 

@@ -146,7 +146,7 @@ def check_choices(config: ml_collections.ConfigDict) -> None:
   the end of a pipeline."""
   evaluate.check_methods(config.evaluate.methods)
   objectives.build(config.distill)
-  inits = matching.INITS + tuple(coreset.SELECTORS)
+  inits = tuple(matching.INITS) + tuple(coreset.SELECTORS)
   if config.distill.init not in inits:
     raise ValueError(f"distill.init={config.distill.init!r}: expected one of {inits}.")
   students.student_config(config)

@@ -28,10 +28,10 @@ def _sigmoid(x: float) -> float:
   return 1.0 / (1.0 + math.exp(-x))
 
 
-def _lowrank(rank=10, alpha=3.0, loss="wbce") -> objectives.LowRankSimilarity:
+def _lowrank(rank=10, alpha=3.0, loss="wbce", **fields) -> objectives.LowRankSimilarity:
   cfg = config_lib.distill_config()
   cfg.update(objective="lowrank", similarity_rank=rank, similarity_alpha=alpha,
-             similarity_loss=loss)
+             similarity_loss=loss, **fields)
   obj = objectives.build(cfg)
   assert isinstance(obj, objectives.LowRankSimilarity)
   return obj
@@ -193,3 +193,10 @@ def test_objective_loss_is_wbce_against_the_block():
                                               (3.0, 1.0))) / 4
   got = obj.loss(jnp.asarray(IMG), jnp.asarray(TXT), SCALE, block)
   assert float(got) == pytest.approx(0.5 * pos, rel=1e-5)
+
+
+def test_lowrank_learns_s_on_its_own_student_batch():
+  # LoRS's mini_batch_size: S's blocks are the pairs that share a student step.
+  assert _lowrank().student_batch(50) == 20
+  assert _lowrank(similarity_batch_size=0).student_batch(50) == 50
+  assert objectives.Plain().student_batch(50) == 50

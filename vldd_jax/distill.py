@@ -212,7 +212,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   trainable_like = jax.tree.map(lambda x: x[0, 0], buffer.params)
   model = build_model(config.model)
   apply_fn = make_apply_fn(model)
-  unroll = matching.UnrollConfig(matched.syn_steps, min(cfg.batch_size, cfg.num_pairs),
+  unroll = matching.UnrollConfig(matched.syn_steps,
+                                 min(objective.student_batch(cfg.batch_size), cfg.num_pairs),
                                  cfg.augment, cfg.augment_per_image,
                                  hoist_tower=cfg.hoist_tower,
                                  first_order=cfg.gradient == "first_order")

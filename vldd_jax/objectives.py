@@ -66,6 +66,10 @@ class Objective:
     """Storage of the learned parts, in floats (budgets count it)."""
     return 0
 
+  def student_batch(self, batch_size: int) -> int:
+    """Synthetic pairs per distillation student step, given `distill.batch_size`."""
+    return batch_size
+
   def blend_alpha(self) -> float:
     """Beta(alpha, alpha) of the distillation students' representation
     blending (`trainer.student_loss`); 0: none."""
@@ -88,7 +92,8 @@ class LowRankSimilarity(Objective):
   by `similarity_loss`; a loss's scalar parameters (SigLIP's bias) are learned
   with S."""
   name = "lowrank"
-  fields = ("similarity_rank", "similarity_alpha", "meta_lr_similarity", "similarity_loss")
+  fields = ("similarity_rank", "similarity_alpha", "meta_lr_similarity", "similarity_loss",
+            "similarity_batch_size")
   # name: (loss(image_emb, text_emb, scale, S block, **scalars), {scalar: initial
   # value}). LoRS's default (WBCE); the soft-target InfoNCE, which equals the
   # plain loss while S is the identity; SigLIP's sigmoid loss with a learned
@@ -134,6 +139,10 @@ class LowRankSimilarity(Objective):
 
   def extra_floats(self, num_pairs):
     return similarity.num_floats(num_pairs, self.cfg.similarity_rank) + len(self._scalars)
+
+  def student_batch(self, batch_size):
+    # S is learned on the blocks of the pairs that share a step.
+    return self.cfg.similarity_batch_size or batch_size
 
 
 class Blend(Objective):

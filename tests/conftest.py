@@ -14,6 +14,7 @@ import jax
 import pytest
 
 from vldd_jax import config_lib
+from vldd_jax import distill
 from vldd_jax import experts
 from vldd_jax import pretrain
 from vldd_jax.data import prepare
@@ -106,6 +107,14 @@ def trained(data_dir, tmp_path_factory):
   config = tiny_config(data_dir)
   pretrain.run(config, workdir)
   experts.run(config, workdir)
+  return config, workdir
+
+
+@pytest.fixture(scope="session")
+def distilled(trained):
+  """(config, workdir) after stage distill too, on `trained`'s workdir."""
+  config, workdir = trained
+  distill.run(config, workdir)
   return config, workdir
 
 

@@ -1,4 +1,4 @@
-"""Stages distill and evaluate on the tiny config: outputs, resume, NaN stop, devices."""
+"""Stage distill on the tiny config: outputs, resume, NaN stop, devices."""
 import json
 import logging
 import os
@@ -7,32 +7,14 @@ import signal
 import socket
 import subprocess
 
-import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
-import vldd_jax
-from vldd_jax import backbone
-from vldd_jax import checksums
-from vldd_jax import coreset
 from vldd_jax import distill
-from vldd_jax import evaluate
-from vldd_jax import export
-from vldd_jax import students
 from vldd_jax import synthetic
-from vldd_jax import text
-from vldd_jax import trainer
 from vldd_jax.data import input_pipeline
 
 from conftest import ROOT, kill_when_exists, main_cmd, run_main, subprocess_env
-
-
-@pytest.fixture(scope="module")
-def distilled(trained):
-  config, workdir = trained
-  distill.run(config, workdir)
-  return config, workdir
 
 
 def test_distilled_outputs(distilled):
@@ -264,61 +246,6 @@ def test_two_processes_distill_the_set_of_one_process(trained, data_dir, tmp_pat
   _assert_same_set(synthetic.load(str(workdir), 8), four_devices)
 
 
-def test_evaluate_writes_results_with_every_row(distilled, capsys):
-  config, workdir = distilled
-  evaluate.run(config, workdir)
-  results = json.load(open(os.path.join(workdir, evaluate.RESULTS)))
-  methods = [row["method"] for row in results["rows"]]
-  assert methods == ["full train split (experts)", *config.evaluate.methods, "chance"]
-  for row in results["rows"]:
-    for key in evaluate.RECALL_KEYS:
-      assert 0 <= row[key] <= 100 and row[key + "_std"] >= 0
-  assert results["rows"][1]["seeds"] == config.evaluate.seeds
-  assert "| distilled | 8 |" in capsys.readouterr().out
-
-
-def test_evaluation_is_deterministic_and_reports_as_asked(distilled):
-  config, workdir = distilled
-  test = input_pipeline.load_split(config, workdir, "test")
-  val = input_pipeline.load_split(config, workdir, "val")
-  data = synthetic.load(workdir, 8)
-  pairs = evaluate.Pairs(data["images"], data["text_emb"], 0.1, 0.1)
-  run = lambda cfg, seed: evaluate.train_and_evaluate(
-      cfg, pairs, seed=seed, tower=evaluate.student_tower(cfg, workdir), test=test, val=val)
-  first, again = run(config, 0), run(config, 0)
-  assert first == again
-  lors = config.copy_and_resolve_references()
-  lors.evaluate.report = "best_test_lors"
-  assert run(lors, 0)["r_mean"] >= first["r_mean"]  # The best epoch includes the last.
-  bad = config.copy_and_resolve_references()
-  bad.evaluate.report = "best"
-  with pytest.raises(ValueError, match="evaluate.report='best'"):
-    run(bad, 0)
-
-
-def test_the_students_tower_is_read_once_for_every_row_and_seed(distilled, monkeypatch):
-  config, workdir = distilled
-  test = input_pipeline.load_split(config, workdir, "test")
-  data = synthetic.load(workdir, 8)
-  pairs = evaluate.Pairs(data["images"], data["text_emb"], 0.1, 0.1)
-  reads = []
-  original = backbone.loader
-  monkeypatch.setattr(backbone, "loader", lambda *a: reads.append(a) or original(*a))
-  monkeypatch.setattr(evaluate, "_TOWERS", {})
-  for method in ("one", "two"):
-    row = evaluate.evaluate_pairs(config, workdir, method, pairs, test, None)
-    assert row["seeds"] == config.evaluate.seeds > 1 and row["diverged"] == 0
-  assert len(reads) == 1
-
-
-def test_summarize_is_mean_and_population_std():
-  recalls = [{k: v for k in evaluate.RECALL_KEYS} for v in (10.0, 20.0, 30.0)]
-  row = evaluate.summarize("m", 5, recalls, "final")
-  assert row["tr@1"] == 20.0 and row["tr@1_std"] == round(np.std([10, 20, 30]), 2)
-  assert row["seeds"] == 3 and row["budget"] == 5
-
-
-
 def test_lowrank_distillation_learns_s_and_resumes_with_it(trained, tmp_path):
   config = trained[0].copy_and_resolve_references()
   config.distill.update(objective="lowrank", iterations=4)
@@ -382,123 +309,3 @@ def test_a_failing_distillation_warns_and_an_improving_one_does_not(trained, tmp
                    r"[\d.]+ \(mean of the first 2 iterations\) to [\d.]+ \(the last 2\)",
                    caplog.text), caplog.text[-2000:]
   assert sum("is failing" in r.getMessage() for r in caplog.records) == 1  # Once a run.
-
-
-def test_a_diverged_student_is_reported_without_losing_the_other_rows(distilled):
-  config, workdir = distilled
-  test = input_pipeline.load_split(config, workdir, "test")
-  data = synthetic.load(workdir, 8)
-  rows = [evaluate.evaluate_pairs(config, workdir, name, evaluate.Pairs(
-               data["images"], data["text_emb"], lr, lr), test, None)
-          for name, lr in (("huge_lr", 1e30), ("sane_lr", 0.1))]
-  assert rows[0]["diverged"] == config.evaluate.seeds and rows[0]["tr@1"] is None
-  assert rows[1]["diverged"] == 0 and 0 <= rows[1]["tr@1"] <= 100
-  table = evaluate.format_table(rows)
-  assert "| huge_lr (2/2 students diverged) | 8 | diverged |" in table
-  assert "| sane_lr | 8 | " in table and "diverged" not in table.splitlines()[-1]
-  partial = evaluate.summarize("mixed", 8, [None, dict.fromkeys(evaluate.RECALL_KEYS, 10.0)],
-                               "final")
-  assert partial["diverged"] == 1 and partial["tr@1"] == 10.0
-
-
-def test_a_distilled_file_round_trips_with_its_provenance(distilled, tmp_path):
-  config, workdir = distilled
-  path = os.path.join(synthetic.set_dir(workdir, 8), synthetic.RESULT)
-  loaded = vldd_jax.load_distilled(path)
-  raw = np.load(path)
-  for key in raw.files:  # Every field, bitwise.
-    np.testing.assert_array_equal(loaded.arrays[key], raw[key], err_msg=key)
-  np.testing.assert_array_equal(loaded.images, raw["images"])
-  assert loaded.format_version == synthetic.FORMAT_VERSION and len(loaded) == 8
-  assert loaded.lr_image == float(raw["lr_image"]) and loaded.objective == "plain"
-  made = loaded.provenance
-  assert made["text"]["fingerprint"] == text.fingerprint(None, config.text.pooling,
-                                                         config.text.max_length)
-  assert made["text"]["folder"] and made["image"] == {"size": 32, "pixel_mean": 0.5,
-                                                      "pixel_std": 0.5}
-  assert made["iterations"] == config.distill.iterations
-  assert made["model"]["vit"]["width"] == config.model.vit.width
-  assert made["dataset"]["num_train"] == config.data.num_train
-  assert np.isfinite(made["metrics"]["final_matching_loss"])
-  newer = tmp_path / "newer.npz"
-  np.savez(newer, **{**raw, "format_version": synthetic.FORMAT_VERSION + 1})
-  with pytest.raises(ValueError, match=r"format_version=2.*upgrade vldd_jax"):
-    vldd_jax.load_distilled(str(newer))
-
-
-def test_a_saved_set_evaluates_in_another_workdir_as_in_its_own(distilled, tmp_path):
-  config, workdir = distilled
-  path = os.path.join(synthetic.set_dir(workdir, 8), synthetic.RESULT)
-  train, test, _ = evaluate.load_splits(config, workdir)
-  own = evaluate.method_row(config, workdir, "distilled", 8,
-                            coreset.Selector(config, workdir, train), test, None)
-  other = tmp_path / "other"  # Same data and tower, no experts, no distillation.
-  os.makedirs(other)
-  subprocess.run(["cp", "-r", os.path.join(workdir, "pretrain"), str(other)], check=True)
-  file_config = config.copy_and_resolve_references()
-  file_config.evaluate.update(distilled_path=path, methods=("distilled", "random"))
-  (other / evaluate.RESULTS).write_text("the workdir's own results")
-  evaluate.run(file_config, str(other))
-  assert (other / evaluate.RESULTS).read_text() == "the workdir's own results"  # Kept.
-  named = evaluate.EXTERNAL_RESULTS.format(checksums.file_sha256(path)[:12])
-  rows = json.load(open(other / named))["rows"]
-  assert [r["method"] for r in rows] == [f"distilled ({path})", "random", "chance"]
-  for key in evaluate.RECALL_KEYS:
-    assert rows[0][key] == own[key], key
-  assert rows[1]["budget"] == 8
-
-  # A set made with another text encoder (or pooling) is refused, never scored.
-  raw = dict(np.load(path))
-  made = json.loads(str(raw["provenance_json"]))
-  made["text"]["fingerprint"] = "0123456789abcdef"
-  foreign = tmp_path / "foreign.npz"
-  np.savez(foreign, **{**raw, "provenance_json": json.dumps(made)})
-  file_config.evaluate.distilled_path = str(foreign)
-  with pytest.raises(ValueError, match=r"provenance\.text\.fingerprint=0123456789abcdef"):
-    evaluate.run(file_config, str(other))
-
-
-def test_cross_architecture_students_score_the_set_with_their_own_model(distilled):
-  config, workdir = distilled
-  assert students.student_config(config) is config  # "same": the experts' model.
-  shapes = {}
-  for name in ("heads", "lora8", "all", "convnet"):
-    config_s = config.copy_and_resolve_references()
-    config_s.evaluate.student = name
-    model = students.student_config(config_s).model
-    student = trainer.init_student(model, jax.random.key(0), (32, 32, 3), 384,
-                                   backbone.loader(students.student_config(config_s),
-                                                   workdir))
-    shapes[name] = {k: sum(x.size for x in jax.tree.leaves(v))
-                    for k, v in student.trainable.items()}
-  assert "img" not in shapes["heads"]  # A frozen tower: heads only.
-  assert shapes["lora8"]["img"] == 2 * sum(  # Rank 8: twice the LoRA factors of rank 4.
-      x.size for x in jax.tree.leaves(trainer.init_student(
-          config.model, jax.random.key(0), (32, 32, 3), 384).trainable["img"]))
-  assert shapes["all"]["img"] > shapes["lora8"]["img"]
-  # A set scored by another architecture: a ConvNet from scratch.
-  config_s = config.copy_and_resolve_references()
-  config_s.evaluate.update(student="convnet", methods=("distilled", "random"))
-  evaluate.run(config_s, workdir)
-  rows = json.load(open(os.path.join(workdir, evaluate.RESULTS)))["rows"]
-  assert [r["method"] for r in rows][1:3] == ["distilled", "random"]
-  assert all(0 <= r["tr@1"] <= 100 for r in rows)
-  config_s.evaluate.student = "resnet"
-  with pytest.raises(ValueError, match=r"evaluate.student='resnet'"):
-    evaluate.run(config_s, workdir)
-
-
-def test_a_set_exports_as_a_tfds_folder_that_reads_back_equal(distilled, tmp_path):
-  _, workdir = distilled
-  path = os.path.join(synthetic.set_dir(workdir, 8), synthetic.RESULT)
-  folder = export.export(path, str(tmp_path / "tfds"))
-  source = tfds.builder_from_directory(folder).as_data_source()["train"]
-  raw = np.load(path)
-  assert len(source) == 8
-  got = source.__getitems__(range(8))
-  for key, field in (("images", "image"), ("images_uint8", "image_uint8"),
-                     ("text_emb", "text_emb")):
-    np.testing.assert_array_equal(np.stack([g[field] for g in got]), raw[key], err_msg=key)
-  sidecar = json.load(open(os.path.join(folder, export.SIDECAR)))
-  assert sidecar["lr_image"] == float(raw["lr_image"])
-  assert sidecar["provenance"]["objective"] == "plain"

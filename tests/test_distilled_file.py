@@ -14,10 +14,12 @@ import ml_collections
 import numpy as np
 import pytest
 
+import vldd_jax
 from vldd_jax import checksums
 from vldd_jax import evaluate
 from vldd_jax import objectives
 from vldd_jax import synthetic
+from vldd_jax import text
 
 from conftest import ROOT, subprocess_env, tiny_config
 
@@ -363,3 +365,28 @@ def test_a_killed_export_leaves_nothing_that_blocks_a_rerun(tmp_path):
   pairs = tfds.builder_from_directory(folder).as_data_source()["train"]
   np.testing.assert_array_equal(np.stack([p["text_emb"] for p in pairs.__getitems__(
       range(N))]), _arrays()["text_emb"])
+
+
+def test_a_distilled_file_round_trips_with_its_provenance(distilled, tmp_path):
+  config, workdir = distilled
+  path = os.path.join(synthetic.set_dir(workdir, 8), synthetic.RESULT)
+  loaded = vldd_jax.load_distilled(path)
+  raw = np.load(path)
+  for key in raw.files:  # Every field, bitwise.
+    np.testing.assert_array_equal(loaded.arrays[key], raw[key], err_msg=key)
+  np.testing.assert_array_equal(loaded.images, raw["images"])
+  assert loaded.format_version == synthetic.FORMAT_VERSION and len(loaded) == 8
+  assert loaded.lr_image == float(raw["lr_image"]) and loaded.objective == "plain"
+  made = loaded.provenance
+  assert made["text"]["fingerprint"] == text.fingerprint(None, config.text.pooling,
+                                                         config.text.max_length)
+  assert made["text"]["folder"] and made["image"] == {"size": 32, "pixel_mean": 0.5,
+                                                      "pixel_std": 0.5}
+  assert made["iterations"] == config.distill.iterations
+  assert made["model"]["vit"]["width"] == config.model.vit.width
+  assert made["dataset"]["num_train"] == config.data.num_train
+  assert np.isfinite(made["metrics"]["final_matching_loss"])
+  newer = tmp_path / "newer.npz"
+  np.savez(newer, **{**raw, "format_version": synthetic.FORMAT_VERSION + 1})
+  with pytest.raises(ValueError, match=r"format_version=2.*upgrade vldd_jax"):
+    vldd_jax.load_distilled(str(newer))

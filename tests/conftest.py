@@ -135,12 +135,13 @@ def _starts_a_child(module) -> set[str]:
   functions = {name: inspect.getsource(f) for name, f in vars(module).items()
                if inspect.isfunction(f) and f.__module__ == module.__name__}
   starters = {n for n, source in functions.items() if _CHILD_STARTERS.search(source)}
-  while True:
-    calls = re.compile(r"\b(" + "|".join(map(re.escape, starters)) + r")\(") if starters else None
-    more = {n for n, source in functions.items() if calls and calls.search(source)}
+  while starters:
+    calls = re.compile(r"\b(" + "|".join(map(re.escape, starters)) + r")\(")
+    more = {n for n, source in functions.items() if calls.search(source)}
     if more <= starters:
-      return starters
+      break
     starters |= more
+  return starters
 
 
 def pytest_collection_modifyitems(items):

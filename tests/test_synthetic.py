@@ -31,9 +31,8 @@ def test_a_row_names_its_set_at_equal_storage():
     synthetic.SetSpec.of_row(config, "distilled_lowrank", 1, _split())
 
   spec = synthetic.SetSpec("lowrank", 100, 99)
-  assert spec.method == "distilled_lowrank"
-  assert spec.folder("w") == os.path.join("w", "distill", "n99_lowrank")
-  assert synthetic.SetSpec("plain", 8, 8).folder("w") == os.path.join("w", "distill", "n8")
+  assert synthetic.set_dir("w", 99, "lowrank") == os.path.join("w", "distill", "n99_lowrank")
+  assert synthetic.set_dir("w", 8) == os.path.join("w", "distill", "n8")
   made = spec.config(config)
   assert (made.distill.objective, made.distill.num_pairs) == ("lowrank", 99)
   assert config.distill.objective == "plain"  # A copy.

@@ -81,15 +81,6 @@ class SetSpec:
                        f"what objective {name!r} stores; use a larger budget.")
     return cls(name, budget, pairs)
 
-  @property
-  def method(self) -> str:
-    """Its results-table row."""
-    return objectives.method(self.objective)
-
-  def folder(self, workdir: str) -> str:
-    """Where stage `distill` writes it."""
-    return set_dir(workdir, self.num_pairs, self.objective)
-
   def config(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`config` with the `distill` fields that make this set."""
     out = config.copy_and_resolve_references()

@@ -31,7 +31,7 @@ to borrow a tower pretrained there.
 import ml_collections
 
 from vldd_jax import config_lib
-from vldd_jax import models
+from vldd_jax import hf_checkpoint
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -54,9 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       captions_per_image=5,  # Karpathy split; retrieval scores 5 captions per image.
   ))
   config.text = config_lib.text_config()
-  config.model = models.default_model_config()
+  config.model = config_lib.model_config()
   if arg.backbone:
-    config.model.vit = models.hf_vit_config(arg.backbone)
+    config.model.vit = hf_checkpoint.vit_config(arg.backbone)
     config.model.backbone = arg.backbone
   else:
     config.model.backbone = "scratch"

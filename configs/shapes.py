@@ -26,7 +26,6 @@ seconds-long, for tests.
 import ml_collections
 
 from vldd_jax import config_lib
-from vldd_jax import models
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -49,11 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       seed=0,
   ))
   config.text = config_lib.text_config()
-  config.model = models.default_model_config()
+  config.model = config_lib.model_config()
 
-  # Attribute classification on the pretrain split (a stand-in for ImageNet).
-  config.pretrain = ml_collections.ConfigDict(dict(
-      epochs=10, batch_size=128, lr=1e-3, weight_decay=1e-4))
+  config.pretrain = config_lib.pretrain_config()
 
   # The paper's expert optimiser; fewer, shorter runs suffice on shapes. 20
   # epochs (10 before the budget study, docs/budget.md, which ran on 20): the

@@ -17,6 +17,7 @@ from vldd_jax import config_lib
 from vldd_jax import distill
 from vldd_jax import experts
 from vldd_jax import pretrain
+from vldd_jax import workdir_lib
 from vldd_jax.data import prepare
 
 # Tests check numbers, not speed: compile fast. Without the fusion emitters
@@ -102,8 +103,10 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(data_dir, tmp_path_factory):
-  """(config, workdir) after the pretrain and experts stages, run in this process."""
+  """(config, workdir) after the pretrain and experts stages, run in this process;
+  stamped as `stages.run` would, so copies with its stamp run as CLI workdirs."""
   workdir = str(tmp_path_factory.mktemp("work"))
+  workdir_lib.claim(workdir)
   config = tiny_config(data_dir)
   pretrain.run(config, workdir)
   experts.run(config, workdir)

@@ -5,6 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vldd_jax import config_lib
 from vldd_jax import distill
 from vldd_jax import matching
 from vldd_jax import models
@@ -41,7 +42,7 @@ def test_blend_with_coefficient_one_is_the_plain_forward_and_mixes_head_inputs()
 
 
 def _config(trainable="lora+heads", rank=2):
-  config = models.default_model_config()
+  config = config_lib.model_config()
   config.vit.update(dict(patch=8, width=8, depth=1, heads=2, mlp_dim=16))
   config.lora.rank = rank
   config.embed_dim = 4

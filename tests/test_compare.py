@@ -11,6 +11,7 @@ from vldd_jax import compare
 from vldd_jax import evaluate
 from vldd_jax import objectives
 from vldd_jax import synthetic
+from vldd_jax import workdir_lib
 
 
 def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, tmp_path,
@@ -40,7 +41,7 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, tmp_pat
   train_steps = [r for r in caplog.records
                  if r.getMessage().startswith("Compiling jit(train_step)")]
   assert len(train_steps) == 2 * (len(objectives.OBJECTIVES) + 1), len(train_steps)
-  path = os.path.join(workdir, compare.RESULT)
+  path = os.path.join(workdir, workdir_lib.COMPARE_RESULT)
   rows = json.load(open(path))["rows"]
   cells = {(r["method"], r["budget"]) for r in rows}
   assert cells == {(m, b) for m in evaluate.methods() for b in (4, 8)}

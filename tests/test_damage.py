@@ -14,12 +14,15 @@ from vldd_jax import experts
 from vldd_jax import stages
 from vldd_jax import synthetic
 from vldd_jax import trajectories
+from vldd_jax import workdir_lib
 
 
 def _copy(trained, root, *folders):
+  """A workdir `root/work` with `folders` of `trained`'s and its format stamp."""
   _, workdir = trained
   for folder in folders:
     shutil.copytree(os.path.join(workdir, folder), root / "work" / folder)
+  shutil.copy(os.path.join(workdir, workdir_lib.STAMP), root / "work")
   return root / "work"
 
 
@@ -95,72 +98,15 @@ def test_a_damaged_distillation_checkpoint_is_named_and_the_one_before_resumes(
     _distill(config, work, 6)  # Goes on from the last checkpoint.
   shutil.rmtree(ckpt / "4")
   _distill(config, work, 6)
-  assert synthetic.load_distilled(str(work / "distill" / "n8" / synthetic.RESULT)
+  assert synthetic.load_distilled(str(work / "distill" / "n8" / workdir_lib.DISTILLED)
                                   ).provenance["iterations"] == 6
-
-
-def _plant(root, paths: list[str]) -> None:
-  """Writes a small file at each of `paths` under `root`, making its folders."""
-  for path in paths:
-    os.makedirs(os.path.dirname(root / path), exist_ok=True)
-    (root / path).write_text("x")
-
-
-def test_leftovers_of_interrupted_runs_are_removed_and_nothing_else(tmp_path):
-  work = tmp_path / "work"
-  uuid = "0123456789abcdef0123456789abcdef"
-  leftovers = {  # What a killed run of each writer leaves: what the sweep removes.
-      "tfds/shapes/tiny/incomplete.AB12CD_1.0.0/x.array_record":
-          "tfds/shapes/tiny/incomplete.AB12CD_1.0.0",
-      f"tfds/karpathy/.config/incomplete.{uuid}.metadata.json": None,
-      "tfds/caption_embeddings/tiny-train-0123456789abcdef.npy.tmp": None,
-      "compare.md.tmp": None, "distill/n8/synthetic_grid.png.tmp": None,
-      "config_data.json.tmp": None, "results.json.tmp": None,
-      "results_0123456789ab.json.tmp": None, "compare.json.tmp": None,
-      "pretrain/summary.json.tmp": None,
-      "pretrain/ckpt/5.orbax-checkpoint-tmp/tower/x": "pretrain/ckpt/5.orbax-checkpoint-tmp",
-      "experts/expert_000/manifest.json.tmp": None,
-      "experts/expert_000/ckpt/3.orbax-checkpoint-tmp-1700000000/params/x":
-          "experts/expert_000/ckpt/3.orbax-checkpoint-tmp-1700000000",
-      "distill/n8/distilled.npz.tmp": None, "distill/n8/settings.json.tmp": None,
-      "distill/n8_lowrank/ckpt/4.orbax-checkpoint-tmp/state/x":
-          "distill/n8_lowrank/ckpt/4.orbax-checkpoint-tmp"}
-  kept = ["tfds/shapes/tiny/1.0.0/x.array_record", "distill/n8/distilled.npz",
-          "distill/n8/settings.json", "experts/expert_000/ckpt/3/params/x", ".lock",
-          # A user's files with those suffixes, anywhere the project does not write them.
-          "notes.tmp", "old.tmp.npz", "tfds/caption_embeddings/tmpq1w2_e3r.tmp", "incomplete.draft/x", "3.orbax-checkpoint-tmp/x",
-          "mine/results.json.tmp", "mine/incomplete.AB12CD_1.0.0/x",
-          "mine/ckpt/3.orbax-checkpoint-tmp/x", "experts/notes.tmp",
-          "experts/expert_000/notes.tmp", "experts/expert_000/ckpt/notes.tmp",
-          "experts/expert_000_backup/manifest.json.tmp",
-          "experts/expert_000_backup/ckpt/3.orbax-checkpoint-tmp/x",
-          "distill/n8/notes.tmp", "distill/mine/settings.json.tmp",
-          "tfds/caption_embeddings/notes.tmp", "tfds/mine/tiny/incomplete.AB12CD_1.0.0/x"]
-  _plant(work, [*leftovers, *kept])
-  # Links named as leftovers, or on the way to them: neither followed nor removed.
-  _plant(tmp_path / "elsewhere", ["manifest.json.tmp", "3.orbax-checkpoint-tmp/x", "a.tmp/x"])
-  links = {"linked.tmp": "a.tmp", "experts/expert_001": ".",
-           "experts/expert_000/ckpt/4.orbax-checkpoint-tmp": "3.orbax-checkpoint-tmp",
-           "config_pipeline.json.tmp": "manifest.json.tmp",
-           "tfds/caption_embeddings/x-0123456789abcdef.json.tmp": "manifest.json.tmp"}
-  for link, target in links.items():
-    (work / link).symlink_to(tmp_path / "elsewhere" / target)
-  removed = stages.remove_leftovers(str(work))
-  assert sorted(os.path.relpath(p, work) for p in removed) == sorted(
-      folder or path for path, folder in leftovers.items())
-  assert all((work / path).exists() for path in kept)
-  assert all((work / link).is_symlink() for link in links)
-  assert sorted(str(p.relative_to(tmp_path / "elsewhere"))
-                for p in (tmp_path / "elsewhere").rglob("*")) == [
-                    "3.orbax-checkpoint-tmp", "3.orbax-checkpoint-tmp/x", "a.tmp", "a.tmp/x",
-                    "manifest.json.tmp"]
 
 
 def _finished_expert(folder, epochs: int = 1) -> None:
   """A folder that `trajectories.is_finished` counts as a finished expert."""
   for epoch in range(epochs + 1):
     (folder / "ckpt" / str(epoch)).mkdir(parents=True)
-  (folder / trajectories.MANIFEST).write_text(json.dumps({"finished": True, "epochs": epochs}))
+  (folder / workdir_lib.MANIFEST).write_text(json.dumps({"finished": True, "epochs": epochs}))
 
 
 @pytest.mark.parametrize("stray", ["expert_000_backup", "expert_001.old", "expert_0001"])
@@ -193,4 +139,4 @@ def test_a_full_disk_names_the_workdir_and_a_rerun_finishes(trained, tmp_path,
   monkeypatch.undo()
   stages.run(config, str(work))
   assert not (work / "distill" / "n8" / "distilled.npz.tmp").exists()
-  assert synthetic.read(str(work / "distill" / "n8" / synthetic.RESULT))["images"].shape[0] == 8
+  assert synthetic.read(str(work / "distill" / "n8" / workdir_lib.DISTILLED))["images"].shape[0] == 8

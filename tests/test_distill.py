@@ -12,6 +12,7 @@ import pytest
 
 from vldd_jax import distill
 from vldd_jax import synthetic
+from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
 
 from conftest import ROOT, kill_when_exists, main_cmd, run_main, subprocess_env
@@ -44,7 +45,7 @@ def test_distilled_outputs(distilled):
 def test_rerun_with_other_settings_is_refused(distilled):
   config, workdir = distilled
   out = synthetic.set_dir(workdir, config.distill.num_pairs)
-  with open(os.path.join(out, distill.SETTINGS)) as f:
+  with open(os.path.join(out, workdir_lib.SET_SETTINGS)) as f:
     assert json.load(f) == distill.settings(config, config.experts.num_experts)
   other = config.copy_and_resolve_references()
   other.distill.meta_lr_images *= 2
@@ -60,17 +61,17 @@ def test_rerun_with_other_settings_is_refused(distilled):
   same = config.copy_and_resolve_references()
   same.distill.update(log_every=1, meta_lr_similarity=123.0)
   same.data.data_dir = "/elsewhere"
-  before = os.path.getmtime(os.path.join(out, synthetic.RESULT))
+  before = os.path.getmtime(os.path.join(out, workdir_lib.DISTILLED))
   distill.run(same, workdir)
-  assert os.path.getmtime(os.path.join(out, synthetic.RESULT)) == before
+  assert os.path.getmtime(os.path.join(out, workdir_lib.DISTILLED)) == before
 
 
 def _copy_experts(trained, tmp_path, name):
   _, workdir = trained
   target = tmp_path / name
   os.makedirs(target)
-  for folder in ("pretrain", "experts"):
-    subprocess.run(["cp", "-r", os.path.join(workdir, folder), str(target)], check=True)
+  for name in ("pretrain", "experts", workdir_lib.STAMP):
+    subprocess.run(["cp", "-r", os.path.join(workdir, name), str(target)], check=True)
   return target
 
 
@@ -110,7 +111,7 @@ def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path
 
   killed = _copy_experts(trained, tmp_path, "killed")
   kill_when_exists(killed, data_dir, flags, killed / "distill" / "n8" / "ckpt" / "2")
-  assert not (killed / "distill" / "n8" / synthetic.RESULT).exists()
+  assert not (killed / "distill" / "n8" / workdir_lib.DISTILLED).exists()
   result = run_main(killed, data_dir, *flags)
   assert "Resuming distillation at iteration" in result.stderr
   want, got = (synthetic.load(str(w), 8) for w in (reference, killed))
@@ -127,7 +128,7 @@ def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path
   done = int(re.search(r"Stopped by SIGTERM after iteration (\d) of 8; saved \S+"
                        r"/distill/n8/ckpt/(\d)", stderr).group(1))
   assert 2 <= done < 8 and (stopped / "distill" / "n8" / "ckpt" / str(done)).is_dir()
-  assert not (stopped / "distill" / "n8" / synthetic.RESULT).exists()
+  assert not (stopped / "distill" / "n8" / workdir_lib.DISTILLED).exists()
   result = run_main(stopped, data_dir, *flags)
   assert f"Resuming distillation at iteration {done}" in result.stderr
   got = synthetic.load(str(stopped), 8)
@@ -162,14 +163,14 @@ def test_non_finite_loss_stops_without_a_bad_checkpoint(trained, data_dir, tmp_p
   assert result.returncode != 0
   assert "non-finite loss or gradient at iteration" in result.stderr
   out = workdir / "distill" / "n8"
-  assert not (out / synthetic.RESULT).exists()
+  assert not (out / workdir_lib.DISTILLED).exists()
   saved = sorted(os.listdir(out / "ckpt")) if (out / "ckpt").exists() else []
   assert saved in ([], ["2"]), saved  # Nothing saved after the first bad iteration.
   if not saved:  # Nothing to resume: nothing blocks a corrected rerun either.
     assert "no checkpoint was saved before it" in result.stderr
-    assert not (out / distill.SETTINGS).exists()
+    assert not (out / workdir_lib.SET_SETTINGS).exists()
     run_main(workdir, data_dir, "--config.stage=distill")
-    assert (out / synthetic.RESULT).exists()
+    assert (out / workdir_lib.DISTILLED).exists()
   else:
     assert f"the last good checkpoint ({out}/ckpt/2) is kept" in result.stderr
 
@@ -180,25 +181,25 @@ def test_a_checkpoint_past_the_asked_iterations_is_refused(trained, data_dir, tm
   workdir = _copy_experts(trained, tmp_path, "past")
   out = workdir / "distill" / "n8"
   run_main(workdir, data_dir, "--config.stage=distill")
-  four = {name: (out / name).read_bytes() for name in (distill.SETTINGS, synthetic.RESULT)}
+  four = {name: (out / name).read_bytes() for name in (workdir_lib.SET_SETTINGS, workdir_lib.DISTILLED)}
   run_main(workdir, data_dir, "--config.stage=distill", "--config.distill.iterations=6")
-  six = (out / synthetic.RESULT).read_bytes()
+  six = (out / workdir_lib.DISTILLED).read_bytes()
   for name, content in four.items():
     (out / name).write_bytes(content)
   result = run_main(workdir, data_dir, "--config.stage=distill",
                     "--config.distill.iterations=5", check=False)
   assert result.returncode != 0
   assert re.search(r"n8/ckpt holds iteration 6, past distill.iterations=5", result.stderr)
-  assert (out / synthetic.RESULT).read_bytes() == four[synthetic.RESULT]  # Kept.
+  assert (out / workdir_lib.DISTILLED).read_bytes() == four[workdir_lib.DISTILLED]  # Kept.
   # Killed between writing the 6-iteration set and its settings: settings.json
   # says 4, the file holds 6 iterations. It is not handed back as the 4-iteration set.
-  (out / synthetic.RESULT).write_bytes(six)
+  (out / workdir_lib.DISTILLED).write_bytes(six)
   result = run_main(workdir, data_dir, "--config.stage=distill", check=False)
   assert result.returncode != 0
   assert re.search(r"n8/distilled.npz holds a set distilled for 6 iterations, not the "
                    r"4 asked.*n8/ckpt holds iteration 6, past distill.iterations=4",
                    result.stderr, re.S)
-  assert (out / synthetic.RESULT).read_bytes() == six  # Kept.
+  assert (out / workdir_lib.DISTILLED).read_bytes() == six  # Kept.
 
 
 _DEVICES_FLAGS = ("--config.stage=distill", "--config.distill.meta_batch=4",
@@ -278,7 +279,7 @@ def test_a_damaged_set_is_reported_and_written_again(trained, tmp_path):
   config, _ = trained
   workdir = _copy_experts(trained, tmp_path, "damaged")
   distill.run(config, str(workdir))
-  path = workdir / "distill" / "n8" / synthetic.RESULT
+  path = workdir / "distill" / "n8" / workdir_lib.DISTILLED
   good = synthetic.read(str(path))
   path.write_bytes(path.read_bytes()[:100])  # Truncated, as by a full disk.
   with pytest.raises(ValueError, match=r"n8/distilled.npz is damaged \(BadZipFile"):

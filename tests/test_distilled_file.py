@@ -20,6 +20,7 @@ from vldd_jax import evaluate
 from vldd_jax import objectives
 from vldd_jax import synthetic
 from vldd_jax import text
+from vldd_jax import workdir_lib
 
 from conftest import ROOT, subprocess_env, tiny_config
 
@@ -213,7 +214,7 @@ def test_a_malformed_set_is_refused_naming_the_file_and_field(tmp_path, case, br
 def test_a_malformed_set_in_a_workdir_says_to_rerun_distill(tmp_path):
   folder = tmp_path / "work" / "distill" / "n8_lowrank"
   os.makedirs(folder)
-  path = _write(folder / synthetic.RESULT, _arrays(objective="lowrank") | {"lr_text": -1.0})
+  path = _write(folder / workdir_lib.DISTILLED, _arrays(objective="lowrank") | {"lr_text": -1.0})
   with pytest.raises(ValueError,
                      match=r"lr_text=-1.0, expected a learned rate > 0. Rerun stage distill"):
     synthetic.load(str(tmp_path / "work"), 8, "lowrank")
@@ -369,7 +370,7 @@ def test_a_killed_export_leaves_nothing_that_blocks_a_rerun(tmp_path):
 
 def test_a_distilled_file_round_trips_with_its_provenance(distilled, tmp_path):
   config, workdir = distilled
-  path = os.path.join(synthetic.set_dir(workdir, 8), synthetic.RESULT)
+  path = os.path.join(synthetic.set_dir(workdir, 8), workdir_lib.DISTILLED)
   loaded = vldd_jax.load_distilled(path)
   raw = np.load(path)
   for key in raw.files:  # Every field, bitwise.

@@ -12,13 +12,14 @@ from vldd_jax import checksums
 from vldd_jax import coreset
 from vldd_jax import evaluate
 from vldd_jax import synthetic
+from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
 
 
 def test_evaluate_writes_results_with_every_row(distilled, capsys):
   config, workdir = distilled
   evaluate.run(config, workdir)
-  results = json.load(open(os.path.join(workdir, evaluate.RESULTS)))
+  results = json.load(open(os.path.join(workdir, workdir_lib.RESULTS)))
   methods = [row["method"] for row in results["rows"]]
   assert methods == ["full train split (experts)", *config.evaluate.methods, "chance"]
   for row in results["rows"]:
@@ -88,7 +89,7 @@ def test_a_diverged_student_is_reported_without_losing_the_other_rows(distilled)
 
 def test_a_saved_set_evaluates_in_another_workdir_as_in_its_own(distilled, tmp_path):
   config, workdir = distilled
-  path = os.path.join(synthetic.set_dir(workdir, 8), synthetic.RESULT)
+  path = os.path.join(synthetic.set_dir(workdir, 8), workdir_lib.DISTILLED)
   train, test, _ = evaluate.load_splits(config, workdir)
   own = evaluate.method_row(config, workdir, "distilled", 8,
                             coreset.Selector(config, workdir, train), test, None)
@@ -97,10 +98,10 @@ def test_a_saved_set_evaluates_in_another_workdir_as_in_its_own(distilled, tmp_p
   subprocess.run(["cp", "-r", os.path.join(workdir, "pretrain"), str(other)], check=True)
   file_config = config.copy_and_resolve_references()
   file_config.evaluate.update(distilled_path=path, methods=("distilled", "random"))
-  (other / evaluate.RESULTS).write_text("the workdir's own results")
+  (other / workdir_lib.RESULTS).write_text("the workdir's own results")
   evaluate.run(file_config, str(other))
-  assert (other / evaluate.RESULTS).read_text() == "the workdir's own results"  # Kept.
-  named = evaluate.EXTERNAL_RESULTS.format(checksums.file_sha256(path)[:12])
+  assert (other / workdir_lib.RESULTS).read_text() == "the workdir's own results"  # Kept.
+  named = workdir_lib.EXTERNAL_RESULTS.format(checksums.file_sha256(path)[:12])
   rows = json.load(open(other / named))["rows"]
   assert [r["method"] for r in rows] == [f"distilled ({path})", "random", "chance"]
   for key in evaluate.RECALL_KEYS:

@@ -14,6 +14,7 @@ from vldd_jax import backbone
 from vldd_jax import experts
 from vldd_jax import pretrain
 from vldd_jax import trajectories
+from vldd_jax import workdir_lib
 from vldd_jax.models import split_params
 
 from conftest import kill_when_exists, run_main, tiny_config
@@ -25,7 +26,7 @@ def _flat(tree):
 
 def test_pretrain_saves_tower_that_experts_start_from(trained):
   config, workdir = trained
-  summary = json.load(open(os.path.join(backbone.pretrain_dir(workdir), backbone.SUMMARY)))
+  summary = json.load(open(os.path.join(workdir_lib.pretrain_dir(workdir), workdir_lib.PRETRAIN_SUMMARY)))
   assert set(summary["held_out_accuracy"]) == set(pretrain.HEADS)
   loader = backbone.loader(config, workdir)
   for expert in range(config.experts.num_experts):
@@ -81,9 +82,9 @@ def test_trajectories_manifests_and_correct_records(trained):
 
 def test_rerun_skips_finished_experts(trained):
   config, workdir = trained
-  before = os.path.getmtime(os.path.join(trajectories.expert_dir(workdir, 0), "manifest.json"))
+  before = os.path.getmtime(os.path.join(workdir_lib.expert_dir(workdir, 0), "manifest.json"))
   experts.run(config, workdir)
-  after = os.path.getmtime(os.path.join(trajectories.expert_dir(workdir, 0), "manifest.json"))
+  after = os.path.getmtime(os.path.join(workdir_lib.expert_dir(workdir, 0), "manifest.json"))
   assert before == after
 
 
@@ -100,6 +101,7 @@ def test_killed_run_resumes_to_the_same_trajectories(trained, data_dir, tmp_path
   _, reference = trained
   killed = tmp_path / "killed"
   shutil.copytree(os.path.join(reference, "pretrain"), killed / "pretrain")
+  shutil.copy(os.path.join(reference, workdir_lib.STAMP), killed)
   code, stderr = kill_when_exists(killed, data_dir, ("--config.stage=experts",),
                                   killed / "experts" / "expert_000" / "ckpt" / "2", sig)
   assert not trajectories.finished_experts(str(killed)) == [0, 1], "killed too late"

@@ -15,6 +15,7 @@ from vldd_jax import jsonfile
 from vldd_jax import metrics_log
 from vldd_jax import stages
 from vldd_jax import viz
+from vldd_jax import workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,7 +123,7 @@ def test_unknown_config_field_names_the_field_and_its_siblings(tmp_path):
 def test_a_second_run_on_a_workdir_in_use_is_refused_with_the_holders_pid(tmp_path):
   config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
   config.stage = "nothing-to-do"
-  with stages.workdir_lock(str(tmp_path)):
+  with workdir_lib.lock(str(tmp_path)):
     result = _main(tmp_path, "--config=configs/shapes.py:tiny", "--config.stage=data")
     assert result.returncode != 0
     assert f"{tmp_path} is in use by PID {os.getpid()} on " in result.stderr, (
@@ -132,7 +133,7 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_with_the_holders_pid(tmp_pa
     stages.run(config, str(tmp_path))
 
 
-@pytest.mark.parametrize("name", [stages.LOCK, "config_data.json"])
+@pytest.mark.parametrize("name", [workdir_lib.LOCK, "config_data.json"])
 def test_a_link_planted_in_the_workdir_is_refused_and_its_target_kept(tmp_path, monkeypatch,
                                                                      name):
   """A `.lock` or `config_<stage>.json` linked to another file must not make a run
@@ -210,5 +211,5 @@ def test_a_read_only_workdir_is_named_with_what_to_do(tmp_path, monkeypatch):
   monkeypatch.setattr(jsonfile, "open_nofollow", read_only)
   with pytest.raises(OSError, match=rf"{tmp_path} is not writable \(Read-only file "
                                     r"system\).*copy it to a writable place"):
-    with stages.workdir_lock(str(tmp_path)):
+    with workdir_lib.lock(str(tmp_path)):
       pass

@@ -8,7 +8,6 @@ from vldd_jax import augment
 from vldd_jax import compile_options
 from vldd_jax import config_lib
 from vldd_jax import matching
-from vldd_jax import models
 from vldd_jax import objectives
 from vldd_jax import trainer
 from vldd_jax.data.input_pipeline import Split
@@ -18,7 +17,7 @@ IMAGE = (16, 16, 3)
 
 
 def _student(dtype=jnp.float32):
-  config = models.default_model_config()
+  config = config_lib.model_config()
   config.vit.update(dict(patch=8, width=8, depth=1, heads=2, mlp_dim=16))
   config.lora.rank = 2
   config.embed_dim = 4

@@ -10,6 +10,8 @@ import pytest
 import safetensors.numpy
 from flax import traverse_util
 
+from vldd_jax import config_lib
+from vldd_jax import hf_checkpoint
 from vldd_jax import models
 from vldd_jax.models import convnet, lora, partition, vit
 
@@ -17,7 +19,7 @@ TEXT_DIM = 12
 
 
 def tiny_config(**overrides):
-  config = models.default_model_config()
+  config = config_lib.model_config()
   config.vit.update(dict(patch=8, width=16, depth=2, heads=2, mlp_dim=32))
   config.convnet.update(dict(depth=2, width=8))
   config.lora.rank = 2
@@ -305,7 +307,7 @@ def fixture_hf_dir(tmp_path):
 
 def test_load_hf_vit_matches_numpy_forward(hf_dir):
   path, tensors = hf_dir
-  vit_config = models.hf_vit_config(str(path))
+  vit_config = hf_checkpoint.vit_config(str(path))
   config = tiny_config(vit=vit_config.to_dict(), embed_dim=8)
   model, params = build(config, image_size=8)
   params["img"] = models.load_hf_vit(str(path / "model.safetensors"), target=params["img"])
@@ -337,7 +339,7 @@ def test_load_hf_vit_errors(hf_dir, tmp_path):
   with pytest.raises(ValueError, match=r"layernorm.weight is \(7,\), expected \(8,\)"):
     models.load_hf_vit(str(broken))
   # A target built for 16x16 images has 17 position embeddings, the checkpoint 5.
-  config = tiny_config(vit=models.hf_vit_config(str(path)).to_dict(), embed_dim=8)
+  config = tiny_config(vit=hf_checkpoint.vit_config(str(path)).to_dict(), embed_dim=8)
   params = param_shapes(config, image_size=16)
   with pytest.raises(ValueError, match=r"pos_embedding: checkpoint \(1, 5, 8\), target "
                                        r"\(1, 17, 8\)"):
@@ -356,7 +358,7 @@ def test_a_bad_hugging_face_folder_is_named_with_what_is_wrong(hf_dir, tmp_path)
   bad.mkdir()
   (bad / "config.json").write_text("{not json")
   with pytest.raises(ValueError, match=r"bad/config.json is not valid JSON"):
-    models.hf_vit_config(str(bad))
+    hf_checkpoint.vit_config(str(bad))
   (bad / "config.json").write_text(json.dumps(HF_CONFIG))
   with pytest.raises(FileNotFoundError, match=r"bad/model.safetensors not found"):
     models.load_hf_vit(str(bad))

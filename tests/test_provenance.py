@@ -19,6 +19,7 @@ from vldd_jax import pretrain
 from vldd_jax import provenance
 from vldd_jax import trainer
 from vldd_jax import trajectories
+from vldd_jax import workdir_lib
 
 # (field, new value, the stages whose outputs depend on it).
 CHANGES = [
@@ -99,7 +100,7 @@ def test_every_finished_expert_is_matched_logged_and_recorded(trained, tmp_path,
   with caplog.at_level("INFO"):
     distill.run(config, str(tmp_path))  # experts.num_experts=2, distill.num_experts=0.
   assert "Matching the trajectories of 3 experts ([0, 1, 2]" in caplog.text
-  settings = json.loads((tmp_path / "distill" / "n8" / distill.SETTINGS).read_text())
+  settings = json.loads((tmp_path / "distill" / "n8" / workdir_lib.SET_SETTINGS).read_text())
   assert settings["distill.experts_used"] == 3
 
 
@@ -125,8 +126,8 @@ def test_a_garbage_json_file_is_named_with_what_to_do(trained, tmp_path, content
                                                       message):
   config, workdir = trained
   copy = tmp_path / "work"
-  os.makedirs(trajectories.expert_dir(str(copy), 0))
-  (copy / "experts" / "expert_000" / trajectories.MANIFEST).write_text(content)
+  os.makedirs(workdir_lib.expert_dir(str(copy), 0))
+  (copy / "experts" / "expert_000" / workdir_lib.MANIFEST).write_text(content)
   with pytest.raises(ValueError, match=message + ".*move its folder away"):
     trajectories.finished_experts(str(copy), config)
 
@@ -187,14 +188,14 @@ def _overwrite_tower(lent, record: bool) -> None:
     mngr.save(step, args=ocp.args.Composite(tower=ocp.args.StandardSave(tower)))
     mngr.wait_until_finished()
   if record:
-    summary = json.loads((lent / backbone.SUMMARY).read_text())
+    summary = json.loads((lent / workdir_lib.PRETRAIN_SUMMARY).read_text())
     summary["tower_sha256"] = checksums.tree_sha256(tower)
-    (lent / backbone.SUMMARY).write_text(json.dumps(summary))
+    (lent / workdir_lib.PRETRAIN_SUMMARY).write_text(json.dumps(summary))
 
 
 def test_a_borrowed_tower_replaced_under_the_same_path_is_refused(trained, tmp_path):
   borrower, lent = _lend_tower(trained, tmp_path)
-  recorded = json.loads((lent / backbone.SUMMARY).read_text())["tower_sha256"]
+  recorded = json.loads((lent / workdir_lib.PRETRAIN_SUMMARY).read_text())["tower_sha256"]
   assert provenance.settings(borrower, "distill")["model.backbone_sha256"] == recorded
   mine = str(tmp_path / "mine")
   borrower.experts.num_experts = 1
@@ -213,9 +214,9 @@ def test_a_damaged_borrowed_tower_is_refused_not_loaded(trained, tmp_path):
   with pytest.raises(ValueError, match=r"pretrain/ckpt: the tower does not match the "
                                        "tower_sha256"):
     backbone.loader(borrower, "/nonexistent")
-  summary = json.loads((lent / backbone.SUMMARY).read_text())
+  summary = json.loads((lent / workdir_lib.PRETRAIN_SUMMARY).read_text())
   del summary["tower_sha256"]
-  (lent / backbone.SUMMARY).write_text(json.dumps(summary))
+  (lent / workdir_lib.PRETRAIN_SUMMARY).write_text(json.dumps(summary))
   with pytest.raises(ValueError, match=r"summary.json records no tower_sha256"):
     provenance.settings(borrower, "experts")
 

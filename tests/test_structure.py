@@ -10,13 +10,16 @@ import sys
 import numpy as np
 import pytest
 
+from vldd_jax import backbone
 from vldd_jax import compare
+from vldd_jax import config_lib
 from vldd_jax import coreset
 from vldd_jax import evaluate
 from vldd_jax import losses
 from vldd_jax import objectives
 from vldd_jax import stages
 from vldd_jax import synthetic
+from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
 
 from conftest import ROOT
@@ -69,6 +72,16 @@ def test_the_import_graph_reads_every_import_statement():
   assert loaded == _closure("vldd_jax.evaluate")
 
 
+def test_config_files_load_no_model_code_and_no_flax():
+  configs = sorted(f for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
+  code = ("import sys; from vldd_jax import config_lib\n"
+          f"for c in {configs!r}: config_lib.load_config('configs/' + c)\n"
+          "print(sorted(m for m in sys.modules if m.startswith(('flax', 'vldd_jax.models'))))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+  assert len(configs) >= 4 and result.stdout.strip() == "[]", result.stdout
+
+
 @pytest.mark.parametrize("module", ("evaluate",) + LIBRARIES)
 def test_importing_a_library_or_evaluate_pulls_in_no_stage(module):
   assert not _closure(f"vldd_jax.{module}") & set(STAGE_MODULES)
@@ -108,7 +121,7 @@ def test_a_new_objective_is_one_registered_class(trained, tmp_path, monkeypatch)
   # Distilled into its own folder, and both students trained with its loss.
   assert synthetic.load(str(work), 8, "toy")["images"].shape[0] == 8
   assert _HalfTemperature.traced >= 2
-  rows = json.load(open(work / compare.RESULT))["rows"]
+  rows = json.load(open(work / workdir_lib.COMPARE_RESULT))["rows"]
   assert [r["method"] for r in rows] == ["distilled_toy"]
 
 
@@ -126,3 +139,23 @@ def test_a_new_coreset_is_one_registered_function(trained, monkeypatch):
   np.testing.assert_array_equal(text_emb, train.text_emb[:3, 0])
   row = evaluate.method_row(config, workdir, "first_images", 3, selector, test, None)
   assert row["method"] == "first_images" and row["pairs"] == 3 and row["r_mean"] > 0
+
+
+def test_the_named_backbones_are_the_loaders_registry():
+  # provenance records a tower by content unless it is one of these names.
+  assert tuple(backbone.NAMED) == config_lib.NAMED_BACKBONES
+
+
+def test_no_function_takes_more_than_eight_parameters():
+  wide = []
+  for folder, _, files in os.walk(os.path.join(ROOT, "vldd_jax")):
+    for name in (f for f in files if f.endswith(".py")):
+      path = os.path.join(folder, name)
+      for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+          a = node.args
+          params = [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]
+          params = [p for p in params if p is not None and p.arg not in ("self", "cls")]
+          if len(params) > 8:
+            wide.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} {node.name}")
+  assert not wide, wide

@@ -9,6 +9,7 @@ from vldd_jax import backbone
 from vldd_jax import evaluate
 from vldd_jax import students
 from vldd_jax import trainer
+from vldd_jax import workdir_lib
 
 
 def test_cross_architecture_students_score_the_set_with_their_own_model(distilled):
@@ -33,7 +34,7 @@ def test_cross_architecture_students_score_the_set_with_their_own_model(distille
   config_s = config.copy_and_resolve_references()
   config_s.evaluate.update(student="convnet", methods=("distilled", "random"))
   evaluate.run(config_s, workdir)
-  rows = json.load(open(os.path.join(workdir, evaluate.RESULTS)))["rows"]
+  rows = json.load(open(os.path.join(workdir, workdir_lib.RESULTS)))["rows"]
   assert [r["method"] for r in rows][1:3] == ["distilled", "random"]
   assert all(0 <= r["tr@1"] <= 100 for r in rows)
   config_s.evaluate.student = "resnet"

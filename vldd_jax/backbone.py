@@ -15,16 +15,11 @@ from flax import traverse_util
 from vldd_jax import checksums
 from vldd_jax import jsonfile
 from vldd_jax import provenance
+from vldd_jax import workdir_lib
 from vldd_jax.models import load_hf_vit
 
-SUMMARY = checksums.PRETRAIN_SUMMARY
 # The settings a pretrained tower used on other data must share with the config.
 TOWER_FIELDS = ("model.tower", "model.vit.", "model.convnet.")
-
-
-def pretrain_dir(workdir: str) -> str:
-  """Where the pretrain stage keeps its checkpoint and `summary.json`."""
-  return os.path.join(workdir, "pretrain")
 
 
 def _is_base(path: str) -> bool:
@@ -46,6 +41,14 @@ def _graft(tower: dict, base: dict, folder: str) -> dict:
   return traverse_util.unflatten_dict(flat, sep="/")
 
 
+# The named sources (`config_lib.NAMED_BACKBONES`): the pretrain folder of a
+# workdir whose tower they load, or None for the fresh initialisation.
+NAMED: dict[str, Callable[[str], str | None]] = {
+    "pretrain": workdir_lib.pretrain_dir,
+    "scratch": lambda workdir: None,
+}
+
+
 def loader(config: ml_collections.ConfigDict,
            workdir: str) -> Callable[[dict], dict] | None:
   """What replaces a fresh tower's base weights: `config.model.backbone`.
@@ -56,21 +59,21 @@ def loader(config: ml_collections.ConfigDict,
   value: a Hugging Face ViT folder or .safetensors file.
   """
   source = config.model.backbone
-  if source == "scratch":
-    return None
-  if source == "pretrain":
-    folder, fields = pretrain_dir(workdir), None
-  elif os.path.exists(os.path.join(source, SUMMARY)):
+  if source in NAMED:
+    folder, fields = NAMED[source](workdir), None
+    if folder is None:
+      return None
+  elif os.path.exists(os.path.join(source, workdir_lib.PRETRAIN_SUMMARY)):
     folder, fields = source, TOWER_FIELDS
   else:
     return lambda tower: load_hf_vit(source, target=tower)
-  summary = os.path.join(folder, SUMMARY)
+  summary = os.path.join(folder, workdir_lib.PRETRAIN_SUMMARY)
   if not os.path.exists(summary):
     raise FileNotFoundError(f"{summary} not found: run --config.stage=pretrain first, "
                             "or set config.model.backbone.")
   check_settings(config, summary, fields)
   recorded = checksums.backbone_sha256(folder)
-  with ocp.CheckpointManager(os.path.join(folder, "ckpt")) as mngr:
+  with workdir_lib.checkpoint_manager(folder, max_to_keep=1) as mngr:
     base = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
         tower=ocp.args.StandardRestore())).tower
   if checksums.tree_sha256(base) != recorded:

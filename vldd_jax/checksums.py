@@ -11,9 +11,8 @@ import jax
 import numpy as np
 
 from vldd_jax import parallel
+from vldd_jax import workdir_lib
 
-# The file a pretrain folder describes its tower in (`backbone.SUMMARY`).
-PRETRAIN_SUMMARY = "summary.json"
 # The files of a Hugging Face ViT source that decide its weights.
 _HF_FILES = ("model.safetensors", "config.json")
 _CHUNK = 1 << 22
@@ -61,7 +60,7 @@ def backbone_sha256(source: str) -> str:
   SHA-256 of its weights and `config.json`. Raises naming the file when a
   summary records no checksum.
   """
-  summary = os.path.join(source, PRETRAIN_SUMMARY)
+  summary = os.path.join(source, workdir_lib.PRETRAIN_SUMMARY)
   if os.path.isfile(summary):
     with open(summary, encoding="utf-8") as f:
       recorded = json.load(f).get("tower_sha256")

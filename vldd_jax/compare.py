@@ -30,10 +30,9 @@ from vldd_jax import preemption
 from vldd_jax import provenance
 from vldd_jax import synthetic
 from vldd_jax import viz
+from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
 
-RESULT = "compare.json"
-TABLE, FIGURE = "compare.md", "compare.png"
 
 
 def settings(config: ml_collections.ConfigDict) -> dict:
@@ -87,7 +86,8 @@ def pivot_table(rows: list[dict], key: str) -> str:
 
 
 def _write(workdir: str, rows: list[dict], config: ml_collections.ConfigDict) -> None:
-  jsonfile.write(os.path.join(workdir, RESULT), {"rows": rows, "settings": settings(config)})
+  jsonfile.write(os.path.join(workdir, workdir_lib.COMPARE_RESULT),
+                 {"rows": rows, "settings": settings(config)})
 
 
 def distill_sets(config: ml_collections.ConfigDict, workdir: str, budgets, methods,
@@ -105,7 +105,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Fills `compare.json` cell by cell, then writes the tables and the plot."""
   methods, budgets = config.evaluate.methods, config.compare.budgets
   evaluate.check_methods(methods)
-  rows = load_rows(os.path.join(workdir, RESULT), config)
+  rows = load_rows(os.path.join(workdir, workdir_lib.COMPARE_RESULT), config)
   done = {(r["method"], r["budget"]) for r in rows}
   train, test, val = evaluate.load_splits(config, workdir)
   selector = coreset.Selector(config, workdir, train)
@@ -119,13 +119,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       rows.append(row)
       _write(workdir, rows, config)
       stop.stop_if_requested(f"the cell ({method}, {budget} pairs); saved "
-                             f"{os.path.join(workdir, RESULT)}")
+                             f"{os.path.join(workdir, workdir_lib.COMPARE_RESULT)}")
   wanted = [r for r in rows if r["budget"] in budgets and r["method"] in methods]
   wanted.sort(key=lambda r: (methods.index(r["method"]), r["budget"]))
   table = "\n\n".join([pivot_table(wanted, "tr@1"), pivot_table(wanted, "ir@1"),
                        evaluate.format_table(wanted)])
   print(table)
-  jsonfile.write_text(os.path.join(workdir, TABLE), table + "\n")
+  jsonfile.write_text(os.path.join(workdir, workdir_lib.COMPARE_TABLE), table + "\n")
   if jax.process_index() == 0:
-    viz.budget_plot(wanted, ("tr@1", "ir@1"), os.path.join(workdir, FIGURE))
+    viz.budget_plot(wanted, ("tr@1", "ir@1"),
+                    os.path.join(workdir, workdir_lib.COMPARE_FIGURE))
   logging.info("Comparison of %d cells written to %s.", len(wanted), workdir)

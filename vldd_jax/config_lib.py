@@ -51,6 +51,44 @@ def text_config() -> ml_collections.ConfigDict:
   ))
 
 
+# The `model.backbone` values that are names, not paths (`backbone.NAMED`).
+NAMED_BACKBONES = ("pretrain", "scratch")
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """The tiny CPU default: a ViT on 32x32 images with 16 tokens, rank-4 LoRA.
+
+  Its choices are the registries of `vldd_jax.models` (checked before a run).
+  """
+  return ml_collections.ConfigDict(dict(
+      tower="vit",  # models.TOWERS: "vit" | "convnet".
+      vit=dict(patch=8, width=64, depth=2, heads=4, mlp_dim=256,
+               pool="gap",  # "gap" | "cls" (CLS token, as Hugging Face ViT).
+               ln_eps=1e-6),
+      convnet=dict(depth=3, width=128, pool="flatten"),  # pool: "flatten" | "gap".
+      # rank 0: no LoRA. Targets: the ViT's kernels (all of them by default).
+      lora=dict(rank=4, alpha=4.0, targets=("q", "k", "v", "out", "mlp")),
+      image_head="linear",  # "none": tower features are the image embedding.
+      embed_dim=64,
+      text_head="paper",  # models.TEXT_HEADS: "paper" (MLP block + residual + LN) | "linear".
+      dropout=0.1,  # In the paper's text head.
+      temperature=0.07,  # logit scale = 1 / temperature.
+      learn_temperature=False,
+      trainable="lora+heads",  # "lora+heads" | "heads" | "all".
+      # Tower weights: "pretrain" (the workdir's pretrain stage), "scratch", or
+      # a Hugging Face ViT folder / .safetensors file (see hf_checkpoint.vit_config),
+      # or another workdir's pretrain/ folder.
+      backbone="pretrain",
+  ))
+
+
+def pretrain_config() -> ml_collections.ConfigDict:
+  """Attribute classification on the shapes pretrain split (a stand-in for
+  ImageNet weights): AdamW with warmup and cosine decay."""
+  return ml_collections.ConfigDict(dict(
+      epochs=10, batch_size=128, lr=1e-3, weight_decay=1e-4))
+
+
 def experts_config() -> ml_collections.ConfigDict:
   """Expert training as in the VLDD code (buffer.py): plain SGD, lr 0.1, batch 128."""
   return ml_collections.ConfigDict(dict(
@@ -133,9 +171,9 @@ def distill_config() -> ml_collections.ConfigDict:
       # (docs/lors_comparison.md).
       similarity_batch_size=20,
       # objective="blend": RepBlend's representation blending, lam ~
-      # Beta(blend_alpha, blend_alpha) (their distill script: alpha_2=1), and
-      # an EMA of the set with this decay as the saved set (PTM-ST: 0.99 over
-      # thousands of iterations); 0 turns either off.
+      # Beta(blend_alpha, blend_alpha) (their distill script: alpha_2=1).
+      # objective="ema" (and "blend"): an EMA of the set with this decay as
+      # the saved set (PTM-ST: 0.99 over thousands of iterations); 0: off.
       blend_alpha=1.0,
       ema_decay=0.99,
   ))
@@ -173,11 +211,10 @@ def small_data_distill_config() -> ml_collections.ConfigDict:
       # iteration; 1 (the best of 10 / 1 / 0.1 under SGD, results_shapes.md)
       # diverged at iteration 64 on shapes, 0.01 runs (docs/beyond_the_paper.md).
       meta_lr_similarity=0.01,
-      # objective="blend": over 150 iterations an EMA of 0.97 beat 0.9 (0.99
-      # averages most of the run); blending itself hurt on shapes at alpha 1
-      # and 0.3, so the blend objective's default is the EMA alone here
-      # (docs/beyond_the_paper.md).
-      blend_alpha=0.0, ema_decay=0.97)
+      # objective="ema": over 150 iterations an EMA of 0.97 beat 0.9 (0.99
+      # averages most of the run). Blending hurt on shapes at alpha 1 and 0.3
+      # (docs/beyond_the_paper.md); `blend` keeps RepBlend's alpha 1.
+      ema_decay=0.97)
   return cfg
 
 
@@ -279,7 +316,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     errors.append("distill.meta_lr_images, meta_lr_text and meta_lr_rates are all 0: "
                   "distillation would "
                   "return its initial pairs")
-  if distill is not None and distill.get("gradient", "exact") not in GRADIENTS:
+  if distill is not None and distill.gradient not in GRADIENTS:
     errors.append(f"distill.gradient={distill.gradient!r}: expected one of {GRADIENTS}")
   if distill is not None and distill.loss_rise_warning < 1:
     errors.append(f"distill.loss_rise_warning={distill.loss_rise_warning!r}: expected "

@@ -43,11 +43,10 @@ from vldd_jax import text
 from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax import viz
+from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
 from vldd_jax.models import build_model, make_apply_fn, make_feature_fn
 
-SETTINGS = "settings.json"
-FIGURES = GRID, LOSS_CURVE = "synthetic_grid.png", "matching_loss.png"
 
 
 class ExpertBuffer:
@@ -95,7 +94,7 @@ def _check(config: ml_collections.ConfigDict, experts: list[int], workdir: str,
            matched: budget.Window) -> None:
   cfg = config.distill
   if not experts:
-    raise FileNotFoundError(f"No finished experts in {trajectories.experts_dir(workdir)}: "
+    raise FileNotFoundError(f"No finished experts in {workdir_lib.experts_dir(workdir)}: "
                             "run --config.stage=experts first.")
   budget.check(matched, trajectories.read_manifest(workdir, experts[0])["epochs"],
                cfg.num_pairs)
@@ -131,7 +130,7 @@ def _check_settings(config: ml_collections.ConfigDict, out: str,
   Raises if its settings differ from the config's, except for more
   `distill.iterations`: that run goes on from its last checkpoint.
   """
-  path = os.path.join(out, SETTINGS)
+  path = os.path.join(out, workdir_lib.SET_SETTINGS)
   if not os.path.exists(path):
     return None
   saved = jsonfile.read(path)
@@ -146,11 +145,9 @@ def _check_settings(config: ml_collections.ConfigDict, out: str,
 
 
 def _checkpoint_manager(out: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.join(out, "ckpt"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
-      item_handlers={"state": ocp.StandardCheckpointHandler(),
-                     "history": ocp.JsonCheckpointHandler()})
+  return workdir_lib.checkpoint_manager(
+      out, max_to_keep=2, item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                         "history": ocp.JsonCheckpointHandler()})
 
 
 def _restore(mngr: ocp.CheckpointManager, like: dict, out: str) -> tuple[dict, list[dict]]:
@@ -182,13 +179,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   experts = trajectories.finished_experts(workdir, config)
   if cfg.num_experts > len(experts):
     raise ValueError(f"distill.num_experts={cfg.num_experts}, but "
-                     f"{trajectories.experts_dir(workdir)} has {len(experts)} finished "
+                     f"{workdir_lib.experts_dir(workdir)} has {len(experts)} finished "
                      "experts: train more (--config.stage=experts) or use fewer.")
   experts = experts[:cfg.num_experts or None]
   logging.info("Matching the trajectories of %d experts (%s; distill.num_experts=%d, 0: "
                "every finished one).", len(experts), experts, cfg.num_experts)
   saved_iterations = _check_settings(config, out, len(experts))
-  result = os.path.join(out, synthetic.RESULT)
+  result = os.path.join(out, workdir_lib.DISTILLED)
   finished = os.path.exists(result)
   if finished and saved_iterations in (None, cfg.iterations):
     try:
@@ -280,7 +277,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
           # Recorded with the first checkpoint, so a run that fails before it
           # leaves nothing that blocks a corrected rerun. A finished set keeps
           # its settings until its longer result replaces it, below.
-          jsonfile.write(os.path.join(out, SETTINGS), settings(config, len(experts)))
+          jsonfile.write(os.path.join(out, workdir_lib.SET_SETTINGS),
+                         settings(config, len(experts)))
         record = {"history": history, "state_sha256": checksums.tree_sha256(state)}
         mngr.save(it + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   history=ocp.args.JsonSave(record)))
@@ -292,7 +290,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   saved = state["ema"] if "ema" in state else state["syn"]
   _write_outputs(out, jax.tree.map(parallel.to_host, saved), rows, train, history,
                  objective, provenance_record(config, len(experts), history))
-  jsonfile.write(os.path.join(out, SETTINGS), settings(config, len(experts)))
+  jsonfile.write(os.path.join(out, workdir_lib.SET_SETTINGS), settings(config, len(experts)))
 
 
 _RISE_MESSAGE = (
@@ -384,11 +382,11 @@ def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.
                 format_version=synthetic.FORMAT_VERSION,
                 provenance_json=json.dumps(provenance_json, default=str),
                 **objective.export(syn))
-  viz.image_grid(images_uint8, nearest_captions, os.path.join(out, GRID))
+  viz.image_grid(images_uint8, nearest_captions, os.path.join(out, workdir_lib.SET_GRID))
   viz.loss_curve([h["iteration"] for h in history], [h["loss"] for h in history],
-                 os.path.join(out, LOSS_CURVE))
+                 os.path.join(out, workdir_lib.SET_LOSS_CURVE))
   # Last: the set's file marks the stage done.
-  jsonfile.write_file(os.path.join(out, synthetic.RESULT), lambda f: np.savez(f, **arrays))
+  jsonfile.write_file(os.path.join(out, workdir_lib.DISTILLED), lambda f: np.savez(f, **arrays))
   logging.info("Distilled %d pairs into %s (learned lr image %.4g, text %.4g; "
                "pixels moved %.3g RMS from the real images they started as).",
                len(rows), out, arrays["lr_image"], arrays["lr_text"], image_change)

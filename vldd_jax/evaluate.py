@@ -31,16 +31,15 @@ from vldd_jax import synthetic
 from vldd_jax import text
 from vldd_jax import trainer
 from vldd_jax import trajectories
+from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
 from vldd_jax.models import build_model, make_apply_fn
 
-REPORTS = ("final", "best_val", "best_test_lors")
+# What `evaluate.report` names: the split a student's reported epoch is chosen
+# on (the best r_mean there), or None for its last epoch.
+REPORTS: dict[str, str | None] = {"final": None, "best_val": "val", "best_test_lors": "test"}
 SPLITS = ("test", "val")
 RECALL_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
-RESULTS = "results.json"
-# The results of an outside set (`evaluate.distilled_path`), named by the first
-# 12 hex digits of its file's SHA-256, so they never replace the workdir's own.
-EXTERNAL_RESULTS = "results_{}.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +70,14 @@ def check_methods(methods_asked) -> None:
                      f"subset of {known}.")
 
 
+def selects_on(report: str) -> str | None:
+  """The split `report` chooses a student's epoch on (`REPORTS`); raises naming
+  `evaluate.report` if it is none of them."""
+  if report not in REPORTS:
+    raise ValueError(f"evaluate.report={report!r}; expected one of {tuple(REPORTS)}.")
+  return REPORTS[report]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, pairs: Pairs, *, seed: int,
                        tower: Callable[[dict], dict] | None, test: input_pipeline.Split,
                        val: input_pipeline.Split | None = None) -> dict[str, float] | None:
@@ -85,10 +92,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, pairs: Pairs, *, seed:
     test, val: splits to report on and (for `best_val`) select on.
   """
   cfg = config.evaluate
-  if cfg.report not in REPORTS:
-    raise ValueError(f"evaluate.report={cfg.report!r}; expected one of {REPORTS}.")
-  if cfg.report == "best_val" and val is None:
-    raise ValueError("evaluate.report='best_val' needs the val split.")
+  select_on = selects_on(cfg.report)
+  if select_on == "val" and val is None:
+    raise ValueError(f"evaluate.report={cfg.report!r} needs the val split.")
   mesh = parallel.make_mesh()
   config = students.student_config(config)
   images, text_emb = pairs.images, pairs.text_emb
@@ -107,8 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, pairs: Pairs, *, seed:
     (trainable, opt_state), loss, _ = trainer.train_epoch(
         train_step, (trainable, opt_state), frozen, images, text_emb,
         batch_size=batch_size, seed=(seed, epoch), targets=pairs.targets)
-    if cfg.report != "final":
-      split = val if cfg.report == "best_val" else test
+    if select_on:
+      split = val if select_on == "val" else test
       score = trainer.evaluate_retrieval(embedder, trainable, frozen, split)["r_mean"]
       if score > best_score:
         best_score, best = score, jax.tree.map(np.asarray, trainable)
@@ -255,7 +261,7 @@ def format_table(rows: list[dict]) -> str:
   lines = ["| method | pairs | " + " | ".join(RECALL_KEYS) + " |",
            "|---|---:|" + "---:|" * len(RECALL_KEYS)]
   for row in rows:
-    label = row["method"] + (f" [{row['report']}]" if row["report"] in REPORTS[1:] else "")
+    label = row["method"] + (f" [{row['report']}]" if REPORTS.get(row["report"]) else "")
     if row.get("pairs", row["budget"]) != row["budget"]:
       label += f" ({row['pairs']} pairs + S)"
     if row.get("diverged"):
@@ -271,10 +277,11 @@ def load_splits(config: ml_collections.ConfigDict, workdir: str):
   cfg = config.evaluate
   if cfg.split not in SPLITS:
     raise ValueError(f"evaluate.split={cfg.split!r}; expected one of {SPLITS}.")
-  if cfg.split == "val" and cfg.report != "final":
+  if cfg.split == "val" and selects_on(cfg.report):
     raise ValueError(f"evaluate.report={cfg.report!r} selects an epoch on a split; "
                      "scoring on val, use evaluate.report='final'.")
-  val = input_pipeline.load_split(config, workdir, "val") if cfg.report == "best_val" else None
+  val = (input_pipeline.load_split(config, workdir, "val")
+         if selects_on(cfg.report) == "val" else None)
   return (input_pipeline.load_split(config, workdir, "train"),
           input_pipeline.load_split(config, workdir, cfg.split), val)
 
@@ -347,8 +354,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   rows.append(chance_row(test))
   table = f"Scored on the {config.evaluate.split} split.\n\n" + format_table(rows)
   print(table)
-  out = os.path.join(workdir, EXTERNAL_RESULTS.format(checksums.file_sha256(path)[:12])
-                     if path else RESULTS)
+  name = (workdir_lib.EXTERNAL_RESULTS.format(checksums.file_sha256(path)[:12]) if path
+          else workdir_lib.RESULTS)
+  out = os.path.join(workdir, name)
   jsonfile.write(out, {"split": config.evaluate.split, "rows": rows, "table": table,
                        "config": config.to_dict()})
   logging.info("Results written to %s.", out)

@@ -27,6 +27,7 @@ from vldd_jax import provenance
 from vldd_jax import objectives
 from vldd_jax import trainer
 from vldd_jax import trajectories
+from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
 
 def _save(mngr: ocp.CheckpointManager, epoch: int, items: dict) -> None:
@@ -72,7 +73,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   todo = [e for e in range(cfg.num_experts) if not trajectories.is_finished(workdir, e)]
   if not todo:
     logging.info("All %d experts finished in %s.", cfg.num_experts,
-                 trajectories.experts_dir(workdir))
+                 workdir_lib.experts_dir(workdir))
     return
   encoder = input_pipeline.text_encoder(config)
   train = input_pipeline.load_split(config, workdir, "train", encoder=encoder)
@@ -109,7 +110,7 @@ def _train_expert(config, workdir, expert, student, program: _Program,
   cfg = config.experts
   tx, train_step, embedder, mesh = program
   train, val, test = splits
-  os.makedirs(trajectories.expert_dir(workdir, expert), exist_ok=True)
+  os.makedirs(workdir_lib.expert_dir(workdir, expert), exist_ok=True)
   # Global (replicated) arrays from the start: multi-host Orbax saves only those.
   trainable, opt_state, frozen = parallel.put_replicated(
       (student.trainable, tx.init(student.trainable), student.frozen), mesh)
@@ -119,7 +120,7 @@ def _train_expert(config, workdir, expert, student, program: _Program,
     if saved and last != saved[-1]:  # An epoch's folder was deleted.
       logging.warning("Expert %d: epoch %s missing from %s/ckpt; training again from "
                       "there (the same trajectory: the data order is fixed).", expert,
-                      0 if last is None else last + 1, trajectories.expert_dir(workdir, expert))
+                      0 if last is None else last + 1, workdir_lib.expert_dir(workdir, expert))
       for step in saved:
         if last is None or step > last:
           mngr.delete(step)
@@ -157,7 +158,7 @@ def _train_expert(config, workdir, expert, student, program: _Program,
       bar.update()
       bar.set_postfix(loss=f"{loss:.3f}", val_tr1=recall["tr@1"], val_ir1=recall["ir@1"])
       stop.stop_if_requested(f"epoch {epoch} of expert {expert}; saved "
-                             f"{trajectories.expert_dir(workdir, expert)}/ckpt/{epoch}")
+                             f"{workdir_lib.expert_dir(workdir, expert)}/ckpt/{epoch}")
     bar.close()
   test_recall = _rounded(trainer.evaluate_retrieval(embedder, trainable, frozen, test))
   logging.info("Expert %d finished: test %s", expert, test_recall)

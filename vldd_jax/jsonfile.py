@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import jax
 
-# The temporary name `write` uses; `stages.LEFTOVERS` removes the ones a kill left.
+# The temporary name `write` uses; `workdir_lib.LEFTOVERS` removes the ones a kill left.
 TMP = ".tmp"
 
 

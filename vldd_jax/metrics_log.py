@@ -3,10 +3,9 @@ import json
 import os
 
 from vldd_jax import jsonfile
-
-METRICS_LOG = "metrics.jsonl"
+from vldd_jax import workdir_lib
 
 
 def append(workdir: str, record: dict) -> None:
   """Appends `record` as one line (process 0 only)."""
-  jsonfile.append_line(os.path.join(workdir, METRICS_LOG), json.dumps(record))
+  jsonfile.append_line(os.path.join(workdir, workdir_lib.METRICS_LOG), json.dumps(record))

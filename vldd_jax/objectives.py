@@ -145,22 +145,31 @@ class LowRankSimilarity(Objective):
     return self.cfg.similarity_batch_size or batch_size
 
 
-class Blend(Objective):
+class MovingAverage(Objective):
+  """Plain pairs, of which the exponential moving average over the iterations
+  is what is saved (PTM-ST, ICLR 2026). Evaluation students train on the pairs
+  as plain ones."""
+  name = "ema"
+  fields = ("ema_decay",)
+
+  def ema_decay(self):
+    return float(self.cfg.ema_decay)
+
+
+class Blend(MovingAverage):
   """Pairs distilled against modality collapse: RepBlend's representation
   blending (Zhang et al., NeurIPS 2025) in every distillation student step,
-  and PTM-ST's exponential moving average of the set as what is saved (ICLR
-  2026). Evaluation students train on the pairs as plain ones."""
+  and, as RepBlend's successors, the moving average of the set (`ema_decay`;
+  0: the set itself)."""
   name = "blend"
   fields = ("blend_alpha", "ema_decay")
 
   def blend_alpha(self):
     return float(self.cfg.blend_alpha)
 
-  def ema_decay(self):
-    return float(self.cfg.ema_decay)
 
-
-OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Plain, LowRankSimilarity, Blend)}
+OBJECTIVES: dict[str, type[Objective]] = {
+    o.name: o for o in (Plain, LowRankSimilarity, MovingAverage, Blend)}
 
 
 def build(cfg: ml_collections.ConfigDict) -> Objective:

@@ -30,6 +30,7 @@ from vldd_jax import parallel
 from vldd_jax import preemption
 from vldd_jax import provenance
 from vldd_jax import trainer
+from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
 from vldd_jax.data import shapes_captions as vocab
 from vldd_jax.models import build_model, init_params
@@ -118,9 +119,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise ValueError(f"The pretrain stage needs the attribute labels of the shapes "
                      f"dataset, not {config.data.name!r}: set config.model.backbone to "
                      "a Hugging Face ViT folder (or 'scratch').")
-  out = backbone.pretrain_dir(workdir)
+  out = workdir_lib.pretrain_dir(workdir)
   cfg = config.pretrain
-  summary = os.path.join(out, backbone.SUMMARY)
+  summary = os.path.join(out, workdir_lib.PRETRAIN_SUMMARY)
   if os.path.exists(summary):
     backbone.check_settings(config, summary)
     if _has_checkpoint(out, cfg.epochs):
@@ -158,8 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   mesh = parallel.make_mesh()
   parallel.check_divisible(cfg.batch_size, "pretrain.batch_size")
 
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-  with (ocp.CheckpointManager(os.path.join(out, "ckpt"), options=options) as mngr,
+  with (workdir_lib.checkpoint_manager(out, max_to_keep=1) as mngr,
         preemption.StopOnSigterm() as stop):  # SIGTERM: stop after the epoch saved.
     opt_state = tx.init(params)
     start = mngr.latest_step() or 0
@@ -191,7 +191,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
   accuracy = _held_out_accuracy(eval_step, params, held_x, held_t, cfg.batch_size, mesh)
   logging.info("Pretrained tower, held-out accuracy: %s", accuracy)
-  jsonfile.write(os.path.join(out, backbone.SUMMARY),
+  jsonfile.write(os.path.join(out, workdir_lib.PRETRAIN_SUMMARY),
                  {"settings": provenance.settings(config, "pretrain"),
                   "tower_sha256": checksums.tree_sha256(params["tower"]),
                   "epochs": cfg.epochs, "held_out_examples": n_held,

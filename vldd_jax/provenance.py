@@ -51,7 +51,7 @@ def settings(config: ml_collections.ConfigDict, kind: str,
       nested[name] = value
   flat = flatten(nested, ignore)
   source = flat.get("model.backbone")
-  if source not in (None, "pretrain", "scratch"):
+  if source is not None and source not in config_lib.NAMED_BACKBONES:
     # A tower from outside the workdir is recorded by what it holds, so one
     # replaced under the same path is refused like a changed setting.
     flat["model.backbone_sha256"] = checksums.backbone_sha256(source)

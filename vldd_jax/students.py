@@ -52,8 +52,6 @@ def student_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   name = config.evaluate.student
   if name not in STUDENTS:
     raise ValueError(f"evaluate.student={name!r}: expected one of {sorted(STUDENTS)}.")
-  if name == "same":
-    return config
   out = config.copy_and_resolve_references()
   STUDENTS[name](out.model)
   return out

@@ -34,18 +34,18 @@ import ml_collections
 import numpy as np
 
 from vldd_jax import objectives
+from vldd_jax import workdir_lib
 
 if TYPE_CHECKING:  # Only its type: reading a set needs no dataset code.
   from vldd_jax.data import input_pipeline
 
-RESULT = "distilled.npz"
 # 1: the first format; every file carries it and provenance_json.
 FORMAT_VERSION = 1
 
 
 def set_dir(workdir: str, num_pairs: int, objective: str = "plain") -> str:
   """The folder of the set of `num_pairs` pairs (and its checkpoints, settings)."""
-  return os.path.join(workdir, "distill", f"n{num_pairs}{objectives.suffix(objective)}")
+  return os.path.join(workdir, workdir_lib.DISTILL, f"n{num_pairs}{objectives.suffix(objective)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +124,6 @@ _FIELDS: dict[str, tuple[tuple, np.dtype | str]] = {
 }
 _REQUIRED = ("images", "images_uint8", "text_emb", "lr_image", "lr_text")
 _KIND_NAMES = {"f": "floating", "iu": "integer", "U": "string"}
-SET_FOLDER = r"n\d+(_\w+)?"  # The folder names `set_dir` writes.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +142,8 @@ def _advice(path: str) -> str:
   """What to do about a set that cannot be used. Only a workdir's own set is
   ours to write again; any other file is someone's copy."""
   folder = os.path.dirname(os.path.abspath(path))
-  if (os.path.basename(path) == RESULT
-      and re.fullmatch(SET_FOLDER, os.path.basename(folder))
+  if (os.path.basename(path) == workdir_lib.DISTILLED
+      and re.fullmatch(workdir_lib.SET_FOLDER, os.path.basename(folder))
       and os.path.basename(os.path.dirname(folder)) == "distill"):
     return (" Rerun stage distill with the same settings to write it again from its "
             "last checkpoint.")
@@ -297,12 +296,12 @@ def _read_checked(path: str) -> tuple[dict[str, np.ndarray], int, dict]:
   """(arrays, format version, provenance) of a checked `distilled.npz`."""
   if os.path.isdir(path):
     raise IsADirectoryError(f"{path} is a directory, not a distilled set file: give the "
-                            f"path of its {RESULT}.")
+                            f"path of its {workdir_lib.DISTILLED}.")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: no distilled set file there.")
   if not os.path.isfile(path):
     raise DistilledFileError(f"{path} is not a regular file: a distilled set is one "
-                             f"{RESULT} file.")
+                             f"{workdir_lib.DISTILLED} file.")
   try:
     with zipfile.ZipFile(path) as zf:
       return _read_zip(path, zf)
@@ -322,7 +321,7 @@ def read(path: str) -> dict[str, np.ndarray]:
 
 def load(workdir: str, num_pairs: int, objective: str = "plain") -> dict[str, np.ndarray]:
   """The arrays of the set of `num_pairs` pairs distilled with `objective`."""
-  path = os.path.join(set_dir(workdir, num_pairs, objective), RESULT)
+  path = os.path.join(set_dir(workdir, num_pairs, objective), workdir_lib.DISTILLED)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: run --config.stage=distill with "
                             f"--config.distill.num_pairs={num_pairs} and "

@@ -24,29 +24,18 @@ from absl import logging
 from vldd_jax import checksums
 from vldd_jax import jsonfile
 from vldd_jax import provenance
+from vldd_jax import workdir_lib
 
-MANIFEST = "manifest.json"
-# The folder names `expert_dir` writes (`expert_000`, ..., `expert_1000`), and
-# nothing else: not a copy `expert_000_backup`, not `expert_0001`.
-EXPERT_NAME = r"expert_(\d{3}|[1-9]\d{3,})"
 _ARRAY_ITEMS = ("params", "opt_state", "frozen", "correct")
-
-
-def experts_dir(workdir: str) -> str:
-  return os.path.join(workdir, "experts")
-
-
-def expert_dir(workdir: str, expert: int) -> str:
-  return os.path.join(experts_dir(workdir), f"expert_{expert:03d}")
 
 
 def expert_indices(workdir: str) -> list[int]:
   """The experts that `experts/` holds a folder of, sorted: exactly the names
   `expert_dir` writes (`EXPERT_NAME`). Anything else there is ignored with a
   warning naming it, so a stray copy is neither counted twice nor a crash."""
-  root = experts_dir(workdir)
+  root = workdir_lib.experts_dir(workdir)
   names = os.listdir(root) if os.path.isdir(root) else []
-  matches = {name: re.fullmatch(EXPERT_NAME, name) for name in names}
+  matches = {name: re.fullmatch(workdir_lib.EXPERT_NAME, name) for name in names}
   ignored = sorted(name for name, match in matches.items() if match is None)
   if ignored:
     logging.warning("Ignoring %s in %s: experts are the folders expert_NNN only.",
@@ -62,7 +51,8 @@ RETRAIN_EPOCH = ("Delete that epoch's folder and rerun --config.stage=experts: i
 def _check_metrics(workdir: str, expert: int) -> None:
   """Raises naming the first epoch's `metrics` file that is not valid JSON."""
   for epoch in saved_epochs(workdir, expert):
-    path = os.path.join(expert_dir(workdir, expert), "ckpt", str(epoch), "metrics", "metrics")
+    path = os.path.join(workdir_lib.expert_dir(workdir, expert), "ckpt", str(epoch),
+                        "metrics", "metrics")
     try:
       with open(path, encoding="utf-8") as f:
         json.load(f)
@@ -76,12 +66,11 @@ def _check_metrics(workdir: str, expert: int) -> None:
 def checkpoint_manager(workdir: str, expert: int) -> ocp.CheckpointManager:
   """The manager of one expert's checkpoints; every epoch is kept. Raises naming
   the file when an epoch's metrics (which Orbax reads on creation) are damaged."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True)
   handlers = {name: ocp.StandardCheckpointHandler() for name in _ARRAY_ITEMS}
   handlers["metrics"] = ocp.JsonCheckpointHandler()
   try:
-    return ocp.CheckpointManager(os.path.join(expert_dir(workdir, expert), "ckpt"),
-                                 options=options, item_handlers=handlers)
+    return workdir_lib.checkpoint_manager(workdir_lib.expert_dir(workdir, expert), max_to_keep=None,
+                                          item_handlers=handlers)
   except Exception:
     _check_metrics(workdir, expert)  # Names a damaged file; else the error is Orbax's.
     raise
@@ -103,12 +92,13 @@ def _restore_item(mngr: ocp.CheckpointManager, epoch: int, name: str):
 
 def write_manifest(workdir: str, expert: int, manifest: dict) -> None:
   """Writes the manifest atomically (process 0 only)."""
-  jsonfile.write(os.path.join(expert_dir(workdir, expert), MANIFEST), manifest)
+  jsonfile.write(os.path.join(workdir_lib.expert_dir(workdir, expert), workdir_lib.MANIFEST),
+                 manifest)
 
 
 def read_manifest(workdir: str, expert: int) -> dict | None:
   """The expert's manifest, or None if it has not started."""
-  path = os.path.join(expert_dir(workdir, expert), MANIFEST)
+  path = os.path.join(workdir_lib.expert_dir(workdir, expert), workdir_lib.MANIFEST)
   if not os.path.exists(path):
     return None
   return jsonfile.read(path)
@@ -120,14 +110,14 @@ def check_settings(config: ml_collections.ConfigDict, workdir: str, expert: int)
   if manifest is None:
     return
   provenance.check(manifest.get("settings", {}), provenance.settings(config, "experts"),
-                   expert_dir(workdir, expert),
+                   workdir_lib.expert_dir(workdir, expert),
                    "use a new workdir, or delete its experts/ folder to train anew.")
 
 
 def saved_epochs(workdir: str, expert: int) -> list[int]:
   """The epochs whose checkpoint folder exists, sorted (Orbax's temporary
   folders of an interrupted save are not epochs)."""
-  path = os.path.join(expert_dir(workdir, expert), "ckpt")
+  path = os.path.join(workdir_lib.expert_dir(workdir, expert), "ckpt")
   return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
 
 
@@ -165,7 +155,7 @@ def load_params(workdir: str, expert: int, epoch: int) -> dict:
   checked against the checksum recorded when they were saved."""
   with checkpoint_manager(workdir, expert) as mngr:
     if epoch not in mngr.all_steps():
-      raise FileNotFoundError(f"{expert_dir(workdir, expert)} has no epoch {epoch}; "
+      raise FileNotFoundError(f"{workdir_lib.expert_dir(workdir, expert)} has no epoch {epoch}; "
                               f"saved epochs: {sorted(mngr.all_steps())}. Rerun "
                               "--config.stage=experts: it trains that expert again from "
                               "the epoch before.")
@@ -173,8 +163,8 @@ def load_params(workdir: str, expert: int, epoch: int) -> dict:
   recorded = [h.get("params_sha256") for h in (read_manifest(workdir, expert) or {}).get(
       "history", []) if h["epoch"] == epoch]
   if not recorded or checksums.tree_sha256(params) != recorded[0]:
-    raise ValueError(f"{expert_dir(workdir, expert)}/ckpt/{epoch}: the parameters do not "
-                     "match the checksum recorded when they were saved (a damaged file). "
+    raise ValueError(f"{workdir_lib.expert_dir(workdir, expert)}/ckpt/{epoch}: the parameters "
+                     "do not match the checksum recorded when they were saved (a damaged file). "
                      f"{RETRAIN_EPOCH}")
   return params
 
@@ -190,7 +180,7 @@ def load_frozen(workdir: str, expert: int) -> dict:
   if (read_manifest(workdir, expert) or {}).get("model", {}).get("trainable") == "all":
     return {}
   raise FileNotFoundError(
-      f"{expert_dir(workdir, expert)}/ckpt/0/frozen is missing: this expert froze a "
+      f"{workdir_lib.expert_dir(workdir, expert)}/ckpt/0/frozen is missing: this expert froze a "
       "backbone (model.trainable is not 'all') and saved it there. Delete that epoch's "
       "folder and rerun --config.stage=experts: it trains that expert again.")
 
@@ -199,7 +189,7 @@ def load_correct(workdir: str, expert: int) -> np.ndarray:
   """int8 [epochs, N]: per training pair and epoch, found (1), missed (0), unseen (-1)."""
   epochs = saved_epochs(workdir, expert)[1:]
   if epochs != list(range(1, len(epochs) + 1)):
-    raise FileNotFoundError(f"{expert_dir(workdir, expert)}/ckpt misses epochs: it has "
+    raise FileNotFoundError(f"{workdir_lib.expert_dir(workdir, expert)}/ckpt misses epochs: it has "
                             f"{epochs}. Rerun --config.stage=experts to train them again.")
   with checkpoint_manager(workdir, expert) as mngr:
     return np.stack([np.asarray(_restore_item(mngr, s, "correct")) for s in epochs])

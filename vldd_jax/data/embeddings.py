@@ -13,9 +13,8 @@ from absl import logging
 from vldd_jax import jsonfile
 from vldd_jax.text import TextEncoder
 
+# An entry's name; `cache_paths` makes the files `workdir_lib.CAPTION_ENTRY`.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# The file names `cache_paths` gives an entry (a regex, matched whole).
-ENTRY = r"[A-Za-z0-9][A-Za-z0-9_.-]*-[0-9a-f]{16}\.(npy|json)"
 
 
 def texts_digest(texts: Sequence[str]) -> str:

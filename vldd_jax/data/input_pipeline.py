@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from vldd_jax import text
+from vldd_jax import workdir_lib
 from vldd_jax.data import embeddings
 from vldd_jax.data import karpathy
 from vldd_jax.data import shapes
@@ -47,7 +48,7 @@ class Split:
 
 def data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Where TFDS data and the embedding cache live: config or <workdir>/tfds."""
-  return config.data.data_dir or os.path.join(workdir, "tfds")
+  return config.data.data_dir or os.path.join(workdir, workdir_lib.DATA)
 
 
 def builder(config: ml_collections.ConfigDict,
@@ -88,7 +89,7 @@ def caption_embeddings(config: ml_collections.ConfigDict, workdir: str,
   flat = [c for image_captions in captions for c in image_captions]
   emb = embeddings.encode_cached(
       encoder or text_encoder(config), flat,
-      cache_dir=os.path.join(data_dir(config, workdir), "caption_embeddings"),
+      cache_dir=os.path.join(data_dir(config, workdir), workdir_lib.CAPTION_CACHE),
       name=f"{ds_builder.name}-{ds_builder.builder_config.name}-{split}",
       batch_size=config.text.batch_size)
   return emb.reshape(len(captions), len(captions[0]), -1)

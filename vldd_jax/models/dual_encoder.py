@@ -1,5 +1,6 @@
 """Dual encoder: image tower + heads over precomputed frozen text embeddings."""
 import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -10,32 +11,8 @@ import numpy as np
 from vldd_jax.models import convnet, vit
 from vldd_jax.models.lora import LoRASpec
 
-TOWERS = ("vit", "convnet")
 IMAGE_HEADS = ("linear", "none")
-TEXT_HEADS = ("paper", "linear")
 TRAINABLE_MODES = ("lora+heads", "heads", "all")
-
-
-def default_model_config() -> ml_collections.ConfigDict:
-  """The tiny CPU default: a ViT on 32x32 images with 16 tokens, rank-4 LoRA."""
-  return ml_collections.ConfigDict(dict(
-      tower="vit",  # "vit" | "convnet".
-      vit=dict(patch=8, width=64, depth=2, heads=4, mlp_dim=256,
-               pool="gap",  # "gap" | "cls" (CLS token, as Hugging Face ViT).
-               ln_eps=1e-6),
-      convnet=dict(depth=3, width=128, pool="flatten"),  # pool: "flatten" | "gap".
-      lora=dict(rank=4, alpha=4.0, targets=vit.LORA_TARGETS),  # rank 0: no LoRA.
-      image_head="linear",  # "none": tower features are the image embedding.
-      embed_dim=64,
-      text_head="paper",  # "paper" (MLP block + residual + LayerNorm) | "linear".
-      dropout=0.1,  # In the paper's text head.
-      temperature=0.07,  # logit scale = 1 / temperature.
-      learn_temperature=False,
-      trainable="lora+heads",  # "lora+heads" | "heads" | "all".
-      # Tower weights: "pretrain" (the workdir's pretrain stage), "scratch", or
-      # a Hugging Face ViT folder / .safetensors file (see hf_vit_config).
-      backbone="pretrain",
-  ))
 
 
 class PaperTextHead(nn.Module):
@@ -68,6 +45,30 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
 
 
+# The text heads `model.text_head` names, made from the model config.
+TEXT_HEADS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
+    "paper": lambda config: PaperTextHead(config.embed_dim, config.dropout),
+    "linear": lambda config: LinearTextHead(config.embed_dim),
+}
+
+
+def _vit(config: ml_collections.ConfigDict) -> nn.Module:
+  lora = LoRASpec.create(config.lora.rank, config.lora.alpha, config.lora.targets,
+                         vit.LORA_TARGETS)
+  return vit.ViT(config.vit.patch, config.vit.width, config.vit.depth, config.vit.heads,
+                 config.vit.mlp_dim, pool=config.vit.pool, ln_eps=config.vit.ln_eps,
+                 lora=lora)
+
+
+def _convnet(config: ml_collections.ConfigDict) -> nn.Module:
+  return convnet.ConvNet(config.convnet.depth, config.convnet.width, config.convnet.pool)
+
+
+# The image towers `model.tower` names, made from the model config.
+TOWERS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
+    "vit": _vit, "convnet": _convnet}
+
+
 class DualEncoder(nn.Module):
   """Image tower `img` + `img_head`, text head `txt_head`, and the logit scale.
 
@@ -75,20 +76,15 @@ class DualEncoder(nn.Module):
   `log_scale` (log of 1 / temperature).
   """
   img: nn.Module
+  txt_head: nn.Module
   embed_dim: int
   image_head: str = "linear"
-  text_head: str = "paper"
-  dropout: float = 0.1
   temperature: float = 0.07
   learn_temperature: bool = False
 
   def setup(self):
     if self.image_head == "linear":
       self.img_head = nn.Dense(self.embed_dim)
-    if self.text_head == "paper":
-      self.txt_head = PaperTextHead(self.embed_dim, self.dropout)
-    else:
-      self.txt_head = LinearTextHead(self.embed_dim)
     if self.learn_temperature:
       self.log_scale = self.param(
           "log_scale", nn.initializers.constant(-np.log(self.temperature)), ())
@@ -127,30 +123,26 @@ class DualEncoder(nn.Module):
             self.embed_texts(text_emb, train=train), self.logit_scale())
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-  if value not in choices:
-    raise ValueError(f"model.{name}={value!r}; expected one of {choices}.")
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises naming the first `model.*` choice no registry or list holds."""
+  choices = {"tower": tuple(TOWERS), "image_head": IMAGE_HEADS,
+             "text_head": tuple(TEXT_HEADS), "trainable": TRAINABLE_MODES,
+             "vit.pool": vit.POOLS, "convnet.pool": convnet.POOLS}
+  for name, allowed in choices.items():
+    value = config
+    for part in name.split("."):
+      value = value[part]
+    if value not in allowed:
+      raise ValueError(f"model.{name}={value!r}; expected one of {allowed}.")
+  LoRASpec.create(config.lora.rank, config.lora.alpha, config.lora.targets,
+                  vit.LORA_TARGETS)
 
 
 def build_model(config: ml_collections.ConfigDict) -> DualEncoder:
-  """Builds the dual encoder described by a `default_model_config()`-like config."""
-  _check_choice("tower", config.tower, TOWERS)
-  _check_choice("image_head", config.image_head, IMAGE_HEADS)
-  _check_choice("text_head", config.text_head, TEXT_HEADS)
-  _check_choice("trainable", config.trainable, TRAINABLE_MODES)
-  if config.tower == "vit":
-    _check_choice("vit.pool", config.vit.pool, vit.POOLS)
-    lora = LoRASpec.create(config.lora.rank, config.lora.alpha, config.lora.targets,
-                           vit.LORA_TARGETS)
-    tower = vit.ViT(config.vit.patch, config.vit.width, config.vit.depth,
-                    config.vit.heads, config.vit.mlp_dim, pool=config.vit.pool,
-                    ln_eps=config.vit.ln_eps, lora=lora)
-  else:
-    _check_choice("convnet.pool", config.convnet.pool, convnet.POOLS)
-    tower = convnet.ConvNet(config.convnet.depth, config.convnet.width,
-                            config.convnet.pool)
-  return DualEncoder(tower, config.embed_dim, image_head=config.image_head,
-                     text_head=config.text_head, dropout=config.dropout,
+  """Builds the dual encoder that `config_lib.model_config()`-like `config` describes."""
+  check_config(config)
+  return DualEncoder(TOWERS[config.tower](config), TEXT_HEADS[config.text_head](config),
+                     config.embed_dim, image_head=config.image_head,
                      temperature=config.temperature,
                      learn_temperature=config.learn_temperature)
 

@@ -1,17 +1,13 @@
 """Loads Hugging Face `ViTModel` safetensors into our ViT's parameters (pool="cls")."""
-import json
 import os
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import safetensors.numpy
 from flax import traverse_util
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-_REQUIRED_CONFIG = ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "intermediate_size", "patch_size", "image_size")
+from vldd_jax import hf_checkpoint
+
 # Our sub-module path -> HF module name inside `encoder.layer.{i}`.
 _LAYER_MODULES = {
     "ln_before": "layernorm_before",
@@ -23,52 +19,6 @@ _LAYER_MODULES = {
     "mlp/fc1": "intermediate.dense",
     "mlp/fc2": "output.dense",
 }
-
-
-def _paths(path: str) -> tuple[str, str]:
-  """(weights file, config file) for a folder or a .safetensors file."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"Hugging Face ViT not found: {path} (a folder with "
-                            f"{WEIGHTS_FILE} and {CONFIG_FILE}, or a .safetensors file "
-                            f"with {CONFIG_FILE} beside it).")
-  if os.path.isdir(path):
-    return os.path.join(path, WEIGHTS_FILE), os.path.join(path, CONFIG_FILE)
-  return path, os.path.join(os.path.dirname(path), CONFIG_FILE)
-
-
-def _read_config(path: str) -> dict:
-  _, config_file = _paths(path)
-  if not os.path.isfile(config_file):
-    raise FileNotFoundError(f"HF ViT config not found: {config_file} (it must sit next "
-                            "to the safetensors file).")
-  try:
-    with open(config_file, encoding="utf-8") as f:
-      raw = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{config_file} is not valid JSON ({e}): not a Hugging Face "
-                     "ViT config.") from e
-  if not isinstance(raw, dict):
-    raise ValueError(f"{config_file} holds a {type(raw).__name__}, expected a JSON object.")
-  absent = [k for k in _REQUIRED_CONFIG if k not in raw]
-  if absent:
-    raise ValueError(f"{config_file}: missing keys {absent}")
-  act = raw.get("hidden_act", "gelu")
-  if act != "gelu":
-    raise ValueError(f"{config_file}: hidden_act {act!r} is not supported (only 'gelu').")
-  return raw
-
-
-def hf_vit_config(path: str) -> ml_collections.ConfigDict:
-  """The `model.vit` fields that match a HF ViT checkpoint (folder or .safetensors).
-
-  The checkpoint's `image_size` (in `config.json`) fixes the position
-  embeddings: build the model for images of that size.
-  """
-  raw = _read_config(path)
-  return ml_collections.ConfigDict(dict(
-      patch=raw["patch_size"], width=raw["hidden_size"], depth=raw["num_hidden_layers"],
-      heads=raw["num_attention_heads"], mlp_dim=raw["intermediate_size"], pool="cls",
-      ln_eps=raw.get("layer_norm_eps", 1e-12)))
 
 
 def _expected(raw: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -122,7 +72,7 @@ def load_hf_vit(path: str, target: dict | None = None) -> dict:
       file with `config.json` beside it. Keys may carry a `vit.` prefix; pooler
       and classifier weights are ignored.
     target: optional ViT params (e.g. `params["img"]` of a model built from
-      `hf_vit_config(path)`); the loaded weights replace its base leaves, and
+      `hf_checkpoint.vit_config(path)`); the loaded weights replace its base leaves, and
       its LoRA factors are kept.
 
   Returns:
@@ -132,11 +82,11 @@ def load_hf_vit(path: str, target: dict | None = None) -> dict:
     ValueError: naming every missing key, or every tensor whose shape differs
       from config.json or from `target`.
   """
-  weights_file, _ = _paths(path)
-  raw = _read_config(path)
+  weights_file, _ = hf_checkpoint.paths(path)
+  raw = hf_checkpoint.read_config(path)
   if not os.path.isfile(weights_file):
     raise FileNotFoundError(f"{weights_file} not found (a Hugging Face ViT folder needs "
-                            f"{WEIGHTS_FILE} beside {CONFIG_FILE}).")
+                            f"{hf_checkpoint.WEIGHTS_FILE} beside {hf_checkpoint.CONFIG_FILE}).")
   try:
     tensors = safetensors.numpy.load_file(weights_file)
   except Exception as e:  # SafetensorError names neither the file nor the cause.
@@ -155,7 +105,7 @@ def load_hf_vit(path: str, target: dict | None = None) -> dict:
   bad = [f"{key} is {tuple(tensors[key].shape)}, expected {shape}"
          for key, shape in expected.values() if tensors[key].shape != shape]
   if bad:
-    raise ValueError(f"{weights_file}: shapes differ from {CONFIG_FILE}: " + "; ".join(bad))
+    raise ValueError(f"{weights_file}: shapes differ from {hf_checkpoint.CONFIG_FILE}: " + "; ".join(bad))
   not_finite = [key for key, _ in expected.values()
                 if not np.isfinite(np.asarray(tensors[key], np.float32)).all()]
   if not_finite:
@@ -174,7 +124,7 @@ def _graft(loaded: dict[str, np.ndarray], target: dict, image_size: int) -> dict
   absent = sorted(loaded.keys() - flat.keys())
   if absent:
     raise ValueError(f"target ViT has no leaves {absent} (a HF ViT needs pool='cls' and "
-                     "the depth in its config.json; see hf_vit_config).")
+                     "the depth in its config.json; see hf_checkpoint.vit_config).")
   unmatched = sorted(k for k in flat.keys() - loaded.keys()
                      if not k.endswith(("/lora_a", "/lora_b")))
   if unmatched:

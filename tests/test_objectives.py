@@ -1,5 +1,6 @@
-"""LoRS's low-rank S and weighted BCE (`distill.objective=lowrank`) against
-values computed by hand from the formulas (docs/lors_comparison.md):
+"""The objectives (`objectives.py`): LoRS's low-rank S and weighted BCE
+(`distill.objective=lowrank`) against values computed by hand from the
+formulas (docs/lors_comparison.md):
 
   S = diag(a) + (alpha / rank) L R^T,  a = 1, L ~ N(0, 1), R = 0 at init (S = I);
   WBCE = (mean of BCE over targets > 0.5 + mean of BCE over the rest) / 2,
@@ -200,3 +201,15 @@ def test_lowrank_learns_s_on_its_own_student_batch():
   assert _lowrank().student_batch(50) == 20
   assert _lowrank(similarity_batch_size=0).student_batch(50) == 50
   assert objectives.Plain().student_batch(50) == 50
+
+
+def test_the_moving_average_objective_never_blends_and_blend_keeps_repblends_alpha():
+  cfg = config_lib.small_data_distill_config()
+  cfg.objective = "ema"
+  ema = objectives.build(cfg)
+  assert (ema.ema_decay(), ema.blend_alpha(), ema.fields) == (0.97, 0.0, ("ema_decay",))
+  cfg.objective = "blend"
+  blend = objectives.build(cfg)
+  assert (blend.ema_decay(), blend.blend_alpha()) == (0.97, 1.0)
+  assert objectives.methods() == {"distilled": "plain", "distilled_lowrank": "lowrank",
+                                 "distilled_ema": "ema", "distilled_blend": "blend"}

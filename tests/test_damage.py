@@ -139,4 +139,5 @@ def test_a_full_disk_names_the_workdir_and_a_rerun_finishes(trained, tmp_path,
   monkeypatch.undo()
   stages.run(config, str(work))
   assert not (work / "distill" / "n8" / "distilled.npz.tmp").exists()
-  assert synthetic.read(str(work / "distill" / "n8" / workdir_lib.DISTILLED))["images"].shape[0] == 8
+  saved = synthetic.read(str(work / "distill" / "n8" / workdir_lib.DISTILLED))
+  assert saved["images"].shape[0] == 8

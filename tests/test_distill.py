@@ -181,7 +181,8 @@ def test_a_checkpoint_past_the_asked_iterations_is_refused(trained, data_dir, tm
   workdir = _copy_experts(trained, tmp_path, "past")
   out = workdir / "distill" / "n8"
   run_main(workdir, data_dir, "--config.stage=distill")
-  four = {name: (out / name).read_bytes() for name in (workdir_lib.SET_SETTINGS, workdir_lib.DISTILLED)}
+  four = {name: (out / name).read_bytes()
+          for name in (workdir_lib.SET_SETTINGS, workdir_lib.DISTILLED)}
   run_main(workdir, data_dir, "--config.stage=distill", "--config.distill.iterations=6")
   six = (out / workdir_lib.DISTILLED).read_bytes()
   for name, content in four.items():

@@ -26,7 +26,8 @@ def _flat(tree):
 
 def test_pretrain_saves_tower_that_experts_start_from(trained):
   config, workdir = trained
-  summary = json.load(open(os.path.join(workdir_lib.pretrain_dir(workdir), workdir_lib.PRETRAIN_SUMMARY)))
+  summary = json.load(open(os.path.join(workdir_lib.pretrain_dir(workdir),
+                                        workdir_lib.PRETRAIN_SUMMARY)))
   assert set(summary["held_out_accuracy"]) == set(pretrain.HEADS)
   loader = backbone.loader(config, workdir)
   for expert in range(config.experts.num_experts):

@@ -105,7 +105,8 @@ def load_hf_vit(path: str, target: dict | None = None) -> dict:
   bad = [f"{key} is {tuple(tensors[key].shape)}, expected {shape}"
          for key, shape in expected.values() if tensors[key].shape != shape]
   if bad:
-    raise ValueError(f"{weights_file}: shapes differ from {hf_checkpoint.CONFIG_FILE}: " + "; ".join(bad))
+    raise ValueError(f"{weights_file}: shapes differ from {hf_checkpoint.CONFIG_FILE}: "
+                     + "; ".join(bad))
   not_finite = [key for key, _ in expected.values()
                 if not np.isfinite(np.asarray(tensors[key], np.float32)).all()]
   if not_finite:

@@ -75,6 +75,13 @@ def _copy_experts(trained, tmp_path, name):
   return target
 
 
+def _distill_in(trained, workdir, **fields) -> None:
+  """Stage distill on `workdir` in this process, with `distill` fields changed."""
+  config = trained[0].copy_and_resolve_references()
+  config.distill.update(fields)
+  distill.run(config, str(workdir))
+
+
 def test_the_budget_rule_sets_the_meta_rates_distillation_uses(distilled, trained,
                                                                tmp_path):
   # 8 pairs over a reference of 2: the rule halves the set's meta rates
@@ -155,51 +162,50 @@ def test_a_second_process_reads_its_compilations_from_the_cache(trained, data_di
   np.testing.assert_array_equal(got["images"], want["images"])
 
 
-def test_non_finite_loss_stops_without_a_bad_checkpoint(trained, data_dir, tmp_path):
+def test_non_finite_loss_stops_without_a_bad_checkpoint(trained, tmp_path):
   workdir = _copy_experts(trained, tmp_path, "nan")
-  result = run_main(workdir, data_dir, "--config.stage=distill",
-                    "--config.distill.meta_lr_images=1e38", "--config.distill.meta_lr_text=1e38",
-                    "--config.distill.meta_lr_rates=1e38", check=False)
-  assert result.returncode != 0
-  assert "non-finite loss or gradient at iteration" in result.stderr
+  huge = dict(meta_lr_images=1e38, meta_lr_text=1e38, meta_lr_rates=1e38)
+  with pytest.raises(FloatingPointError, match="non-finite loss or gradient at "
+                                               "iteration") as stopped:
+    _distill_in(trained, workdir, **huge)
   out = workdir / "distill" / "n8"
   assert not (out / workdir_lib.DISTILLED).exists()
   saved = sorted(os.listdir(out / "ckpt")) if (out / "ckpt").exists() else []
   assert saved in ([], ["2"]), saved  # Nothing saved after the first bad iteration.
   if not saved:  # Nothing to resume: nothing blocks a corrected rerun either.
-    assert "no checkpoint was saved before it" in result.stderr
+    assert "no checkpoint was saved before it" in str(stopped.value)
     assert not (out / workdir_lib.SET_SETTINGS).exists()
-    run_main(workdir, data_dir, "--config.stage=distill")
+    _distill_in(trained, workdir)
     assert (out / workdir_lib.DISTILLED).exists()
   else:
-    assert f"the last good checkpoint ({out}/ckpt/2) is kept" in result.stderr
+    assert f"the last good checkpoint ({out}/ckpt/2) is kept" in str(stopped.value)
 
 
-def test_a_checkpoint_past_the_asked_iterations_is_refused(trained, data_dir, tmp_path):
+def test_a_checkpoint_past_the_asked_iterations_is_refused(trained, tmp_path, caplog):
   # A finished 4-iteration set, then a run to 6 killed after its last
   # checkpoint: settings.json and distilled.npz still say 4, ckpt/ holds 6.
   workdir = _copy_experts(trained, tmp_path, "past")
   out = workdir / "distill" / "n8"
-  run_main(workdir, data_dir, "--config.stage=distill")
+  _distill_in(trained, workdir)
   four = {name: (out / name).read_bytes()
           for name in (workdir_lib.SET_SETTINGS, workdir_lib.DISTILLED)}
-  run_main(workdir, data_dir, "--config.stage=distill", "--config.distill.iterations=6")
+  _distill_in(trained, workdir, iterations=6)
   six = (out / workdir_lib.DISTILLED).read_bytes()
   for name, content in four.items():
     (out / name).write_bytes(content)
-  result = run_main(workdir, data_dir, "--config.stage=distill",
-                    "--config.distill.iterations=5", check=False)
-  assert result.returncode != 0
-  assert re.search(r"n8/ckpt holds iteration 6, past distill.iterations=5", result.stderr)
+  with pytest.raises(ValueError, match=r"n8/ckpt holds iteration 6, past distill."
+                                       r"iterations=5"):
+    _distill_in(trained, workdir, iterations=5)
   assert (out / workdir_lib.DISTILLED).read_bytes() == four[workdir_lib.DISTILLED]  # Kept.
   # Killed between writing the 6-iteration set and its settings: settings.json
   # says 4, the file holds 6 iterations. It is not handed back as the 4-iteration set.
   (out / workdir_lib.DISTILLED).write_bytes(six)
-  result = run_main(workdir, data_dir, "--config.stage=distill", check=False)
-  assert result.returncode != 0
-  assert re.search(r"n8/distilled.npz holds a set distilled for 6 iterations, not the "
-                   r"4 asked.*n8/ckpt holds iteration 6, past distill.iterations=4",
-                   result.stderr, re.S)
+  with (caplog.at_level("WARNING"),
+        pytest.raises(ValueError, match=r"n8/ckpt holds iteration 6, past "
+                                        r"distill.iterations=4")):
+    _distill_in(trained, workdir)
+  assert re.search(r"n8/distilled.npz holds a set distilled for 6 iterations, not the 4 "
+                   "asked", caplog.text)
   assert (out / workdir_lib.DISTILLED).read_bytes() == six  # Kept.
 
 

@@ -172,7 +172,7 @@ MALFORMED = [
     ("provenance_a_list", _replace(provenance_json="[1, 2]"),
      r"provenance_json is a JSON list, expected an object"),
     ("unknown_objective", lambda a: _provenance(a, objective="magic"),
-     r"provenance_json.objective='magic', expected one of \['blend', 'lowrank', 'plain'\]"),
+     r"provenance_json.objective='magic', expected one of \['blend', 'ema', 'lowrank', 'plain'\]"),
     ("no_objective", lambda a: _provenance(a, objective=None),
      r"provenance_json.objective=None, expected one of"),
     ("no_distill", lambda a: _provenance(a, distill=None),

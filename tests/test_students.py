@@ -14,7 +14,8 @@ from vldd_jax import workdir_lib
 
 def test_cross_architecture_students_score_the_set_with_their_own_model(distilled):
   config, workdir = distilled
-  assert students.student_config(config) is config  # "same": the experts' model.
+  same = students.student_config(config)  # "same": the experts' model.
+  assert same.to_dict() == config.to_dict() and same is not config
   shapes = {}
   for name in ("heads", "lora8", "all", "convnet"):
     config_s = config.copy_and_resolve_references()

@@ -103,24 +103,25 @@ def test_the_budget_rule_sets_the_meta_rates_distillation_uses(distilled, traine
   assert got["image_change_rms"] < 0.75 * full
 
 
-def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path):
+def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path, caplog):
   # With a moving window (budget.py), whose draws depend on the iteration,
   # and the default start.
   flags = ("--config.stage=distill", "--config.distill.iterations=8",
            "--config.distill.max_start_epoch=1", "--config.distill.max_start_epoch_final=2",
            "--config.distill.init=easy_k_center")
-  # The uninterrupted reference runs in this process, with the same settings.
-  config = trained[0].copy_and_resolve_references()
-  config.distill.update(iterations=8, max_start_epoch=1, max_start_epoch_final=2,
-                        init="easy_k_center")
+  # The uninterrupted reference and the resumed runs run in this process, with
+  # the same settings; the killed ones are CLI children.
+  fields = dict(iterations=8, max_start_epoch=1, max_start_epoch_final=2,
+                init="easy_k_center")
   reference = _copy_experts(trained, tmp_path, "reference")
-  distill.run(config, str(reference))
+  _distill_in(trained, reference, **fields)
 
   killed = _copy_experts(trained, tmp_path, "killed")
   kill_when_exists(killed, data_dir, flags, killed / "distill" / "n8" / "ckpt" / "2")
   assert not (killed / "distill" / "n8" / workdir_lib.DISTILLED).exists()
-  result = run_main(killed, data_dir, *flags)
-  assert "Resuming distillation at iteration" in result.stderr
+  with caplog.at_level("INFO"):
+    _distill_in(trained, killed, **fields)
+  assert "Resuming distillation at iteration" in caplog.text
   want, got = (synthetic.load(str(w), 8) for w in (reference, killed))
   for key in ("images", "text_emb", "lr_image", "lr_text"):
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
@@ -136,8 +137,10 @@ def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path
                        r"/distill/n8/ckpt/(\d)", stderr).group(1))
   assert 2 <= done < 8 and (stopped / "distill" / "n8" / "ckpt" / str(done)).is_dir()
   assert not (stopped / "distill" / "n8" / workdir_lib.DISTILLED).exists()
-  result = run_main(stopped, data_dir, *flags)
-  assert f"Resuming distillation at iteration {done}" in result.stderr
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    _distill_in(trained, stopped, checkpoint_every=8, **fields)
+  assert f"Resuming distillation at iteration {done}" in caplog.text
   got = synthetic.load(str(stopped), 8)
   for key in ("images", "text_emb", "lr_image", "lr_text"):
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)

@@ -315,8 +315,8 @@ def test_first_order_gradient_is_exact_for_one_step_and_drops_cross_step_terms()
     apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float64)
     key = jax.random.key(6)
 
-    def grad(steps, first_order):
-      cfg = matching.UnrollConfig(syn_steps=steps, batch_size=4, augment=True,
+    def grad(steps, first_order):  # DSA off: the gradient through it is tested above.
+      cfg = matching.UnrollConfig(syn_steps=steps, batch_size=4, augment=False,
                                   first_order=first_order)
       loss = matching.make_matching_loss(apply_fn, trainable, cfg)
       return jax.jit(jax.grad(lambda s: loss(s, start, target, frozen, key)))(syn)
@@ -327,7 +327,7 @@ def test_first_order_gradient_is_exact_for_one_step_and_drops_cross_step_terms()
 
     # Three steps against the definition: with theta_i the unrolled parameters
     # and v = dL/dtheta_N, the gradient is sum_i d/dsyn <v, step_i(theta_i fixed, syn)>.
-    step = matching.make_student_step(apply_fn, trainable, objectives.Plain(), True)
+    step = matching.make_student_step(apply_fn, trainable, objectives.Plain(), False)
     k_batches, k_steps = jax.random.split(key)
     batches = matching.minibatch_indices(k_batches, syn["text_emb"].shape[0], 3, 4)
     keys = jax.random.split(k_steps, 3)

@@ -1,8 +1,8 @@
 """The budget rule (budget.py): window ranges per budget, growth, checks, rates."""
 import pytest
 
-from vldd_jax import config_lib
 from vldd_jax import budget
+from vldd_jax import config_lib
 
 
 def _distill(**fields):

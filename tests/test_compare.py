@@ -9,8 +9,8 @@ import pytest
 
 from vldd_jax import compare
 from vldd_jax import coreset
+from vldd_jax import distilled_set
 from vldd_jax import evaluate
-from vldd_jax import synthetic
 from vldd_jax import workdir_lib
 
 
@@ -53,7 +53,7 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, tmp_pat
   # the storage of 8 pairs; 3 pairs + S in that of 4.
   lowrank = {r["budget"]: r["pairs"] for r in rows if r["method"] == "distilled_lowrank"}
   assert lowrank == {4: 3, 8: 7}
-  assert synthetic.load(workdir, 7, "lowrank")["similarity"].shape == (7, 7)
+  assert distilled_set.load(workdir, 7, "lowrank")["similarity"].shape == (7, 7)
   assert all(r["seeds"] == config.evaluate.seeds for r in rows)
   assert os.path.exists(os.path.join(workdir, "distill", "n4", "distilled.npz"))
   with open(os.path.join(workdir, "compare.png"), "rb") as f:

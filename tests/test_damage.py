@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from vldd_jax import distill
+from vldd_jax import distilled_set
 from vldd_jax import experts
 from vldd_jax import stages
-from vldd_jax import synthetic
 from vldd_jax import trajectories
 from vldd_jax import workdir_lib
 
@@ -98,7 +98,7 @@ def test_a_damaged_distillation_checkpoint_is_named_and_the_one_before_resumes(
     _distill(config, work, 6)  # Goes on from the last checkpoint.
   shutil.rmtree(ckpt / "4")
   _distill(config, work, 6)
-  assert synthetic.load_distilled(str(work / "distill" / "n8" / workdir_lib.DISTILLED)
+  assert distilled_set.load_distilled(str(work / "distill" / "n8" / workdir_lib.DISTILLED)
                                   ).provenance["iterations"] == 6
 
 
@@ -139,5 +139,5 @@ def test_a_full_disk_names_the_workdir_and_a_rerun_finishes(trained, tmp_path,
   monkeypatch.undo()
   stages.run(config, str(work))
   assert not (work / "distill" / "n8" / "distilled.npz.tmp").exists()
-  saved = synthetic.read(str(work / "distill" / "n8" / workdir_lib.DISTILLED))
+  saved = distilled_set.read(str(work / "distill" / "n8" / workdir_lib.DISTILLED))
   assert saved["images"].shape[0] == 8

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vldd_jax import distill
-from vldd_jax import synthetic
+from vldd_jax import distilled_set
 from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
 
@@ -21,8 +21,8 @@ from conftest import ROOT, kill_when_exists, main_cmd, run_main, subprocess_env
 def test_distilled_outputs(distilled):
   config, workdir = distilled
   n = config.distill.num_pairs
-  out = synthetic.set_dir(workdir, n)
-  result = synthetic.load(workdir, n)
+  out = distilled_set.set_dir(workdir, n)
+  result = distilled_set.load(workdir, n)
   assert result["images"].shape == (n, 32, 32, 3) and result["images"].dtype == np.float32
   np.testing.assert_array_equal(result["images_uint8"], distill.to_uint8(result["images"]))
   assert result["text_emb"].shape == (n, 384)
@@ -44,7 +44,7 @@ def test_distilled_outputs(distilled):
 
 def test_rerun_with_other_settings_is_refused(distilled):
   config, workdir = distilled
-  out = synthetic.set_dir(workdir, config.distill.num_pairs)
+  out = distilled_set.set_dir(workdir, config.distill.num_pairs)
   with open(os.path.join(out, workdir_lib.SET_SETTINGS)) as f:
     assert json.load(f) == distill.settings(config, config.experts.num_experts)
   other = config.copy_and_resolve_references()
@@ -95,11 +95,11 @@ def test_the_budget_rule_sets_the_meta_rates_distillation_uses(distilled, traine
                         meta_lr_text=config.distill.meta_lr_text * 0.5)
   halved = _copy_experts(trained, tmp_path, "halved")
   distill.run(config, str(halved))
-  got, want = (synthetic.load(str(w), 8) for w in (ruled, halved))
+  got, want = (distilled_set.load(str(w), 8) for w in (ruled, halved))
   for key in ("images", "text_emb", "lr_image", "lr_text"):
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
   # The same run at the full rates (the module's set) moves the pixels further.
-  full = synthetic.load(distilled[1], 8)["image_change_rms"]
+  full = distilled_set.load(distilled[1], 8)["image_change_rms"]
   assert got["image_change_rms"] < 0.75 * full
 
 
@@ -122,7 +122,7 @@ def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path
   with caplog.at_level("INFO"):
     _distill_in(trained, killed, **fields)
   assert "Resuming distillation at iteration" in caplog.text
-  want, got = (synthetic.load(str(w), 8) for w in (reference, killed))
+  want, got = (distilled_set.load(str(w), 8) for w in (reference, killed))
   for key in ("images", "text_emb", "lr_image", "lr_text"):
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
@@ -141,7 +141,7 @@ def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path
   with caplog.at_level("INFO"):
     _distill_in(trained, stopped, checkpoint_every=8, **fields)
   assert f"Resuming distillation at iteration {done}" in caplog.text
-  got = synthetic.load(str(stopped), 8)
+  got = distilled_set.load(str(stopped), 8)
   for key in ("images", "text_emb", "lr_image", "lr_text"):
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
@@ -161,7 +161,7 @@ def test_a_second_process_reads_its_compilations_from_the_cache(trained, data_di
   assert len(entries[0]) >= 2  # At least the meta step and the student step.
   # The second process compiled (and so wrote) nothing: it read every entry.
   assert entries[1] == entries[0]
-  want, got = (synthetic.load(str(tmp_path / w), 8) for w in ("first", "second"))
+  want, got = (distilled_set.load(str(tmp_path / w), 8) for w in ("first", "second"))
   np.testing.assert_array_equal(got["images"], want["images"])
 
 
@@ -221,7 +221,7 @@ def four_devices(trained, data_dir, tmp_path_factory):
   """A workdir distilled by one process with 4 devices (meta batch 4)."""
   workdir = _copy_experts(trained, tmp_path_factory.mktemp("devices"), "four")
   run_main(workdir, data_dir, *_DEVICES_FLAGS, devices=4)
-  return synthetic.load(str(workdir), 8)
+  return distilled_set.load(str(workdir), 8)
 
 
 def _assert_same_set(got, want):
@@ -235,7 +235,7 @@ def test_one_and_four_devices_distill_the_same_set(trained, data_dir, tmp_path,
                                                    four_devices):
   one = _copy_experts(trained, tmp_path, "one")
   run_main(one, data_dir, *_DEVICES_FLAGS)
-  _assert_same_set(synthetic.load(str(one), 8), four_devices)
+  _assert_same_set(distilled_set.load(str(one), 8), four_devices)
 
 
 def test_two_processes_distill_the_set_of_one_process(trained, data_dir, tmp_path,
@@ -254,7 +254,7 @@ def test_two_processes_distill_the_set_of_one_process(trained, data_dir, tmp_pat
   errors = [p.communicate(timeout=600)[1] for p in procs]
   for p, err in zip(procs, errors):
     assert p.returncode == 0, err[-3000:]
-  _assert_same_set(synthetic.load(str(workdir), 8), four_devices)
+  _assert_same_set(distilled_set.load(str(workdir), 8), four_devices)
 
 
 def test_lowrank_distillation_learns_s_and_resumes_with_it(trained, tmp_path):
@@ -268,7 +268,7 @@ def test_lowrank_distillation_learns_s_and_resumes_with_it(trained, tmp_path):
   distill.run(half, str(resumed))
   # More iterations than a finished set had: it goes on from its last checkpoint.
   distill.run(config, str(resumed))
-  want, got = (synthetic.load(str(w), 8, "lowrank") for w in (straight, resumed))
+  want, got = (distilled_set.load(str(w), 8, "lowrank") for w in (straight, resumed))
   for key in ("images", "text_emb", "lr_image", "lr_text", "similarity"):
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
   assert want["similarity"].shape == (8, 8)
@@ -290,12 +290,12 @@ def test_a_damaged_set_is_reported_and_written_again(trained, tmp_path):
   workdir = _copy_experts(trained, tmp_path, "damaged")
   distill.run(config, str(workdir))
   path = workdir / "distill" / "n8" / workdir_lib.DISTILLED
-  good = synthetic.read(str(path))
+  good = distilled_set.read(str(path))
   path.write_bytes(path.read_bytes()[:100])  # Truncated, as by a full disk.
   with pytest.raises(ValueError, match=r"n8/distilled.npz is damaged \(BadZipFile"):
-    synthetic.read(str(path))
+    distilled_set.read(str(path))
   distill.run(config, str(workdir))  # Rewritten from the last checkpoint.
-  for key, value in synthetic.read(str(path)).items():
+  for key, value in distilled_set.read(str(path)).items():
     np.testing.assert_array_equal(value, good[key], err_msg=key)
 
 

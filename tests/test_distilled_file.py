@@ -16,9 +16,9 @@ import pytest
 
 import vldd_jax
 from vldd_jax import checksums
+from vldd_jax import distilled_set
 from vldd_jax import evaluate
 from vldd_jax import objectives
-from vldd_jax import synthetic
 from vldd_jax import text
 from vldd_jax import workdir_lib
 
@@ -46,7 +46,7 @@ def _arrays(objective: str = "plain", similarity_loss: str = "wbce", n: int = N,
                 lr_image=np.float32(0.01), lr_text=np.float32(0.02),
                 init_rows=np.arange(n), nearest_caption=np.asarray([f"c{i}" for i in range(n)]),
                 nearest_cosine=np.full(n, 0.5, np.float32), image_change_rms=np.float32(0.1),
-                format_version=synthetic.FORMAT_VERSION,
+                format_version=distilled_set.FORMAT_VERSION,
                 provenance_json=json.dumps(provenance))
   if objective == "lowrank":
     arrays["similarity"] = np.eye(n, dtype=np.float32)
@@ -86,7 +86,7 @@ def _add_member(path: str, name: str, shape: tuple, dtype, data_bytes: int) -> N
 def test_a_valid_set_loads_every_field(tmp_path, objective, similarity_loss, compressed):
   arrays = _arrays(objective, similarity_loss)
   path = _write(tmp_path / "set.npz", arrays, compressed)
-  loaded = synthetic.load_distilled(path)
+  loaded = distilled_set.load_distilled(path)
   assert len(loaded) == N and loaded.objective == objective and loaded.lr_text == np.float32(0.02)
   assert sorted(loaded.arrays) == sorted(arrays)
   for key, value in arrays.items():
@@ -94,8 +94,8 @@ def test_a_valid_set_loads_every_field(tmp_path, objective, similarity_loss, com
   # A file without a format version or provenance is not a set vldd_jax wrote.
   for field in ("format_version", "provenance_json"):
     other = {k: v for k, v in arrays.items() if k != field}
-    with pytest.raises(synthetic.DistilledFileError, match=f"old.npz: no {field}"):
-      synthetic.load_distilled(_write(tmp_path / "old.npz", other))
+    with pytest.raises(distilled_set.DistilledFileError, match=f"old.npz: no {field}"):
+      distilled_set.load_distilled(_write(tmp_path / "old.npz", other))
 
 
 @pytest.mark.parametrize("similarity_loss", ["wbce", "sigmoid"])
@@ -200,12 +200,12 @@ MALFORMED = [
 def test_a_malformed_set_is_refused_naming_the_file_and_field(tmp_path, case, breaks,
                                                               message):
   path = _write(tmp_path / f"{case}.npz", breaks(_arrays()))
-  for reader in (synthetic.read, synthetic.load_distilled):
+  for reader in (distilled_set.read, distilled_set.load_distilled):
     with pytest.raises(ValueError) as error:
       reader(path)
     assert str(error.value).startswith(f"{path}: "), str(error.value)
     assert error.match(message)
-    assert isinstance(error.value, synthetic.DistilledFileError)
+    assert isinstance(error.value, distilled_set.DistilledFileError)
     # Not a workdir's own set: nothing to rerun, nothing to delete.
     assert "rerun" not in str(error.value).lower()
     assert "delete" not in str(error.value) and "remove" not in str(error.value)
@@ -217,25 +217,25 @@ def test_a_malformed_set_in_a_workdir_says_to_rerun_distill(tmp_path):
   path = _write(folder / workdir_lib.DISTILLED, _arrays(objective="lowrank") | {"lr_text": -1.0})
   with pytest.raises(ValueError,
                      match=r"lr_text=-1.0, expected a learned rate > 0. Rerun stage distill"):
-    synthetic.load(str(tmp_path / "work"), 8, "lowrank")
+    distilled_set.load(str(tmp_path / "work"), 8, "lowrank")
   with open(path, "r+b") as f:
     f.truncate(200)  # As by a full disk.
   with pytest.raises(ValueError,
                      match=r"n8_lowrank/distilled.npz is damaged \(BadZipFile.*Rerun stage "
                            r"distill with the same settings"):
-    synthetic.read(path)
+    distilled_set.read(path)
 
 
 def test_a_missing_path_a_folder_and_a_damaged_copy_each_say_what_they_are(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"nothing.npz not found: no distilled set"):
-    synthetic.load_distilled(str(tmp_path / "nothing.npz"))
+    distilled_set.load_distilled(str(tmp_path / "nothing.npz"))
   with pytest.raises(IsADirectoryError, match=r"is a directory, not a distilled set file"):
-    synthetic.load_distilled(str(tmp_path))
+    distilled_set.load_distilled(str(tmp_path))
   path = _write(tmp_path / "copy.npz", _arrays())
   with open(path, "r+b") as f:
     f.truncate(300)
   with pytest.raises(ValueError) as error:
-    synthetic.load_distilled(path)
+    distilled_set.load_distilled(path)
   assert error.match(r"copy.npz is damaged \(BadZipFile.*\). Copy it again from the "
                      r"workdir that made it")
   assert "rerun" not in str(error.value).lower()
@@ -256,7 +256,7 @@ def test_a_member_is_refused_by_its_declared_size_before_it_is_decompressed(tmp_
     tracemalloc.start()
     try:
       with pytest.raises(ValueError, match=message):
-        synthetic.load_distilled(path)
+        distilled_set.load_distilled(path)
       peak = tracemalloc.get_traced_memory()[1]
     finally:
       tracemalloc.stop()
@@ -271,33 +271,33 @@ def test_a_member_larger_or_smaller_than_its_header_says_is_refused(tmp_path, da
                      match=rf"{path}: nearest_cosine declares {128 + data_bytes} bytes "
                            r"uncompressed, but its header's shape \(8,\) and dtype float32 "
                            r"make 160"):
-    synthetic.load_distilled(path)
+    distilled_set.load_distilled(path)
 
 
 def test_a_member_over_the_size_limit_is_refused(tmp_path, monkeypatch):
   path = _write(tmp_path / "set.npz", _arrays())
-  monkeypatch.setattr(synthetic, "MAX_MEMBER_BYTES", 1000)
+  monkeypatch.setattr(distilled_set, "MAX_MEMBER_BYTES", 1000)
   with pytest.raises(ValueError,
                      match=r"images declares 1536 bytes uncompressed \(shape \(8, 4, 4, 3\), "
                            r"dtype float32\), over the limit of 1000"):
-    synthetic.load_distilled(path)
+    distilled_set.load_distilled(path)
 
 
 def test_evaluation_names_missing_provenance_and_a_foreign_text_width(tmp_path):
   config = tiny_config(str(tmp_path))
   no_text = _write(tmp_path / "no_text.npz", _provenance(_arrays(), text={}))
-  distilled = synthetic.load_distilled(no_text)
+  distilled = distilled_set.load_distilled(no_text)
+  ours = text.fingerprint(None, config.text.pooling, config.text.max_length)
   with pytest.raises(ValueError,
                      match=r"no_text.npz: provenance_json has no text.fingerprint"):
-    evaluate.check_compatible(distilled, config, no_text)
+    distilled.check_compatible(config, no_text, ours)
   size = config.data.image_size
   made = _provenance(_arrays(size=size), image={"size": size}, text={
-      "fingerprint": evaluate.text.fingerprint(None, config.text.pooling,
-                                               config.text.max_length),
+      "fingerprint": ours,
       "folder": "encoder", "pooling": config.text.pooling,
       "max_length": config.text.max_length})
   path = _write(tmp_path / "narrow.npz", made)
-  evaluate.check_compatible(synthetic.load_distilled(path), config, path)
+  distilled_set.load_distilled(path).check_compatible(config, path, ours)
   with pytest.raises(ValueError, match=r"narrow.npz: text_emb of width 6, but this data's "
                                        r"text embeddings have width 384"):
     evaluate.file_pairs(config, path, 384)
@@ -337,7 +337,19 @@ def test_export_never_mixes_two_sets_and_repeats_as_a_no_op(tmp_path):
   assert export.export(first, out) == folder and _files(folder) == written
   assert sorted(os.listdir(os.path.dirname(folder))) == ["1.0.0"]
   sidecar = json.load(open(os.path.join(folder, export.SIDECAR)))
-  assert sidecar["source_sha256"] == checksums.file_sha256(first) and sidecar["loss_bias"] == -10
+  assert sidecar["source_sha256"] == checksums.file_sha256(first)
+  assert sidecar["learned"] == {"loss_bias": -10.0}  # What the objective exported.
+
+
+def test_a_learned_similarity_exports_one_row_of_s_per_pair(tmp_path):
+  from vldd_jax import export
+  import tensorflow_datasets as tfds
+  arrays = _arrays("lowrank", "sigmoid")
+  arrays["similarity"] = np.random.default_rng(3).normal(size=(N, N)).astype(np.float32)
+  folder = export.export(_write(tmp_path / "set.npz", arrays), str(tmp_path / "out"))
+  source = tfds.builder_from_directory(folder).as_data_source()["train"]
+  rows = np.stack([example["similarity"] for example in source.__getitems__(range(N))])
+  np.testing.assert_array_equal(rows, arrays["similarity"])  # Row i of S: [image i, texts].
 
 
 def test_a_killed_export_leaves_nothing_that_blocks_a_rerun(tmp_path):
@@ -370,13 +382,13 @@ def test_a_killed_export_leaves_nothing_that_blocks_a_rerun(tmp_path):
 
 def test_a_distilled_file_round_trips_with_its_provenance(distilled, tmp_path):
   config, workdir = distilled
-  path = os.path.join(synthetic.set_dir(workdir, 8), workdir_lib.DISTILLED)
+  path = os.path.join(distilled_set.set_dir(workdir, 8), workdir_lib.DISTILLED)
   loaded = vldd_jax.load_distilled(path)
   raw = np.load(path)
   for key in raw.files:  # Every field, bitwise.
     np.testing.assert_array_equal(loaded.arrays[key], raw[key], err_msg=key)
   np.testing.assert_array_equal(loaded.images, raw["images"])
-  assert loaded.format_version == synthetic.FORMAT_VERSION and len(loaded) == 8
+  assert loaded.format_version == distilled_set.FORMAT_VERSION and len(loaded) == 8
   assert loaded.lr_image == float(raw["lr_image"]) and loaded.objective == "plain"
   made = loaded.provenance
   assert made["text"]["fingerprint"] == text.fingerprint(None, config.text.pooling,
@@ -388,6 +400,6 @@ def test_a_distilled_file_round_trips_with_its_provenance(distilled, tmp_path):
   assert made["dataset"]["num_train"] == config.data.num_train
   assert np.isfinite(made["metrics"]["final_matching_loss"])
   newer = tmp_path / "newer.npz"
-  np.savez(newer, **{**raw, "format_version": synthetic.FORMAT_VERSION + 1})
+  np.savez(newer, **{**raw, "format_version": distilled_set.FORMAT_VERSION + 1})
   with pytest.raises(ValueError, match=r"format_version=2.*upgrade vldd_jax"):
     vldd_jax.load_distilled(str(newer))

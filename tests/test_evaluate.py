@@ -10,8 +10,8 @@ import pytest
 from vldd_jax import backbone
 from vldd_jax import checksums
 from vldd_jax import coreset
+from vldd_jax import distilled_set
 from vldd_jax import evaluate
-from vldd_jax import synthetic
 from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
 
@@ -33,7 +33,7 @@ def test_evaluation_is_deterministic_and_reports_as_asked(distilled):
   config, workdir = distilled
   test = input_pipeline.load_split(config, workdir, "test")
   val = input_pipeline.load_split(config, workdir, "val")
-  data = synthetic.load(workdir, 8)
+  data = distilled_set.load(workdir, 8)
   pairs = evaluate.Pairs(data["images"], data["text_emb"], 0.1, 0.1)
   run = lambda cfg, seed: evaluate.train_and_evaluate(
       cfg, pairs, seed=seed, tower=evaluate.student_tower(cfg, workdir), test=test, val=val)
@@ -51,7 +51,7 @@ def test_evaluation_is_deterministic_and_reports_as_asked(distilled):
 def test_the_students_tower_is_read_once_for_every_row_and_seed(distilled, monkeypatch):
   config, workdir = distilled
   test = input_pipeline.load_split(config, workdir, "test")
-  data = synthetic.load(workdir, 8)
+  data = distilled_set.load(workdir, 8)
   pairs = evaluate.Pairs(data["images"], data["text_emb"], 0.1, 0.1)
   reads = []
   original = backbone.loader
@@ -73,7 +73,7 @@ def test_summarize_is_mean_and_population_std():
 def test_a_diverged_student_is_reported_without_losing_the_other_rows(distilled):
   config, workdir = distilled
   test = input_pipeline.load_split(config, workdir, "test")
-  data = synthetic.load(workdir, 8)
+  data = distilled_set.load(workdir, 8)
   rows = [evaluate.evaluate_pairs(config, workdir, name, evaluate.Pairs(
                data["images"], data["text_emb"], lr, lr), test, None)
           for name, lr in (("huge_lr", 1e30), ("sane_lr", 0.1))]
@@ -89,7 +89,7 @@ def test_a_diverged_student_is_reported_without_losing_the_other_rows(distilled)
 
 def test_a_saved_set_evaluates_in_another_workdir_as_in_its_own(distilled, tmp_path):
   config, workdir = distilled
-  path = os.path.join(synthetic.set_dir(workdir, 8), workdir_lib.DISTILLED)
+  path = os.path.join(distilled_set.set_dir(workdir, 8), workdir_lib.DISTILLED)
   train, test, _ = evaluate.load_splits(config, workdir)
   own = evaluate.method_row(config, workdir, "distilled", 8,
                             coreset.Selector(config, workdir, train), test, None)

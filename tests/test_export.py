@@ -5,14 +5,14 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vldd_jax import distilled_set
 from vldd_jax import export
-from vldd_jax import synthetic
 from vldd_jax import workdir_lib
 
 
 def test_a_set_exports_as_a_tfds_folder_that_reads_back_equal(distilled, tmp_path):
   _, workdir = distilled
-  path = os.path.join(synthetic.set_dir(workdir, 8), workdir_lib.DISTILLED)
+  path = os.path.join(distilled_set.set_dir(workdir, 8), workdir_lib.DISTILLED)
   folder = export.export(path, str(tmp_path / "tfds"))
   source = tfds.builder_from_directory(folder).as_data_source()["train"]
   raw = np.load(path)

@@ -93,12 +93,21 @@ def test_nonsense_settings_are_refused_before_anything_is_written(tmp_path, fiel
     ("distill.init", "kcenter", r"distill.init='kcenter': expected one of \('real', "
      r"'real_mean', 'noise', 'random', 'herding', 'k_center', 'forgetting', 'easy', "
      r"'easy_k_center'\)"),
-    ("evaluate.student", "vit", r"evaluate.student='vit': expected one of")])
+    ("evaluate.student", "vit", r"evaluate.student='vit': expected one of"),
+    ("distill.meta_optimizer", "adamw", r"distill.meta_optimizer='adamw': expected one "
+     r"of \('sgd', 'normalized', 'adam'\)"),
+    ("evaluate.split", "train", r"evaluate.split='train': expected one of \('test', "
+     r"'val'\)"),
+    ("evaluate.report", "best", r"evaluate.report='best'; expected one of"),
+    ("model.tower", "resnet", r"model.tower='resnet'; expected one of \('vit', "
+     r"'convnet'\)"),
+    ("model.text_head", "mlp", r"model.text_head='mlp'; expected one of"),
+    ("model.vit.pool", "max", r"model.vit.pool='max'; expected one of")])
 def test_an_unknown_name_is_refused_before_anything_is_written(tmp_path, field, value,
                                                               message):
   config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
-  section, name = field.split(".")
-  config[section][name] = value
+  section, _, name = field.rpartition(".")
+  config_lib.get_field(config, section)[name] = value
   with pytest.raises(ValueError, match=message):
     stages.run(config, str(tmp_path / "work"))
   assert not (tmp_path / "work").exists()

@@ -14,11 +14,11 @@ from vldd_jax import backbone
 from vldd_jax import compare
 from vldd_jax import config_lib
 from vldd_jax import coreset
+from vldd_jax import distilled_set
 from vldd_jax import evaluate
 from vldd_jax import losses
 from vldd_jax import objectives
 from vldd_jax import stages
-from vldd_jax import synthetic
 from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
 
@@ -28,7 +28,7 @@ STAGE_MODULES = ("vldd_jax.compare", "vldd_jax.distill", "vldd_jax.experts",
                  "vldd_jax.pretrain", "vldd_jax.stages", "vldd_jax.main",
                  "vldd_jax.data.prepare")
 LIBRARIES = ("backbone", "coreset", "losses", "matching", "objectives", "provenance",
-             "retrieval", "similarity", "synthetic", "trainer", "trajectories", "models")
+             "retrieval", "similarity", "distilled_set", "trainer", "trajectories", "models")
 
 
 def _imports(module: str) -> set[str]:
@@ -119,7 +119,7 @@ def test_a_new_objective_is_one_registered_class(trained, tmp_path, monkeypatch)
   config.compare.budgets = (8,)
   compare.run(config, str(work))
   # Distilled into its own folder, and both students trained with its loss.
-  assert synthetic.load(str(work), 8, "toy")["images"].shape[0] == 8
+  assert distilled_set.load(str(work), 8, "toy")["images"].shape[0] == 8
   assert _HalfTemperature.traced >= 2
   rows = json.load(open(work / workdir_lib.COMPARE_RESULT))["rows"]
   assert [r["method"] for r in rows] == ["distilled_toy"]

@@ -23,12 +23,12 @@ from absl import logging
 
 from vldd_jax import coreset
 from vldd_jax import distill
+from vldd_jax import distilled_set
 from vldd_jax import evaluate
 from vldd_jax import jsonfile
 from vldd_jax import objectives
 from vldd_jax import preemption
 from vldd_jax import provenance
-from vldd_jax import synthetic
 from vldd_jax import viz
 from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
@@ -96,7 +96,7 @@ def distill_sets(config: ml_collections.ConfigDict, workdir: str, budgets, metho
   (stage `distill` keeps finished ones)."""
   for budget in budgets:
     for method in methods:
-      spec = synthetic.SetSpec.of_row(config, method, budget, split)
+      spec = distilled_set.SetSpec.of_row(config, method, budget, split)
       if spec is not None:
         distill.run(spec.config(config), workdir)
 

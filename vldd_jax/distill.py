@@ -12,7 +12,7 @@ raising `iterations` goes on from the last checkpoint, finished or not.
 
 Outputs in `<workdir>/distill/n<N>/` (`n<N>_<objective>/` for objectives other
 than "plain", e.g. LoRS's learned similarity, `distill.objective="lowrank"`;
-`synthetic.py`): `distilled.npz`,
+`distilled_set.py`): `distilled.npz`,
 `settings.json`, `synthetic_grid.png` (images with the nearest real caption to
 their text), `matching_loss.png`.
 """
@@ -31,6 +31,7 @@ from flax import traverse_util
 from vldd_jax import budget
 from vldd_jax import checksums
 from vldd_jax import coreset
+from vldd_jax import distilled_set
 from vldd_jax import jsonfile
 from vldd_jax import matching
 from vldd_jax import metrics_log
@@ -38,7 +39,6 @@ from vldd_jax import objectives
 from vldd_jax import parallel
 from vldd_jax import preemption
 from vldd_jax import provenance
-from vldd_jax import synthetic
 from vldd_jax import text
 from vldd_jax import trainer
 from vldd_jax import trajectories
@@ -175,7 +175,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Distills `config.distill.num_pairs` pairs unless already done."""
   cfg = config.distill
   objective = objectives.build(cfg)
-  out = synthetic.set_dir(workdir, cfg.num_pairs, cfg.objective)
+  out = distilled_set.set_dir(workdir, cfg.num_pairs, cfg.objective)
   experts = trajectories.finished_experts(workdir, config)
   if cfg.num_experts > len(experts):
     raise ValueError(f"distill.num_experts={cfg.num_experts}, but "
@@ -189,7 +189,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   finished = os.path.exists(result)
   if finished and saved_iterations in (None, cfg.iterations):
     try:
-      made = synthetic.load_distilled(result).provenance.get("iterations")
+      made = distilled_set.load_distilled(result).provenance.get("iterations")
       if made == cfg.iterations:
         logging.info("Distilled set found: %s", result)
         return
@@ -340,7 +340,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 def provenance_record(config: ml_collections.ConfigDict, num_experts: int,
                       history: list[dict]) -> dict:
-  """What a distilled file records of how it was made (`synthetic.py`)."""
+  """What a distilled file records of how it was made (`distilled_set.py`)."""
   text_path = config.text.path or text.default_model_path()
   return {
       "objective": config.distill.objective,
@@ -379,7 +379,7 @@ def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.
                 lr_image=np.exp(syn["log_lr"][0]), lr_text=np.exp(syn["log_lr"][1]),
                 init_rows=rows, nearest_caption=np.asarray(nearest_captions),
                 nearest_cosine=cosine.max(axis=1), image_change_rms=image_change,
-                format_version=synthetic.FORMAT_VERSION,
+                format_version=distilled_set.FORMAT_VERSION,
                 provenance_json=json.dumps(provenance_json, default=str),
                 **objective.export(syn))
   viz.image_grid(images_uint8, nearest_captions, os.path.join(out, workdir_lib.SET_GRID))

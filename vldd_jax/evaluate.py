@@ -22,12 +22,12 @@ from absl import logging
 from vldd_jax import backbone
 from vldd_jax import checksums
 from vldd_jax import coreset
+from vldd_jax import distilled_set
 from vldd_jax import jsonfile
 from vldd_jax import objectives
 from vldd_jax import parallel
 from vldd_jax import retrieval
 from vldd_jax import students
-from vldd_jax import synthetic
 from vldd_jax import text
 from vldd_jax import trainer
 from vldd_jax import trajectories
@@ -207,13 +207,13 @@ def method_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
   """The pairs of a `method` row at `budget`: this workdir's distilled set (its
   learned rates and targets; it must exist: stage `distill`, or `compare` and
   `pipeline`, which make missing ones), or a coreset at `evaluate.lr`. `split`
-  sizes a pair (`synthetic.SetSpec`)."""
-  spec = synthetic.SetSpec.of_row(config, method, budget, split)
+  sizes a pair (`distilled_set.SetSpec`)."""
+  spec = distilled_set.SetSpec.of_row(config, method, budget, split)
   if spec is None:
     images, text_emb = selector.select(method, budget)
     return Pairs(images, text_emb, config.evaluate.lr, config.evaluate.lr)
   objective = objectives.build(spec.config(config).distill)
-  syn = synthetic.load(workdir, spec.num_pairs, spec.objective)
+  syn = distilled_set.load(workdir, spec.num_pairs, spec.objective)
   return Pairs(syn["images"], syn["text_emb"], float(syn["lr_image"]),
                float(syn["lr_text"]), objective, objective.eval_targets(syn))
 
@@ -223,8 +223,10 @@ def file_pairs(config: ml_collections.ConfigDict, path: str,
   """The pairs of a saved set of any workdir (`evaluate.distilled_path`), with
   its learned rates and its objective, checked against this config's data (and
   its text embeddings' width `text_dim`, when given)."""
-  distilled = synthetic.load_distilled(path)
-  check_compatible(distilled, config, path, text_dim)
+  distilled = distilled_set.load_distilled(path)
+  fingerprint = text.fingerprint(config.text.path or None, config.text.pooling,
+                                 config.text.max_length)
+  distilled.check_compatible(config, path, fingerprint, text_dim)
   objective = objectives.build(ml_collections.ConfigDict(distilled.provenance["distill"]))
   return Pairs(distilled.images, distilled.text_emb, distilled.lr_image,
                distilled.lr_text, objective, objective.eval_targets(distilled.arrays))
@@ -284,43 +286,6 @@ def load_splits(config: ml_collections.ConfigDict, workdir: str):
          if selects_on(cfg.report) == "val" else None)
   return (input_pipeline.load_split(config, workdir, "train"),
           input_pipeline.load_split(config, workdir, cfg.split), val)
-
-
-def _provenance_field(distilled: synthetic.DistilledSet, path: str, *keys: str):
-  """provenance[keys[0]][keys[1]]...; a clear error naming the field if absent."""
-  value = distilled.provenance
-  for key in keys:
-    if not isinstance(value, dict) or key not in value:
-      raise synthetic.DistilledFileError(
-          f"{path}: provenance_json has no {'.'.join(keys)}, so the set cannot be "
-          "checked against this config's data.")
-    value = value[key]
-  return value
-
-
-def check_compatible(distilled: synthetic.DistilledSet, config: ml_collections.ConfigDict,
-                     path: str, text_dim: int | None = None) -> None:
-  """Raises unless a saved set can be evaluated on this config's data: the same
-  text encoder (fingerprint), image size and, given `text_dim`, text width."""
-  made = {key: _provenance_field(distilled, path, "text", key)
-          for key in ("fingerprint", "folder", "pooling", "max_length")}
-  ours = text.fingerprint(config.text.path or None, config.text.pooling,
-                          config.text.max_length)
-  if made["fingerprint"] != ours:
-    raise ValueError(
-        f"{path}: provenance.text.fingerprint={made['fingerprint']} ({made['folder']}, "
-        f"pooling {made['pooling']}, max_length {made['max_length']}), but this config's "
-        f"text encoder has {ours} (text.path={config.text.path!r}, pooling "
-        f"{config.text.pooling}, max_length {config.text.max_length}): its text "
-        "embeddings would mean nothing to this data's captions.")
-  size = distilled.images.shape[1]
-  made_size = _provenance_field(distilled, path, "image", "size")
-  if size != config.data.image_size or made_size != size:
-    raise ValueError(f"{path}: images of {size} px (provenance.image.size="
-                     f"{made_size}), but data.image_size={config.data.image_size}.")
-  if text_dim is not None and distilled.text_emb.shape[1] != text_dim:
-    raise ValueError(f"{path}: text_emb of width {distilled.text_emb.shape[1]}, but this "
-                     f"data's text embeddings have width {text_dim}.")
 
 
 def file_row(config: ml_collections.ConfigDict, workdir: str, path: str,

@@ -21,10 +21,10 @@ from absl import logging
 from vldd_jax import backbone
 from vldd_jax import checksums
 from vldd_jax import metrics_log
+from vldd_jax import objectives
 from vldd_jax import parallel
 from vldd_jax import preemption
 from vldd_jax import provenance
-from vldd_jax import objectives
 from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax import workdir_lib

@@ -5,9 +5,11 @@
 writes `<out_dir>/distilled_pairs/n<N>/1.0.0/` (array_record files, no
 TensorFlow), one split `train` of N examples: `image` (float32 model space,
 (pixels / 255 - 0.5) / 0.5, the learned values), `image_uint8`, `text_emb`,
-`index`, and `similarity` (row i of S) when the set learned one. The learned
-student rates and the set's provenance are in the dataset's description and in
-`distilled.json` beside it, with the SHA-256 of the source file: exporting the
+`index`, and row i of each per-pair array its objective learned
+(`Objective.exported`: LoRS's `similarity`, S). The learned student rates, the
+objective's other learned values (e.g. `loss_bias`) and the set's provenance
+are in `distilled.json` beside it (the rates also in the dataset's
+description), with the SHA-256 of the source file: exporting the
 same file again is a no-op, and a folder made from another file is never
 overwritten. Read it back with
 
@@ -20,11 +22,13 @@ import shutil
 import sys
 from collections.abc import Iterator
 
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
 from vldd_jax import checksums
-from vldd_jax import synthetic
+from vldd_jax import distilled_set
+from vldd_jax import objectives
 
 SIDECAR = "distilled.json"
 
@@ -32,6 +36,18 @@ SIDECAR = "distilled.json"
 @dataclasses.dataclass
 class _SetConfig(tfds.core.BuilderConfig):
   arrays: dict = dataclasses.field(default_factory=dict, repr=False)
+  per_pair: tuple[str, ...] = ()  # Learned arrays of one row per pair.
+
+
+def _learned(distilled: distilled_set.DistilledSet) -> tuple[tuple[str, ...], dict]:
+  """(names of the per-pair arrays, {name: value} of the other ones) that the
+  set's objective added (`Objective.exported`)."""
+  objective = objectives.build(ml_collections.ConfigDict(distilled.provenance["distill"]))
+  n = len(distilled)
+  shapes = objective.exported(n)
+  per_pair = tuple(k for k, shape in shapes.items() if shape[:1] == (n,))
+  others = {k: distilled.arrays[k].tolist() for k in shapes if k not in per_pair}
+  return per_pair, others
 
 
 class DistilledPairs(tfds.core.GeneratorBasedBuilder):
@@ -52,8 +68,8 @@ class DistilledPairs(tfds.core.GeneratorBasedBuilder):
                                          dtype=np.float32),
         "index": tfds.features.Tensor(shape=(), dtype=np.int32),
     }
-    if "similarity" in arrays:
-      features["similarity"] = tfds.features.Tensor(shape=(n,), dtype=np.float32)
+    for name in self.builder_config.per_pair:
+      features[name] = tfds.features.Tensor(shape=arrays[name].shape[1:], dtype=np.float32)
     return tfds.core.DatasetInfo(
         builder=self, features=tfds.features.FeaturesDict(features),
         description=(f"A distilled set of {n} pairs (vldd_jax). Learned student rates: "
@@ -71,8 +87,8 @@ class DistilledPairs(tfds.core.GeneratorBasedBuilder):
       example = {"image": arrays["images"][i].astype(np.float32),
                  "image_uint8": arrays["images_uint8"][i],
                  "text_emb": arrays["text_emb"][i].astype(np.float32), "index": i}
-      if "similarity" in arrays:
-        example["similarity"] = arrays["similarity"][i].astype(np.float32)
+      for name in self.builder_config.per_pair:
+        example[name] = arrays[name][i].astype(np.float32)
       yield i, example
 
 
@@ -94,7 +110,7 @@ def export(path: str, out_dir: str) -> str:
   that is not an export of this file is refused. The folder is built in a
   temporary sibling and renamed into place when complete, so a killed export
   leaves no partial folder (the next export removes its temporary)."""
-  distilled = synthetic.load_distilled(path)
+  distilled = distilled_set.load_distilled(path)
   source_sha256 = checksums.file_sha256(path)
   name = f"n{len(distilled)}"
   version = str(DistilledPairs.VERSION)
@@ -108,15 +124,14 @@ def export(path: str, out_dir: str) -> str:
   # Ours alone: one per target folder, so a rerun replaces what a kill left.
   tmp = os.path.join(os.path.dirname(folder), f".{version}.export-tmp")
   shutil.rmtree(tmp, ignore_errors=True)
-  builder = DistilledPairs(config=_SetConfig(name=name, arrays=distilled.arrays),
-                           data_dir=tmp)
+  per_pair, others = _learned(distilled)
+  builder = DistilledPairs(config=_SetConfig(name=name, arrays=distilled.arrays,
+                                             per_pair=per_pair), data_dir=tmp)
   builder.download_and_prepare(file_format="array_record")
   with open(os.path.join(builder.data_dir, SIDECAR), "w", encoding="utf-8") as f:
     json.dump({"lr_image": distilled.lr_image, "lr_text": distilled.lr_text,
                "source": os.path.abspath(path), "source_sha256": source_sha256,
-               "provenance": distilled.provenance,
-               "loss_bias": float(distilled.arrays["loss_bias"])
-               if "loss_bias" in distilled.arrays else None}, f, indent=2)
+               "provenance": distilled.provenance, "learned": others}, f, indent=2)
   if os.path.isdir(folder):
     os.rmdir(folder)  # Empty (checked above).
   os.rename(builder.data_dir, folder)

@@ -54,7 +54,7 @@ class Objective:
 
   def exported(self, num_pairs: int) -> dict[str, tuple[int, ...]]:
     """The shape of each array `export` writes for a set of `num_pairs` pairs
-    (a saved set must hold them: `synthetic.read`)."""
+    (a saved set must hold them: `distilled_set.read`)."""
     return {}
 
   def eval_targets(self, arrays: dict[str, np.ndarray]) -> np.ndarray | dict | None:

@@ -55,14 +55,19 @@ def pipeline(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def check_choices(config: ml_collections.ConfigDict) -> None:
   """Raises on a name no registry holds (`evaluate.methods`, `distill.objective`,
-  `distill.init`, `evaluate.student`, `evaluate.report`, the model's tower, heads
-  and pools, the experts' and the evaluation students'), up front as
-  `config_lib.validate`: not at the end of a pipeline."""
+  `distill.init`, `distill.meta_optimizer`, `evaluate.student`, `evaluate.report`,
+  `evaluate.split`, the model's tower, heads and pools, the experts' and the
+  evaluation students'), up front as `config_lib.validate`: not at the end of a
+  pipeline."""
   evaluate.check_methods(config.evaluate.methods)
   objectives.build(config.distill)
-  inits = tuple(matching.INITS) + tuple(coreset.SELECTORS)
-  if config.distill.init not in inits:
-    raise ValueError(f"distill.init={config.distill.init!r}: expected one of {inits}.")
+  choices = {"distill.init": tuple(matching.INITS) + tuple(coreset.SELECTORS),
+             "distill.meta_optimizer": tuple(matching.META_OPTIMIZERS),
+             "evaluate.split": evaluate.SPLITS}
+  for field, allowed in choices.items():
+    value = config_lib.get_field(config, field)
+    if value not in allowed:
+      raise ValueError(f"{field}={value!r}: expected one of {allowed}.")
   evaluate.selects_on(config.evaluate.report)
   models.check_config(config.model)
   models.check_config(students.student_config(config).model)

@@ -11,7 +11,7 @@ managers, and the sweep of what killed runs left.
   pretrain/ckpt, summary.json
   experts/expert_NNN/ckpt, manifest.json   (`trajectories`)
   distill/n<pairs>[_<objective>]/          a set: ckpt, settings.json,
-                             distilled.npz and its figures (`synthetic`)
+                             distilled.npz and its figures (`distilled_set`)
   results.json, results_<sha12>.json       stage evaluate
   compare.json, compare.md, compare.png    stage compare
 
@@ -51,7 +51,7 @@ EXPERTS = "experts"
 EXPERT_NAME = r"expert_(\d{3}|[1-9]\d{3,})"
 MANIFEST = "manifest.json"
 DISTILL = "distill"
-SET_FOLDER = r"n\d+(_\w+)?"  # The folder names `synthetic.set_dir` writes.
+SET_FOLDER = r"n\d+(_\w+)?"  # The folder names `distilled_set.set_dir` writes.
 DISTILLED = "distilled.npz"
 SET_SETTINGS = "settings.json"
 SET_FIGURES = SET_GRID, SET_LOSS_CURVE = "synthetic_grid.png", "matching_loss.png"

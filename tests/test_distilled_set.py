@@ -1,4 +1,4 @@
-"""`synthetic.SetSpec`: which set a results row means, and where it lives."""
+"""`distilled_set.SetSpec`: which set a results row means, and where it lives."""
 import os
 import types
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from vldd_jax import config_lib
+from vldd_jax import distilled_set
 from vldd_jax import similarity
-from vldd_jax import synthetic
 
 
 def _split(side=32, text_dim=384):
@@ -19,20 +19,20 @@ def test_a_row_names_its_set_at_equal_storage():
   config = config_lib.load_config("configs/shapes.py")
   per_pair = 32 * 32 * 3 + 384
   for budget in (2, 100, 500, 1000):
-    plain = synthetic.SetSpec.of_row(config, "distilled", budget, _split())
-    assert plain == synthetic.SetSpec("plain", budget, budget)
-    lowrank = synthetic.SetSpec.of_row(config, "distilled_lowrank", budget, _split())
+    plain = distilled_set.SetSpec.of_row(config, "distilled", budget, _split())
+    assert plain == distilled_set.SetSpec("plain", budget, budget)
+    lowrank = distilled_set.SetSpec.of_row(config, "distilled_lowrank", budget, _split())
     # The most pairs whose storage, with S's, is at most the budget's.
     floats = lambda n: n * per_pair + similarity.num_floats(n, config.distill.similarity_rank)
     assert floats(lowrank.num_pairs) <= budget * per_pair < floats(lowrank.num_pairs + 1)
-  assert synthetic.SetSpec.of_row(config, "distilled_lowrank", 100, _split()).num_pairs == 99
-  assert synthetic.SetSpec.of_row(config, "k_center", 100, _split()) is None
+  assert distilled_set.SetSpec.of_row(config, "distilled_lowrank", 100, _split()).num_pairs == 99
+  assert distilled_set.SetSpec.of_row(config, "k_center", 100, _split()) is None
   with pytest.raises(ValueError, match="budget of 1 pairs leaves no room"):
-    synthetic.SetSpec.of_row(config, "distilled_lowrank", 1, _split())
+    distilled_set.SetSpec.of_row(config, "distilled_lowrank", 1, _split())
 
-  spec = synthetic.SetSpec("lowrank", 100, 99)
-  assert synthetic.set_dir("w", 99, "lowrank") == os.path.join("w", "distill", "n99_lowrank")
-  assert synthetic.set_dir("w", 8) == os.path.join("w", "distill", "n8")
+  spec = distilled_set.SetSpec("lowrank", 100, 99)
+  assert distilled_set.set_dir("w", 99, "lowrank") == os.path.join("w", "distill", "n99_lowrank")
+  assert distilled_set.set_dir("w", 8) == os.path.join("w", "distill", "n8")
   made = spec.config(config)
   assert (made.distill.objective, made.distill.num_pairs) == ("lowrank", 99)
   assert config.distill.objective == "plain"  # A copy.

@@ -350,6 +350,40 @@ class DistilledSet:
   def __len__(self) -> int:
     return len(self.text_emb)
 
+  def _provenance_field(self, path: str, *keys: str):
+    """provenance[keys[0]][keys[1]]...; a clear error naming the field if absent."""
+    value = self.provenance
+    for key in keys:
+      if not isinstance(value, dict) or key not in value:
+        raise DistilledFileError(
+            f"{path}: provenance_json has no {'.'.join(keys)}, so the set cannot be "
+            "checked against this config's data.")
+      value = value[key]
+    return value
+
+  def check_compatible(self, config: ml_collections.ConfigDict, path: str,
+                       fingerprint: str, text_dim: int | None = None) -> None:
+    """Raises unless the set (read from `path`) can be evaluated on `config`'s
+    data: the text encoder of `fingerprint` (`text.fingerprint` of `config.text`),
+    the image size and, given `text_dim`, the text width."""
+    made = {key: self._provenance_field(path, "text", key)
+            for key in ("fingerprint", "folder", "pooling", "max_length")}
+    if made["fingerprint"] != fingerprint:
+      raise ValueError(
+          f"{path}: provenance.text.fingerprint={made['fingerprint']} ({made['folder']}, "
+          f"pooling {made['pooling']}, max_length {made['max_length']}), but this "
+          f"config's text encoder has {fingerprint} (text.path={config.text.path!r}, "
+          f"pooling {config.text.pooling}, max_length {config.text.max_length}): its "
+          "text embeddings would mean nothing to this data's captions.")
+    size = self.images.shape[1]
+    made_size = self._provenance_field(path, "image", "size")
+    if size != config.data.image_size or made_size != size:
+      raise ValueError(f"{path}: images of {size} px (provenance.image.size="
+                       f"{made_size}), but data.image_size={config.data.image_size}.")
+    if text_dim is not None and self.text_emb.shape[1] != text_dim:
+      raise ValueError(f"{path}: text_emb of width {self.text_emb.shape[1]}, but this "
+                       f"data's text embeddings have width {text_dim}.")
+
 
 def load_distilled(path: str) -> DistilledSet:
   """Reads a `distilled.npz` of any workdir, checked in full (`read`); refuses

@@ -1,0 +1,107 @@
+"""Where an evaluation row's time goes, and what training its seeds in one
+program would save: the default shapes evaluation student on 100 pairs (one
+batch of 100 per epoch, 50 epochs, 3 seeds), timed alternately in one process.
+
+  python -m benchmarks.eval_students [--rounds=3]
+
+Variants, each in milliseconds per student step (a row is 150 of them):
+- today's loop: one jitted step per dispatch (`trainer.make_train_step`);
+- the same step without DSA: augmentation's share;
+- one program per student: the 50 steps as a `lax.scan`;
+- one program per row: that scan vmapped over the 3 seeds.
+Writes benchmarks/results/eval_students.{json,md}.
+"""
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+
+from benchmarks import common
+from vldd_jax import config_lib
+from vldd_jax import objectives
+from vldd_jax import trainer
+
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds of every variant.")
+SEEDS, STEPS, PAIRS = 3, 50, 100
+
+
+def _variants(config) -> tuple[dict, tuple]:
+  """{name: (run(trainables, opt_states, keys) -> trainables, student steps)} and
+  the inputs every variant starts from."""
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (PAIRS, 32, 32, 3), np.uint8))
+  text = rng.standard_normal((PAIRS, 384)).astype(np.float32)
+  text = jnp.asarray(text / np.linalg.norm(text, axis=1, keepdims=True))
+  students = [trainer.init_student(config.model, jax.random.key(s), (32, 32, 3), 384)
+              for s in range(SEEDS)]
+  frozen = students[0].frozen
+  tx = trainer.make_optimizer(0.1, lr_text=0.1, rates_in_state=True)
+  starts = ([s.trainable for s in students], [tx.init(s.trainable) for s in students])
+  keys = jax.random.split(jax.random.key(1), (SEEDS, STEPS))
+  losses = {aug: trainer.student_loss(students[0].apply_fn, objectives.Plain(), aug)
+            for aug in (True, False)}
+
+  def loop(augment):
+    step = trainer.make_train_step(losses[augment], tx)
+
+    def run(trainables, opt_states, keys):
+      out = []
+      for trainable, opt_state, seed_keys in zip(trainables, opt_states, keys):
+        trainable = jax.tree.map(jnp.copy, trainable)  # The step donates it.
+        opt_state = jax.tree.map(jnp.copy, opt_state)
+        for key in seed_keys:
+          trainable, opt_state, _, _ = step(trainable, opt_state, frozen, images, text, key)
+        out.append(trainable)
+      return out
+    return run
+
+  def one_step(carry, key):
+    trainable, opt_state = carry
+    grads, _ = jax.grad(losses[True], has_aux=True)(trainable, frozen, images, text, key)
+    updates, opt_state = tx.update(grads, opt_state, trainable)
+    return (optax.apply_updates(trainable, updates), opt_state), None
+
+  scan = jax.jit(lambda t, o, k: jax.lax.scan(one_step, (t, o), k)[0][0])
+  row = jax.jit(jax.vmap(lambda t, o, k: jax.lax.scan(one_step, (t, o), k)[0][0]))
+  stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
+  variants = {
+      "today's loop: one step per dispatch": loop(True),
+      "the same step without DSA": loop(False),
+      "one program per student (lax.scan over its steps)":
+          lambda ts, os, ks: [scan(t, o, k) for t, o, k in zip(ts, os, ks)],
+      "one program per row (the scan vmapped over 3 seeds)":
+          lambda ts, os, ks: row(stack(ts), stack(os), ks),
+  }
+  return variants, (*starts, keys)
+
+
+def main(argv):
+  del argv
+  config = config_lib.load_config("configs/shapes.py")
+  variants, inputs = _variants(config)
+  for run in variants.values():  # Compile and warm up.
+    jax.block_until_ready(run(*inputs))
+  times = {name: [] for name in variants}
+  for _ in range(_ROUNDS.value):
+    for name, run in variants.items():
+      start = time.perf_counter()
+      jax.block_until_ready(run(*inputs))
+      times[name].append((time.perf_counter() - start) / (SEEDS * STEPS) * 1e3)
+  today = statistics.median(times["today's loop: one step per dispatch"])
+  rows = [{"variant": name, "ms_per_student_step": round(statistics.median(t), 2),
+           "vs_today": round(statistics.median(t) / today, 2),
+           "rounds_ms": [round(x, 2) for x in t]} for name, t in times.items()]
+  lines = ["| variant | ms per student step | vs today's loop |", "|---|---:|---:|"]
+  lines += [f"| {r['variant']} | {r['ms_per_student_step']} | {r['vs_today']}x |"
+            for r in rows]
+  common.write("eval_students", {"rows": rows, "seeds": SEEDS, "steps": STEPS,
+                                 "pairs": PAIRS, "machine": common.machine()},
+               "\n".join(lines))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -81,10 +81,9 @@ def _distill(config, work, iterations):
     ("state", r"ckpt/4: the set does not match the checksum"),
     ("history", r"ckpt/4 cannot be read \(")])
 def test_a_damaged_distillation_checkpoint_is_named_and_the_one_before_resumes(
-    trained, tmp_path, damage, message):
-  config, _ = trained
-  work = _copy(trained, tmp_path, "pretrain", "experts")
-  _distill(config, work, 4)
+    distilled, tmp_path, damage, message):
+  config, _ = distilled
+  work = _copy(distilled, tmp_path, "pretrain", "experts", "distill/n8")  # 4 iterations.
   ckpt = work / "distill" / "n8" / "ckpt"
   if damage == "state":
     # A state item that decodes but holds another set: flipped bytes in the

@@ -66,12 +66,17 @@ def test_rerun_with_other_settings_is_refused(distilled):
   assert os.path.getmtime(os.path.join(out, workdir_lib.DISTILLED)) == before
 
 
-def _copy_experts(trained, tmp_path, name):
+def _copy_experts(trained, tmp_path, name, *more):
+  """A workdir `tmp_path/name` with the pretrain and experts folders of `trained`
+  (or of the `distilled` fixture, which shares its workdir), its stamp, and
+  `more` of its folders (e.g. "distill/n8", that fixture's set)."""
   _, workdir = trained
   target = tmp_path / name
   os.makedirs(target)
-  for name in ("pretrain", "experts", workdir_lib.STAMP):
-    subprocess.run(["cp", "-r", os.path.join(workdir, name), str(target)], check=True)
+  for name in ("pretrain", "experts", workdir_lib.STAMP, *more):
+    os.makedirs(os.path.dirname(target / name), exist_ok=True)
+    subprocess.run(["cp", "-r", os.path.join(workdir, name), str(target / name)],
+                   check=True)
   return target
 
 
@@ -184,21 +189,20 @@ def test_non_finite_loss_stops_without_a_bad_checkpoint(trained, tmp_path):
     assert f"the last good checkpoint ({out}/ckpt/2) is kept" in str(stopped.value)
 
 
-def test_a_checkpoint_past_the_asked_iterations_is_refused(trained, tmp_path, caplog):
-  # A finished 4-iteration set, then a run to 6 killed after its last
+def test_a_checkpoint_past_the_asked_iterations_is_refused(distilled, tmp_path, caplog):
+  # The finished 4-iteration set, then a run to 6 killed after its last
   # checkpoint: settings.json and distilled.npz still say 4, ckpt/ holds 6.
-  workdir = _copy_experts(trained, tmp_path, "past")
+  workdir = _copy_experts(distilled, tmp_path, "past", "distill/n8")
   out = workdir / "distill" / "n8"
-  _distill_in(trained, workdir)
   four = {name: (out / name).read_bytes()
           for name in (workdir_lib.SET_SETTINGS, workdir_lib.DISTILLED)}
-  _distill_in(trained, workdir, iterations=6)
+  _distill_in(distilled, workdir, iterations=6)
   six = (out / workdir_lib.DISTILLED).read_bytes()
   for name, content in four.items():
     (out / name).write_bytes(content)
   with pytest.raises(ValueError, match=r"n8/ckpt holds iteration 6, past distill."
                                        r"iterations=5"):
-    _distill_in(trained, workdir, iterations=5)
+    _distill_in(distilled, workdir, iterations=5)
   assert (out / workdir_lib.DISTILLED).read_bytes() == four[workdir_lib.DISTILLED]  # Kept.
   # Killed between writing the 6-iteration set and its settings: settings.json
   # says 4, the file holds 6 iterations. It is not handed back as the 4-iteration set.
@@ -206,7 +210,7 @@ def test_a_checkpoint_past_the_asked_iterations_is_refused(trained, tmp_path, ca
   with (caplog.at_level("WARNING"),
         pytest.raises(ValueError, match=r"n8/ckpt holds iteration 6, past "
                                         r"distill.iterations=4")):
-    _distill_in(trained, workdir)
+    _distill_in(distilled, workdir)
   assert re.search(r"n8/distilled.npz holds a set distilled for 6 iterations, not the 4 "
                    "asked", caplog.text)
   assert (out / workdir_lib.DISTILLED).read_bytes() == six  # Kept.
@@ -285,10 +289,9 @@ def test_loss_rise_compares_the_last_window_with_the_first():
   assert distill.loss_rise(rising[:3], 2, 1.2) is None  # Too early to tell.
 
 
-def test_a_damaged_set_is_reported_and_written_again(trained, tmp_path):
-  config, _ = trained
-  workdir = _copy_experts(trained, tmp_path, "damaged")
-  distill.run(config, str(workdir))
+def test_a_damaged_set_is_reported_and_written_again(distilled, tmp_path):
+  config, _ = distilled
+  workdir = _copy_experts(distilled, tmp_path, "damaged", "distill/n8")
   path = workdir / "distill" / "n8" / workdir_lib.DISTILLED
   good = distilled_set.read(str(path))
   path.write_bytes(path.read_bytes()[:100])  # Truncated, as by a full disk.

@@ -370,3 +370,8 @@ def test_a_bad_hugging_face_folder_is_named_with_what_is_wrong(hf_dir, tmp_path)
   safetensors.numpy.save_file(tensors, str(bad / "model.safetensors"))
   with pytest.raises(ValueError, match=r"non-finite values .* \['layernorm.weight'\]"):
     models.load_hf_vit(str(bad))
+
+
+def test_the_default_lora_targets_are_every_kernel_the_vit_knows():
+  # config_lib loads no model code, so it spells the ViT's kernel names itself.
+  assert tuple(config_lib.model_config().lora.targets) == vit.LORA_TARGETS

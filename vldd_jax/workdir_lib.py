@@ -84,8 +84,8 @@ def expert_dir(workdir: str, expert: int) -> str:
 
 def checkpoint_manager(folder: str, max_to_keep: int | None,
                        item_handlers: dict | None = None) -> ocp.CheckpointManager:
-  """The Orbax manager of `<folder>/ckpt`, made on first save, keeping the last
-  `max_to_keep` steps (None: all)."""
+  """The Orbax manager of `<folder>/ckpt` (made if missing), keeping the last
+  `max_to_keep` steps when it saves (None: all)."""
   return ocp.CheckpointManager(
       os.path.join(folder, "ckpt"),
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),

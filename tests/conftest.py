@@ -86,6 +86,13 @@ def kill_when_exists(workdir, data_dir: str, flags: tuple[str, ...], marker,
     return proc.returncode, stderr.read()
 
 
+def distill_with(config, workdir, **fields) -> None:
+  """Stage distill on `workdir` in this process, `config` with `distill` fields changed."""
+  config = config.copy_and_resolve_references()
+  config.distill.update(fields)
+  distill.run(config, str(workdir))
+
+
 def tiny_config(data_dir: str):
   """`configs/shapes.py:tiny` reading its data from `data_dir`."""
   config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))

@@ -9,12 +9,13 @@ import jax
 import numpy as np
 import pytest
 
-from vldd_jax import distill
 from vldd_jax import distilled_set
 from vldd_jax import experts
 from vldd_jax import stages
 from vldd_jax import trajectories
 from vldd_jax import workdir_lib
+
+from conftest import distill_with
 
 
 def _copy(trained, root, *folders):
@@ -71,12 +72,6 @@ def test_garbage_in_an_expert_checkpoint_is_named_with_what_to_do(trained, tmp_p
   assert trajectories.finished_experts(str(work)) == [0, 1]
 
 
-def _distill(config, work, iterations):
-  config = config.copy_and_resolve_references()
-  config.distill.iterations = iterations
-  distill.run(config, str(work))
-
-
 @pytest.mark.parametrize("damage,message", [
     ("state", r"ckpt/4: the set does not match the checksum"),
     ("history", r"ckpt/4 cannot be read \(")])
@@ -94,9 +89,9 @@ def test_a_damaged_distillation_checkpoint_is_named_and_the_one_before_resumes(
   else:
     (ckpt / "4" / "history" / "metadata").write_text("[{not json")
   with pytest.raises(ValueError, match=message + r".*Delete that folder and rerun"):
-    _distill(config, work, 6)  # Goes on from the last checkpoint.
+    distill_with(config, work, iterations=6)  # Goes on from the last checkpoint.
   shutil.rmtree(ckpt / "4")
-  _distill(config, work, 6)
+  distill_with(config, work, iterations=6)
   assert distilled_set.load_distilled(str(work / "distill" / "n8" / workdir_lib.DISTILLED)
                                   ).provenance["iterations"] == 6
 

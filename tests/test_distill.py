@@ -3,6 +3,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +16,8 @@ from vldd_jax import distilled_set
 from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
 
-from conftest import ROOT, kill_when_exists, main_cmd, run_main, subprocess_env
+from conftest import (ROOT, distill_with, kill_when_exists, main_cmd, run_main,
+                      subprocess_env)
 
 
 def test_distilled_outputs(distilled):
@@ -74,17 +76,12 @@ def _copy_experts(trained, tmp_path, name, *more):
   target = tmp_path / name
   os.makedirs(target)
   for name in ("pretrain", "experts", workdir_lib.STAMP, *more):
-    os.makedirs(os.path.dirname(target / name), exist_ok=True)
-    subprocess.run(["cp", "-r", os.path.join(workdir, name), str(target / name)],
-                   check=True)
+    source = os.path.join(workdir, name)
+    if os.path.isdir(source):
+      shutil.copytree(source, target / name)
+    else:
+      shutil.copy(source, target / name)
   return target
-
-
-def _distill_in(trained, workdir, **fields) -> None:
-  """Stage distill on `workdir` in this process, with `distill` fields changed."""
-  config = trained[0].copy_and_resolve_references()
-  config.distill.update(fields)
-  distill.run(config, str(workdir))
 
 
 def test_the_budget_rule_sets_the_meta_rates_distillation_uses(distilled, trained,
@@ -119,13 +116,13 @@ def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path
   fields = dict(iterations=8, max_start_epoch=1, max_start_epoch_final=2,
                 init="easy_k_center")
   reference = _copy_experts(trained, tmp_path, "reference")
-  _distill_in(trained, reference, **fields)
+  distill_with(trained[0], reference, **fields)
 
   killed = _copy_experts(trained, tmp_path, "killed")
   kill_when_exists(killed, data_dir, flags, killed / "distill" / "n8" / "ckpt" / "2")
   assert not (killed / "distill" / "n8" / workdir_lib.DISTILLED).exists()
   with caplog.at_level("INFO"):
-    _distill_in(trained, killed, **fields)
+    distill_with(trained[0], killed, **fields)
   assert "Resuming distillation at iteration" in caplog.text
   want, got = (distilled_set.load(str(w), 8) for w in (reference, killed))
   for key in ("images", "text_emb", "lr_image", "lr_text"):
@@ -144,7 +141,7 @@ def test_killed_distillation_resumes_to_the_same_set(trained, data_dir, tmp_path
   assert not (stopped / "distill" / "n8" / workdir_lib.DISTILLED).exists()
   caplog.clear()
   with caplog.at_level("INFO"):
-    _distill_in(trained, stopped, checkpoint_every=8, **fields)
+    distill_with(trained[0], stopped, checkpoint_every=8, **fields)
   assert f"Resuming distillation at iteration {done}" in caplog.text
   got = distilled_set.load(str(stopped), 8)
   for key in ("images", "text_emb", "lr_image", "lr_text"):
@@ -175,7 +172,7 @@ def test_non_finite_loss_stops_without_a_bad_checkpoint(trained, tmp_path):
   huge = dict(meta_lr_images=1e38, meta_lr_text=1e38, meta_lr_rates=1e38)
   with pytest.raises(FloatingPointError, match="non-finite loss or gradient at "
                                                "iteration") as stopped:
-    _distill_in(trained, workdir, **huge)
+    distill_with(trained[0], workdir, **huge)
   out = workdir / "distill" / "n8"
   assert not (out / workdir_lib.DISTILLED).exists()
   saved = sorted(os.listdir(out / "ckpt")) if (out / "ckpt").exists() else []
@@ -183,7 +180,7 @@ def test_non_finite_loss_stops_without_a_bad_checkpoint(trained, tmp_path):
   if not saved:  # Nothing to resume: nothing blocks a corrected rerun either.
     assert "no checkpoint was saved before it" in str(stopped.value)
     assert not (out / workdir_lib.SET_SETTINGS).exists()
-    _distill_in(trained, workdir)
+    distill_with(trained[0], workdir)
     assert (out / workdir_lib.DISTILLED).exists()
   else:
     assert f"the last good checkpoint ({out}/ckpt/2) is kept" in str(stopped.value)
@@ -196,13 +193,13 @@ def test_a_checkpoint_past_the_asked_iterations_is_refused(distilled, tmp_path, 
   out = workdir / "distill" / "n8"
   four = {name: (out / name).read_bytes()
           for name in (workdir_lib.SET_SETTINGS, workdir_lib.DISTILLED)}
-  _distill_in(distilled, workdir, iterations=6)
+  distill_with(distilled[0], workdir, iterations=6)
   six = (out / workdir_lib.DISTILLED).read_bytes()
   for name, content in four.items():
     (out / name).write_bytes(content)
   with pytest.raises(ValueError, match=r"n8/ckpt holds iteration 6, past distill."
                                        r"iterations=5"):
-    _distill_in(distilled, workdir, iterations=5)
+    distill_with(distilled[0], workdir, iterations=5)
   assert (out / workdir_lib.DISTILLED).read_bytes() == four[workdir_lib.DISTILLED]  # Kept.
   # Killed between writing the 6-iteration set and its settings: settings.json
   # says 4, the file holds 6 iterations. It is not handed back as the 4-iteration set.
@@ -210,7 +207,7 @@ def test_a_checkpoint_past_the_asked_iterations_is_refused(distilled, tmp_path, 
   with (caplog.at_level("WARNING"),
         pytest.raises(ValueError, match=r"n8/ckpt holds iteration 6, past "
                                         r"distill.iterations=4")):
-    _distill_in(distilled, workdir)
+    distill_with(distilled[0], workdir)
   assert re.search(r"n8/distilled.npz holds a set distilled for 6 iterations, not the 4 "
                    "asked", caplog.text)
   assert (out / workdir_lib.DISTILLED).read_bytes() == six  # Kept.

@@ -10,11 +10,12 @@ import os
 import jax
 import numpy as np
 
+from vldd_jax import hf_checkpoint
 from vldd_jax import parallel
 from vldd_jax import workdir_lib
 
 # The files of a Hugging Face ViT source that decide its weights.
-_HF_FILES = ("model.safetensors", "config.json")
+_HF_FILES = (hf_checkpoint.WEIGHTS_FILE, hf_checkpoint.CONFIG_FILE)
 _CHUNK = 1 << 22
 # file_sha256 results by (path, size, mtime): a Hugging Face tower is read once
 # per process however many records name it.

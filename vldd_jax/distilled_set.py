@@ -144,7 +144,7 @@ def _advice(path: str) -> str:
   folder = os.path.dirname(os.path.abspath(path))
   if (os.path.basename(path) == workdir_lib.DISTILLED
       and re.fullmatch(workdir_lib.SET_FOLDER, os.path.basename(folder))
-      and os.path.basename(os.path.dirname(folder)) == "distill"):
+      and os.path.basename(os.path.dirname(folder)) == workdir_lib.DISTILL):
     return (" Rerun stage distill with the same settings to write it again from its "
             "last checkpoint.")
   return " Copy it again from the workdir that made it (distill/n<N>/distilled.npz)."

@@ -31,7 +31,7 @@ _ARRAY_ITEMS = ("params", "opt_state", "frozen", "correct")
 
 def expert_indices(workdir: str) -> list[int]:
   """The experts that `experts/` holds a folder of, sorted: exactly the names
-  `expert_dir` writes (`EXPERT_NAME`). Anything else there is ignored with a
+  `workdir_lib.expert_dir` writes (`workdir_lib.EXPERT_NAME`). Anything else there is ignored with a
   warning naming it, so a stray copy is neither counted twice nor a crash."""
   root = workdir_lib.experts_dir(workdir)
   names = os.listdir(root) if os.path.isdir(root) else []

@@ -92,11 +92,14 @@ def checkpoint_manager(folder: str, max_to_keep: int | None,
       item_handlers=item_handlers)
 
 
+# `stage_config`'s and `EXTERNAL_RESULTS`'s names, as regexes.
+_STAGE_CONFIGS = r"config_\w+\.json"
+_EXTERNAL = r"results_[0-9a-f]{12}\.json"
 # The top-level names only this project writes (never as a link): a folder
 # holding one of them but no stamp was made before the format version existed.
 _OURS = re.compile(r"|".join([re.escape(n) for n in (
     PRETRAIN, EXPERTS, DISTILL, METRICS_LOG, RESULTS, COMPARE_RESULT)]
-    + [r"config_\w+\.json", r"results_[0-9a-f]{12}\.json"]))
+    + [_STAGE_CONFIGS, _EXTERNAL]))
 
 
 def claim(workdir: str) -> None:
@@ -183,8 +186,7 @@ LEFTOVERS: tuple[Leftover, ...] = (
     Leftover((*_TFDS, r"[^.].*"), r"incomplete\.[A-Z0-9]{6}_\d+\.\d+\.\d+", folder=True),
     Leftover((*_TFDS, r"\.config"), r"incomplete\.[0-9a-f]{32}\.metadata\.json"),
     Leftover((DATA, CAPTION_CACHE), CAPTION_ENTRY + re.escape(jsonfile.TMP)),
-    Leftover((), EXTERNAL_RESULTS.format("[0-9a-f]{12}") + re.escape(jsonfile.TMP)),
-    Leftover((), r"config_\w+\.json" + re.escape(jsonfile.TMP)),
+    Leftover((), f"({_EXTERNAL}|{_STAGE_CONFIGS})" + re.escape(jsonfile.TMP)),
     Leftover((), _replaced(STAMP, COMPARE_RESULT, COMPARE_TABLE, COMPARE_FIGURE, RESULTS)),
     Leftover((PRETRAIN,), _replaced(PRETRAIN_SUMMARY)),
     Leftover((EXPERTS, EXPERT_NAME), _replaced(MANIFEST)),

@@ -92,12 +92,14 @@ def _heads_problem(rank):
 
 def test_head_only_matching_runs_the_tower_once_with_the_same_loss_and_gradient():
   with jax.enable_x64(True):
-    for rank in (0, 2):  # A tower without LoRA, and one whose LoRA stays frozen.
+    # A tower without LoRA, with DSA drawn outside the unroll when hoisted, and
+    # one whose LoRA stays frozen (DSA off: its compilations take a third longer).
+    for rank, augment in ((0, True), (2, False)):
       apply_fn, feature_fn, trainable, frozen, start, target, syn = _heads_problem(rank)
       assert "img" not in trainable
       values = {}
       for hoist in (True, False):
-        cfg = matching.UnrollConfig(syn_steps=3, batch_size=4, augment=True,
+        cfg = matching.UnrollConfig(syn_steps=3, batch_size=4, augment=augment,
                                     hoist_tower=hoist)
         loss = matching.make_matching_loss(apply_fn, trainable, cfg, _blend(1.0),
                                            feature_fn)
@@ -134,12 +136,8 @@ def _meta_steps(objective, ema: bool, steps=3):
   return jax.tree.map(np.asarray, state), history
 
 
-def test_ema_with_decay_zero_is_the_set_and_otherwise_the_moving_average():
+def test_the_ema_is_the_moving_average_of_the_set_and_changes_nothing_else():
   plain, _ = _meta_steps(_blend(0.0, 0.0), ema=False)
-  zero, _ = _meta_steps(_blend(0.0, 0.0), ema=True)
-  for part in plain["syn"]:
-    np.testing.assert_array_equal(zero["syn"][part], plain["syn"][part])
-    np.testing.assert_array_equal(zero["ema"][part], plain["syn"][part])
   state, history = _meta_steps(_blend(0.0, 0.6), ema=True)
   for part in plain["syn"]:
     np.testing.assert_array_equal(state["syn"][part], plain["syn"][part])  # EMA only reads.

@@ -117,6 +117,9 @@ def test_a_new_objective_is_one_registered_class(trained, tmp_path, monkeypatch)
   config = config.copy_and_resolve_references()
   config.evaluate.methods = ("distilled_toy",)
   config.compare.budgets = (8,)
+  # As in test_compare: the fewest steps that use the objective everywhere.
+  config.distill.update(iterations=2, augment=False)
+  config.evaluate.update(epochs=1, augment=False)
   compare.run(config, str(work))
   # Distilled into its own folder, and both students trained with its loss.
   assert distilled_set.load(str(work), 8, "toy")["images"].shape[0] == 8

@@ -95,11 +95,13 @@ def _run_stages(workdir, data_dir, *flags, devices=1):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_to_the_same_trajectories(trained, data_dir, tmp_path, sig):
+def test_killed_run_resumes_to_the_same_trajectories(trained, data_dir, tmp_path, sig,
+                                                     caplog):
   # The uninterrupted reference is the session's `trained` workdir (the same
   # tiny config, 2 experts x 3 epochs, run in this process); the killed run
   # starts from its pretrained tower, since only the experts stage is killed.
-  _, reference = trained
+  # The rerun runs in this process too: the resume is the stage's, not the CLI's.
+  config, reference = trained
   killed = tmp_path / "killed"
   shutil.copytree(os.path.join(reference, "pretrain"), killed / "pretrain")
   shutil.copy(os.path.join(reference, workdir_lib.STAMP), killed)
@@ -111,8 +113,9 @@ def test_killed_run_resumes_to_the_same_trajectories(trained, data_dir, tmp_path
     assert re.search(r"Stopped by SIGTERM after epoch [23] of expert 0; saved \S+ckpt/[23]\. "
                      "Rerun the same command", stderr), stderr[-3000:]
 
-  result = run_main(killed, data_dir, "--config.stage=experts")
-  assert "resuming after epoch" in result.stderr
+  with caplog.at_level("INFO"):
+    experts.run(config, str(killed))
+  assert "resuming after epoch" in caplog.text
   for expert in (0, 1):
     for epoch in range(4):
       want = _flat(trajectories.load_params(reference, expert, epoch))

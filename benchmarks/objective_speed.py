@@ -27,7 +27,7 @@ VARIANTS = {
     "EMA 0.97": {"distill.objective": "blend", "distill.blend_alpha": 0.0,
                  "distill.ema_decay": 0.97},
     "lowrank wbce": {"distill.objective": "lowrank"},
-    "lowrank sigmoid": {"distill.objective": "lowrank", "distill.similarity_loss": "sigmoid"},
+    "lowrank sigmoid": {"distill.objective": "lowrank", "distill.lowrank_loss": "sigmoid"},
     "first order": {"first_order": True},
     "head-only": _HEADS,
     "head-only, tower hoisted out of the unroll": {**_HEADS, "hoist": True},

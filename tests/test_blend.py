@@ -165,9 +165,9 @@ def test_a_non_finite_stop_names_the_objectives_own_rates():
       return None
 
   lowrank = objectives.build(ml_collections.ConfigDict(dict(
-      objective="lowrank", similarity_rank=2, similarity_alpha=1.0, meta_lr_similarity=1.0,
-      similarity_loss="wbce")))
+      objective="lowrank", lowrank_rank=2, lowrank_alpha=1.0, meta_lr_lowrank=1.0,
+      lowrank_loss="wbce")))
   with pytest.raises(FloatingPointError,
-                     match=r"distill\.meta_lr_rates, distill\.meta_lr_similarity\)"):
+                     match=r"distill\.meta_lr_rates, distill\.meta_lr_lowrank\)"):
     distill._stop_if_non_finite({"first_bad": 64}, "out", NoCheckpoint(), lowrank)
   distill._stop_if_non_finite({"first_bad": -1}, "out", NoCheckpoint(), lowrank)

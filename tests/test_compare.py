@@ -64,7 +64,7 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, tmp_pat
   # Another rate for S makes only the learned-similarity cells stale.
   assert compare.load_rows(path, config) == rows
   other_s = config.copy_and_resolve_references()
-  other_s.distill.meta_lr_similarity *= 2
+  other_s.distill.meta_lr_lowrank *= 2
   kept = {(r["method"], r["budget"]) for r in compare.load_rows(path, other_s)}
   assert kept == cells - {("distilled_lowrank", 4), ("distilled_lowrank", 8)}
 

@@ -61,7 +61,7 @@ def test_rerun_with_other_settings_is_refused(distilled):
   # Logging cadence, the data's location and a plain set's similarity fields
   # do not change the set: the finished one is kept.
   same = config.copy_and_resolve_references()
-  same.distill.update(log_every=1, meta_lr_similarity=123.0)
+  same.distill.update(log_every=1, meta_lr_lowrank=123.0)
   same.data.data_dir = "/elsewhere"
   before = os.path.getmtime(os.path.join(out, workdir_lib.DISTILLED))
   distill.run(same, workdir)

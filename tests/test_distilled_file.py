@@ -25,18 +25,18 @@ from vldd_jax import workdir_lib
 from conftest import ROOT, subprocess_env, tiny_config
 
 N, SIZE, DIM = 8, 4, 6
-DISTILL = {"objective": "plain", "similarity_loss": "wbce", "similarity_rank": 2,
-           "similarity_alpha": 1.0}
+DISTILL = {"objective": "plain", "lowrank_loss": "wbce", "lowrank_rank": 2,
+           "lowrank_alpha": 1.0}
 
 
-def _arrays(objective: str = "plain", similarity_loss: str = "wbce", n: int = N,
+def _arrays(objective: str = "plain", lowrank_loss: str = "wbce", n: int = N,
             size: int = SIZE, seed: int = 0) -> dict:
   """The fields of a valid set of `n` pairs, as stage distill writes them."""
   rng = np.random.default_rng(seed)
   images = rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
   provenance = {"objective": objective,
                 "distill": {**DISTILL, "objective": objective,
-                            "similarity_loss": similarity_loss},
+                            "lowrank_loss": lowrank_loss},
                 "text": {"fingerprint": "0123456789abcdef", "folder": "encoder",
                          "pooling": "mean", "max_length": 32},
                 "image": {"size": size}}
@@ -50,7 +50,7 @@ def _arrays(objective: str = "plain", similarity_loss: str = "wbce", n: int = N,
                 provenance_json=json.dumps(provenance))
   if objective == "lowrank":
     arrays["similarity"] = np.eye(n, dtype=np.float32)
-    if similarity_loss == "sigmoid":
+    if lowrank_loss == "sigmoid":
       arrays["loss_bias"] = np.float32(-10.0)
   return arrays
 
@@ -80,11 +80,11 @@ def _add_member(path: str, name: str, shape: tuple, dtype, data_bytes: int) -> N
         f.write(chunk[:data_bytes - start])
 
 
-@pytest.mark.parametrize("objective,similarity_loss", [
+@pytest.mark.parametrize("objective,lowrank_loss", [
     ("plain", "wbce"), ("blend", "wbce"), ("lowrank", "wbce"), ("lowrank", "sigmoid")])
 @pytest.mark.parametrize("compressed", [False, True])
-def test_a_valid_set_loads_every_field(tmp_path, objective, similarity_loss, compressed):
-  arrays = _arrays(objective, similarity_loss)
+def test_a_valid_set_loads_every_field(tmp_path, objective, lowrank_loss, compressed):
+  arrays = _arrays(objective, lowrank_loss)
   path = _write(tmp_path / "set.npz", arrays, compressed)
   loaded = distilled_set.load_distilled(path)
   assert len(loaded) == N and loaded.objective == objective and loaded.lr_text == np.float32(0.02)
@@ -98,10 +98,10 @@ def test_a_valid_set_loads_every_field(tmp_path, objective, similarity_loss, com
       distilled_set.load_distilled(_write(tmp_path / "old.npz", other))
 
 
-@pytest.mark.parametrize("similarity_loss", ["wbce", "sigmoid"])
-def test_exported_names_the_arrays_export_writes(similarity_loss):
+@pytest.mark.parametrize("lowrank_loss", ["wbce", "sigmoid"])
+def test_exported_names_the_arrays_export_writes(lowrank_loss):
   cfg = ml_collections.ConfigDict({**DISTILL, "objective": "lowrank",
-                                   "similarity_loss": similarity_loss})
+                                   "lowrank_loss": lowrank_loss})
   objective = objectives.build(cfg)
   arrays = objective.export(objective.init(5, jax.random.key(0)))
   assert {k: np.shape(v) for k, v in arrays.items()} == objective.exported(5)
@@ -190,9 +190,9 @@ MALFORMED = [
      r"similarity has shape \(3, 3\) and dtype float32, expected \[8, 8\] floating"),
     ("unknown_similarity_loss", lambda a: _provenance(
         _arrays("lowrank"), distill={**DISTILL, "objective": "lowrank",
-                                     "similarity_loss": "hinge"}),
+                                     "lowrank_loss": "hinge"}),
      r"provenance_json.distill does not describe objective 'lowrank' \(ValueError: "
-     r"distill.similarity_loss='hinge'"),
+     r"distill.lowrank_loss='hinge'"),
 ]
 
 

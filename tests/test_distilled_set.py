@@ -7,7 +7,7 @@ import pytest
 
 from vldd_jax import config_lib
 from vldd_jax import distilled_set
-from vldd_jax import similarity
+from vldd_jax import lowrank
 
 
 def _split(side=32, text_dim=384):
@@ -23,7 +23,7 @@ def test_a_row_names_its_set_at_equal_storage():
     assert plain == distilled_set.SetSpec("plain", budget, budget)
     lowrank = distilled_set.SetSpec.of_row(config, "distilled_lowrank", budget, _split())
     # The most pairs whose storage, with S's, is at most the budget's.
-    floats = lambda n: n * per_pair + similarity.num_floats(n, config.distill.similarity_rank)
+    floats = lambda n: n * per_pair + lowrank.num_floats(n, config.distill.lowrank_rank)
     assert floats(lowrank.num_pairs) <= budget * per_pair < floats(lowrank.num_pairs + 1)
   assert distilled_set.SetSpec.of_row(config, "distilled_lowrank", 100, _split()).num_pairs == 99
   assert distilled_set.SetSpec.of_row(config, "k_center", 100, _split()) is None

@@ -12,6 +12,7 @@ import pytest
 
 from vldd_jax import config_lib
 from vldd_jax import jsonfile
+from vldd_jax import main
 from vldd_jax import metrics_log
 from vldd_jax import stages
 from vldd_jax import viz
@@ -127,6 +128,19 @@ def test_unknown_config_field_names_the_field_and_its_siblings(tmp_path):
           in result.stderr), result.stderr[-2000:]
   result = _main(tmp_path, "--config=configs/shapes.py:tiny", "--config.nope.x=1")
   assert "--config.nope.x: the config has no field 'nope'" in result.stderr
+
+
+def test_a_renamed_field_stops_with_its_new_name():
+  # As a flag (checked here in-process; the child path is the test above)...
+  assert main.unknown_field([f"--config={ROOT}/configs/shapes.py:tiny",
+                             "--config.distill.similarity_rank=4"]) == (
+      "--config.distill.similarity_rank is now --config.distill.lowrank_rank.")
+  # ... and set by a config file, where ml_collections would just add the field.
+  config = config_lib.load_config(os.path.join(ROOT, "configs/shapes.py:tiny"))
+  config.distill.meta_lr_similarity = 0.1
+  with pytest.raises(ValueError, match=r"distill.meta_lr_similarity is now "
+                                       r"distill.meta_lr_lowrank"):
+    config_lib.validate(config)
 
 
 def test_a_second_run_on_a_workdir_in_use_is_refused_with_the_holders_pid(tmp_path):

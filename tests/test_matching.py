@@ -222,7 +222,7 @@ def test_augment_draws_per_image_and_passes_gradients(per_image):
 
 def _lowrank(**fields):
   cfg = config_lib.distill_config()
-  cfg.update(objective="lowrank", similarity_rank=3, **fields)
+  cfg.update(objective="lowrank", lowrank_rank=3, **fields)
   return objectives.build(cfg)
 
 
@@ -231,7 +231,7 @@ def test_identity_similarity_targets_reduce_to_the_plain_loss():
   cfg = matching.UnrollConfig(syn_steps=2, batch_size=4)
   loss = lambda s, objective: matching.make_matching_loss(
       apply_fn, trainable, cfg, objective)(s, start, target, frozen, jax.random.key(4))
-  lowrank = _lowrank(similarity_loss="softmax")
+  lowrank = _lowrank(lowrank_loss="softmax")
   with_sim = {**syn, **lowrank.init(6, jax.random.key(7))}
   np.testing.assert_allclose(jax.jit(loss, static_argnums=1)(with_sim, lowrank),
                              jax.jit(loss, static_argnums=1)(syn, objectives.Plain()),
@@ -273,7 +273,7 @@ def test_train_step_trains_against_given_similarity_targets():
           jax.tree.map(jnp.copy, trainable), tx.init(trainable), frozen, images, text,
           jax.random.key(0), *targets)[2])
   plain = run(objectives.Plain())
-  soft, wbce = _lowrank(similarity_loss="softmax"), _lowrank(similarity_loss="wbce")
+  soft, wbce = _lowrank(lowrank_loss="softmax"), _lowrank(lowrank_loss="wbce")
   assert run(soft, {"sim": jnp.eye(4)}) == pytest.approx(plain, rel=1e-6)
   assert run(wbce, {"sim": jnp.eye(4)}) != pytest.approx(plain, rel=1e-3)
 
@@ -354,7 +354,7 @@ def test_first_order_gradient_is_exact_for_one_step_and_drops_cross_step_terms()
 def test_sigmoid_objective_learns_its_bias_and_evaluates_with_it():
   with jax.enable_x64(True):
     apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float64)
-    sigmoid = _lowrank(similarity_loss="sigmoid")
+    sigmoid = _lowrank(lowrank_loss="sigmoid")
     parts = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64),
                          sigmoid.init(6, jax.random.key(7)))
     assert float(parts["bias"]) == -10.0 and sigmoid.rates()["bias"] > 0

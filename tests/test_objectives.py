@@ -18,7 +18,7 @@ import pytest
 from vldd_jax import config_lib
 from vldd_jax import losses
 from vldd_jax import objectives
-from vldd_jax import similarity
+from vldd_jax import lowrank
 
 
 def _softplus(x: float) -> float:
@@ -31,8 +31,8 @@ def _sigmoid(x: float) -> float:
 
 def _lowrank(rank=10, alpha=3.0, loss="wbce", **fields) -> objectives.LowRankSimilarity:
   cfg = config_lib.distill_config()
-  cfg.update(objective="lowrank", similarity_rank=rank, similarity_alpha=alpha,
-             similarity_loss=loss, **fields)
+  cfg.update(objective="lowrank", lowrank_rank=rank, lowrank_alpha=alpha,
+             lowrank_loss=loss, **fields)
   obj = objectives.build(cfg)
   assert isinstance(obj, objectives.LowRankSimilarity)
   return obj
@@ -49,7 +49,7 @@ SCALE = 5.0
 
 def test_init_is_identity_with_gaussian_left_and_zero_right():
   n, rank = 200, 10
-  sim = similarity.init_lowrank(n, rank, jax.random.key(0))
+  sim = lowrank.init(n, rank, jax.random.key(0))
   np.testing.assert_array_equal(sim["a"], np.ones(n))
   np.testing.assert_array_equal(sim["right"], np.zeros((n, rank)))
   left = np.asarray(sim["left"])
@@ -58,12 +58,12 @@ def test_init_is_identity_with_gaussian_left_and_zero_right():
   assert abs(left.mean()) < 5 / math.sqrt(left.size)
   assert 0.9 < left.std() < 1.1
   rows = np.array([5, 0, 17, 199])
-  np.testing.assert_array_equal(similarity.targets(sim, rows, 3.0), np.eye(4))
-  np.testing.assert_array_equal(similarity.targets(sim, np.arange(n), 3.0), np.eye(n))
+  np.testing.assert_array_equal(lowrank.targets(sim, rows, 3.0), np.eye(4))
+  np.testing.assert_array_equal(lowrank.targets(sim, np.arange(n), 3.0), np.eye(n))
 
 
 def test_storage_is_n_times_one_plus_two_rank():
-  assert similarity.num_floats(99, 10) == 99 * 21 == 2079
+  assert lowrank.num_floats(99, 10) == 99 * 21 == 2079
   assert _lowrank(rank=10).extra_floats(99) == 2079
 
 
@@ -78,7 +78,7 @@ HAND_S = np.array([[1.0, 1.5, 3.0],
 
 
 def test_full_matrix_by_hand():
-  np.testing.assert_allclose(similarity.targets(HAND, np.arange(3), 3.0), HAND_S,
+  np.testing.assert_allclose(lowrank.targets(HAND, np.arange(3), 3.0), HAND_S,
                              rtol=0, atol=1e-6)
 
 
@@ -86,7 +86,7 @@ def test_minibatch_block_is_rows_and_columns_of_s():
   # Rows (2, 0): diag(a[[2, 0]]) + 1.5 L[[2, 0]] R[[2, 0]]^T
   #            = diag(3, 1) + 1.5 [[1, 1], [2, 0]] = [[4.5, 1.5], [3, 1]].
   rows = np.array([2, 0])
-  block = np.asarray(similarity.targets(HAND, rows, 3.0))
+  block = np.asarray(lowrank.targets(HAND, rows, 3.0))
   np.testing.assert_allclose(block, [[4.5, 1.5], [3.0, 1.0]], rtol=0, atol=1e-6)
   np.testing.assert_allclose(block, HAND_S[np.ix_(rows, rows)], rtol=0, atol=1e-6)
 
@@ -101,7 +101,7 @@ def test_objective_targets_export_and_rates():
   assert set(exported) == {"similarity"}
   np.testing.assert_allclose(exported["similarity"], HAND_S, rtol=0, atol=1e-6)
   np.testing.assert_allclose(obj.eval_targets(exported)["sim"], HAND_S, rtol=0, atol=1e-6)
-  assert obj.rates() == {"sim": obj.cfg.meta_lr_similarity}
+  assert obj.rates() == {"sim": obj.cfg.meta_lr_lowrank}
   fresh = obj.init(6, jax.random.key(1))
   assert set(fresh) == {"sim"}
   np.testing.assert_array_equal(obj.targets(fresh, np.array([3, 1, 4]))["sim"], np.eye(3))
@@ -199,7 +199,7 @@ def test_objective_loss_is_wbce_against_the_block():
 def test_lowrank_learns_s_on_its_own_student_batch():
   # LoRS's mini_batch_size: S's blocks are the pairs that share a student step.
   assert _lowrank().student_batch(50) == 20
-  assert _lowrank(similarity_batch_size=0).student_batch(50) == 50
+  assert _lowrank(lowrank_batch_size=0).student_batch(50) == 50
   assert objectives.Plain().student_batch(50) == 50
 
 

@@ -10,8 +10,8 @@ from the same experts): `distill_sets` is how the orchestrators (this stage and
 Outputs in the workdir: `compare.json` (rows as in `results.json`, written
 after every cell, so a rerun computes only the missing cells), `compare.md`
 (tr@1 and ir@1 by method and budget, then every recall) and `compare.png`.
-Changing a field of an objective (e.g. `distill.similarity_*`,
-`distill.meta_lr_similarity` of LoRS's) recomputes only the cells of its sets; any
+Changing a field of an objective (e.g. `distill.lowrank_*`,
+`distill.meta_lr_lowrank` of LoRS's) recomputes only the cells of its sets; any
 other change of settings is refused.
 """
 import os

@@ -159,17 +159,17 @@ def distill_config() -> ml_collections.ConfigDict:
       # S = diag(a) + alpha/rank L R^T as soft targets, with the defaults of
       # their Flickr30K 100-pair script below.
       objective="plain",
-      similarity_rank=10,
-      similarity_alpha=3.0,
-      meta_lr_similarity=10.0,
+      lowrank_rank=10,
+      lowrank_alpha=3.0,
+      meta_lr_lowrank=10.0,
       # "wbce" (LoRS) | "softmax" (soft-target InfoNCE) | "sigmoid" (SigLIP's,
-      # with a bias the set learns at meta_lr_similarity).
-      similarity_loss="wbce",
+      # with a bias the set learns at meta_lr_lowrank).
+      lowrank_loss="wbce",
       # Synthetic pairs per distillation student step for this objective (0:
       # batch_size): LoRS's mini_batch_size. On shapes' val split S learned on
       # 20-pair blocks scored 22.4 against 15.2 on 50-pair ones
       # (docs/lors_comparison.md).
-      similarity_batch_size=20,
+      lowrank_batch_size=20,
       # objective="blend": RepBlend's representation blending, lam ~
       # Beta(blend_alpha, blend_alpha) (their distill script: alpha_2=1).
       # objective="ema" (and "blend"): an EMA of the set with this decay as
@@ -210,7 +210,7 @@ def small_data_distill_config() -> ml_collections.ConfigDict:
       # objective="lowrank": under normalised steps S's rate is its RMS step per
       # iteration; 1 (the best of 10 / 1 / 0.1 under SGD, results_shapes.md)
       # diverged at iteration 64 on shapes, 0.01 runs (docs/beyond_the_paper.md).
-      meta_lr_similarity=0.01,
+      meta_lr_lowrank=0.01,
       # objective="ema": over 150 iterations an EMA of 0.97 beat 0.9 (0.99
       # averages most of the run). Blending hurt on shapes at alpha 1 and 0.3
       # (docs/beyond_the_paper.md); `blend` keeps RepBlend's alpha 1.
@@ -262,16 +262,23 @@ _POSITIVE_INTS = (
     "evaluate.batch_size")
 _POSITIVE_FLOATS = ("pretrain.lr", "experts.lr", "evaluate.lr")
 _NON_NEGATIVE = ("distill.num_experts", "distill.min_start_epoch",
-                 "distill.similarity_batch_size",
+                 "distill.lowrank_batch_size",
                  "distill.max_start_epoch_final", "distill.start_shift_per_doubling",
                  "distill.syn_steps_exponent", "distill.meta_lr_rates_exponent",
                  "distill.meta_lr_set_exponent", "distill.meta_lr_images", "distill.meta_lr_text",
-                 "distill.meta_lr_rates", "distill.meta_lr_similarity",
+                 "distill.meta_lr_rates", "distill.meta_lr_lowrank",
                  "distill.blend_alpha",
                  "pretrain.weight_decay")
 GRADIENTS = ("exact", "first_order")  # distill.gradient
 _FRACTIONS = ("experts.momentum", "distill.momentum", "evaluate.momentum",
               "distill.ema_decay")  # In [0, 1).
+# Fields renamed since they were published, old path -> new: the old name
+# stops a run with the new one, from a flag (main.py) or a config file (validate).
+RENAMED = {f"distill.{old}": f"distill.{new}" for old, new in (
+    ("lr_images", "meta_lr_images"), ("lr_text", "meta_lr_text"), ("lr_lr", "meta_lr_rates"),
+    ("lr_similarity", "meta_lr_lowrank"), ("similarity_rank", "lowrank_rank"), ("similarity_alpha", "lowrank_alpha"),
+    ("meta_lr_similarity", "meta_lr_lowrank"), ("similarity_loss", "lowrank_loss"),
+    ("similarity_batch_size", "lowrank_batch_size"))}
 
 
 def get_field(config: ml_collections.ConfigDict, path: str):
@@ -289,7 +296,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Run once, up front, before a run makes any folder; each stage still checks
   what only it can know (e.g. the experts' epochs against the trajectory window).
   """
-  errors = []
+  errors = [f"{old} is now {new}" for old, new in RENAMED.items()
+            if get_field(config, old) is not None]
   for path in _POSITIVE_INTS:
     value = get_field(config, path)
     if value is not None and not (isinstance(value, int) and value > 0):

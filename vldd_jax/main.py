@@ -58,6 +58,8 @@ def unknown_field(argv: list[str]) -> str | None:
     if not arg.startswith("--config."):
       continue
     path = arg[len("--config."):].split("=", 1)[0]
+    if path in config_lib.RENAMED:
+      return f"--config.{path} is now --config.{config_lib.RENAMED[path]}."
     node, walked = config, []
     for part in path.split("."):
       if not hasattr(node, "keys") or part not in node:

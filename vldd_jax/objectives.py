@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from vldd_jax import losses
-from vldd_jax import similarity
+from vldd_jax import lowrank
 
 
 class Objective:
@@ -88,12 +88,12 @@ class Plain(Objective):
 
 class LowRankSimilarity(Objective):
   """LoRS (Xu et al., ICML 2024): also learn S = diag(a) + alpha/rank L R^T,
-  the soft targets of the student loss (`similarity.py`), chosen from `LOSSES`
-  by `similarity_loss`; a loss's scalar parameters (SigLIP's bias) are learned
+  the soft targets of the student loss (`lowrank.py`), chosen from `LOSSES`
+  by `lowrank_loss`; a loss's scalar parameters (SigLIP's bias) are learned
   with S."""
   name = "lowrank"
-  fields = ("similarity_rank", "similarity_alpha", "meta_lr_similarity", "similarity_loss",
-            "similarity_batch_size")
+  fields = ("lowrank_rank", "lowrank_alpha", "meta_lr_lowrank", "lowrank_loss",
+            "lowrank_batch_size")
   # name: (loss(image_emb, text_emb, scale, S block, **scalars), {scalar: initial
   # value}). LoRS's default (WBCE); the soft-target InfoNCE, which equals the
   # plain loss while S is the identity; SigLIP's sigmoid loss with a learned
@@ -104,21 +104,21 @@ class LowRankSimilarity(Objective):
 
   def __init__(self, cfg: ml_collections.ConfigDict):
     super().__init__(cfg)
-    if cfg.similarity_loss not in self.LOSSES:
-      raise ValueError(f"distill.similarity_loss={cfg.similarity_loss!r}: expected one "
+    if cfg.lowrank_loss not in self.LOSSES:
+      raise ValueError(f"distill.lowrank_loss={cfg.lowrank_loss!r}: expected one "
                        f"of {tuple(self.LOSSES)}.")
-    self._loss, self._scalars = self.LOSSES[cfg.similarity_loss]
+    self._loss, self._scalars = self.LOSSES[cfg.lowrank_loss]
 
   def init(self, num_pairs, key):
-    return {"sim": similarity.init_lowrank(num_pairs, self.cfg.similarity_rank, key),
+    return {"sim": lowrank.init(num_pairs, self.cfg.lowrank_rank, key),
             **{k: jnp.float32(v) for k, v in self._scalars.items()}}
 
   def rates(self):
     # A scalar moves at S's rate: one float next to S's N (1 + 2 rank).
-    return {part: self.cfg.meta_lr_similarity for part in ("sim", *self._scalars)}
+    return {part: self.cfg.meta_lr_lowrank for part in ("sim", *self._scalars)}
 
   def targets(self, syn, rows):
-    return {"sim": similarity.targets(syn["sim"], rows, self.cfg.similarity_alpha),
+    return {"sim": lowrank.targets(syn["sim"], rows, self.cfg.lowrank_alpha),
             **{k: syn[k] for k in self._scalars}}
 
   def loss(self, image_emb, text_emb, scale, targets):
@@ -127,8 +127,8 @@ class LowRankSimilarity(Objective):
 
   def export(self, syn):
     rows = np.arange(syn["sim"]["a"].shape[0])
-    return {"similarity": np.asarray(similarity.targets(  # The whole S.
-        syn["sim"], rows, self.cfg.similarity_alpha)),
+    return {"similarity": np.asarray(lowrank.targets(  # The whole S.
+        syn["sim"], rows, self.cfg.lowrank_alpha)),
             **{f"loss_{k}": np.asarray(syn[k]) for k in self._scalars}}
 
   def exported(self, num_pairs):
@@ -138,11 +138,11 @@ class LowRankSimilarity(Objective):
     return {"sim": arrays["similarity"], **{k: arrays[f"loss_{k}"] for k in self._scalars}}
 
   def extra_floats(self, num_pairs):
-    return similarity.num_floats(num_pairs, self.cfg.similarity_rank) + len(self._scalars)
+    return lowrank.num_floats(num_pairs, self.cfg.lowrank_rank) + len(self._scalars)
 
   def student_batch(self, batch_size):
     # S is learned on the blocks of the pairs that share a step.
-    return self.cfg.similarity_batch_size or batch_size
+    return self.cfg.lowrank_batch_size or batch_size
 
 
 class MovingAverage(Objective):

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 
-def init_lowrank(num_pairs: int, rank: int, key: jax.Array) -> dict[str, jax.Array]:
+def init(num_pairs: int, rank: int, key: jax.Array) -> dict[str, jax.Array]:
   """The factors {a, left, right} of S = identity."""
   return {"a": jnp.ones(num_pairs),
           "left": jax.random.normal(key, (num_pairs, rank)),

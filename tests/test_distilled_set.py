@@ -21,10 +21,10 @@ def test_a_row_names_its_set_at_equal_storage():
   for budget in (2, 100, 500, 1000):
     plain = distilled_set.SetSpec.of_row(config, "distilled", budget, _split())
     assert plain == distilled_set.SetSpec("plain", budget, budget)
-    lowrank = distilled_set.SetSpec.of_row(config, "distilled_lowrank", budget, _split())
+    with_s = distilled_set.SetSpec.of_row(config, "distilled_lowrank", budget, _split())
     # The most pairs whose storage, with S's, is at most the budget's.
     floats = lambda n: n * per_pair + lowrank.num_floats(n, config.distill.lowrank_rank)
-    assert floats(lowrank.num_pairs) <= budget * per_pair < floats(lowrank.num_pairs + 1)
+    assert floats(with_s.num_pairs) <= budget * per_pair < floats(with_s.num_pairs + 1)
   assert distilled_set.SetSpec.of_row(config, "distilled_lowrank", 100, _split()).num_pairs == 99
   assert distilled_set.SetSpec.of_row(config, "k_center", 100, _split()) is None
   with pytest.raises(ValueError, match="budget of 1 pairs leaves no room"):

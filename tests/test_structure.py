@@ -28,7 +28,7 @@ STAGE_MODULES = ("vldd_jax.compare", "vldd_jax.distill", "vldd_jax.experts",
                  "vldd_jax.pretrain", "vldd_jax.stages", "vldd_jax.main",
                  "vldd_jax.data.prepare")
 LIBRARIES = ("backbone", "coreset", "losses", "matching", "objectives", "provenance",
-             "retrieval", "similarity", "distilled_set", "trainer", "trajectories", "models")
+             "retrieval", "lowrank", "distilled_set", "trainer", "trajectories", "models")
 
 
 def _imports(module: str) -> set[str]:

@@ -19,6 +19,13 @@ batch = parallel.put_batch({"x": x, "y": y}, mesh)
 params = parallel.put_replicated(w, mesh)
 loss = lambda w, b: jnp.mean((b["x"] @ w - b["y"]) ** 2)
 grad = jax.jit(jax.grad(loss))(params, batch)
+from vldd_jax.data import lazy_arrays
+asked = []
+def read(rows):
+  asked.append(rows.tolist())
+  return x[rows]
+rows = np.array([5, 0, 7, 2, 6, 1, 4, 3])
+lazy = parallel.put_batch(lazy_arrays.RowReader(x.shape, x.dtype, read).subset(rows), mesh)
 try:
   parallel.check_divisible(6, "batch_size")
   error = ""
@@ -28,6 +35,8 @@ print(json.dumps({
     "devices": jax.device_count(),
     "rows_per_shard": sorted({s.data.shape[0] for s in batch["x"].addressable_shards}),
     "grad": np.asarray(grad).tolist(),
+    "lazy_equal": bool((np.asarray(lazy) == x[rows]).all()),
+    "lazy_reads": sorted(asked),
     "error": error}))
 """
 
@@ -51,5 +60,9 @@ def test_sharded_gradient_matches_one_device_and_numpy():
   expected = 2 * x.T @ (x @ w - y) / len(y)
   np.testing.assert_allclose(one["grad"], expected, rtol=1e-5)
   np.testing.assert_allclose(four["grad"], one["grad"], rtol=1e-5)
+  # A batch read from disk: each device's rows read once, by that device's shard.
+  assert one["lazy_equal"] and four["lazy_equal"]
+  assert one["lazy_reads"] == [[5, 0, 7, 2, 6, 1, 4, 3]]
+  assert four["lazy_reads"] == [[4, 3], [5, 0], [6, 1], [7, 2]]
   assert one["error"] == ""
   assert "batch_size=6 must be a multiple of the number of devices (4)" in four["error"]

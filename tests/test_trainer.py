@@ -30,3 +30,35 @@ def test_students_of_any_rates_share_one_compiled_step_and_train_as_plain_sgd():
       # float32, two programs that fuse and sum differently: 2e-6 apart seen.
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   assert shared._cache_size() == 1  # Both students ran one compiled step.
+
+
+def test_a_split_read_from_disk_trains_and_embeds_as_one_in_memory(data_dir):
+  from conftest import tiny_config
+  from vldd_jax import parallel
+  from vldd_jax.data import input_pipeline, lazy_arrays
+  config = tiny_config(data_dir)
+  streamed = input_pipeline.load_split(config, "unused", "train")
+  assert isinstance(streamed.images, lazy_arrays.RowReader)
+  assert isinstance(streamed.text_emb, lazy_arrays.RowReader)
+  in_memory = input_pipeline.Split(np.asarray(streamed.images), streamed.captions,
+                                   np.asarray(streamed.text_emb), streamed.labels)
+  student = trainer.init_student(config.model, jax.random.key(0),
+                                 in_memory.images.shape[1:], in_memory.text_emb.shape[-1], None)
+  tx = trainer.make_optimizer(0.1, 0.9)
+  step = trainer.make_train_step(trainer.student_loss(student.apply_fn, objectives.Plain()), tx)
+  results = []
+  for split in (streamed, in_memory):
+    trainable = jax.tree.map(jnp.array, student.trainable)  # The step donates it.
+    state = (trainable, tx.init(trainable))
+    for epoch in range(2):  # The same batches, captions and order in every epoch.
+      state, loss, correct = trainer.train_epoch(
+          step, state, student.frozen, split.images, split.text_emb, batch_size=16,
+          seed=(0, epoch))
+    embedder = trainer.Embedder(student.apply_fn, parallel.make_mesh(), 16)
+    results.append((state[0], loss, correct,
+                    trainer.evaluate_retrieval(embedder, state[0], student.frozen, split)))
+  (params, loss, correct, recall), (params_mem, loss_mem, correct_mem, recall_mem) = results
+  assert loss == loss_mem and recall == recall_mem
+  np.testing.assert_array_equal(correct, correct_mem)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_mem)):
+    np.testing.assert_array_equal(a, b)

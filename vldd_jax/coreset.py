@@ -192,7 +192,10 @@ def expert_features(config: ml_collections.ConfigDict, workdir: str,
                               config.experts.eval_batch_size)
   n, c, d = train.text_emb.shape
   img = embedder.images(params, frozen, train.images)
-  txt = embedder.texts(params, frozen, train.text_emb.reshape(n * c, d)).reshape(n, c, -1)
+  chunk = config.experts.eval_batch_size  # Captions of this many images at a time.
+  txt = np.concatenate([
+      embedder.texts(params, frozen, train.text_emb[start:start + chunk].reshape(-1, d))
+      for start in range(0, n, chunk)]).reshape(n, c, -1)
   img = np.broadcast_to(img[:, None], txt.shape)
   return np.concatenate([img, txt], axis=-1) / np.sqrt(2.0)
 

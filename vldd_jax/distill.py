@@ -45,6 +45,7 @@ from vldd_jax import trajectories
 from vldd_jax import viz
 from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
+from vldd_jax.data import lazy_arrays
 from vldd_jax.models import build_model, make_apply_fn, make_feature_fn
 
 
@@ -359,15 +360,30 @@ def provenance_record(config: ml_collections.ConfigDict, num_experts: int,
   }
 
 
+def _nearest_captions(unit_text: np.ndarray, real: lazy_arrays.Rows,
+                      chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+  """(flat index, cosine) of each text's nearest real caption embedding, with
+  `chunk` images' captions read at a time."""
+  best = np.full(len(unit_text), -np.inf, np.float32)
+  index = np.zeros(len(unit_text), np.int64)
+  for start in range(0, len(real), chunk):
+    block = real[start:start + chunk]
+    per_image = int(np.prod(block.shape[1:-1]))  # Captions per image (or 1).
+    cosine = unit_text @ block.reshape(-1, block.shape[-1]).T
+    top = cosine.argmax(axis=1)
+    better = cosine[np.arange(len(top)), top] > best
+    best[better] = cosine[better, top[better]]
+    index[better] = start * per_image + top[better]
+  return index, best
+
+
 def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.Split,
                    history: list[dict], objective: objectives.Objective,
                    provenance_json: dict) -> None:
   if jax.process_index():
     return
-  real = train.text_emb.reshape(-1, train.text_emb.shape[-1])
   unit_text = syn["text_emb"] / np.linalg.norm(syn["text_emb"], axis=-1, keepdims=True)
-  cosine = unit_text @ real.T
-  nearest = cosine.argmax(axis=1)
+  nearest, nearest_cosine = _nearest_captions(unit_text, train.text_emb)
   flat_captions = [c for cs in train.captions for c in cs]
   nearest_captions = [flat_captions[i] for i in nearest]
   images_uint8 = to_uint8(syn["images"])
@@ -378,7 +394,7 @@ def _write_outputs(out: str, syn: dict, rows: np.ndarray, train: input_pipeline.
   arrays = dict(images=syn["images"], images_uint8=images_uint8, text_emb=syn["text_emb"],
                 lr_image=np.exp(syn["log_lr"][0]), lr_text=np.exp(syn["log_lr"][1]),
                 init_rows=rows, nearest_caption=np.asarray(nearest_captions),
-                nearest_cosine=cosine.max(axis=1), image_change_rms=image_change,
+                nearest_cosine=nearest_cosine, image_change_rms=image_change,
                 format_version=distilled_set.FORMAT_VERSION,
                 provenance_json=json.dumps(provenance_json, default=str),
                 **objective.export(syn))

@@ -12,6 +12,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vldd_jax.data import lazy_arrays
+
 DATA_AXIS = "data"
 
 
@@ -62,11 +64,13 @@ def check_divisible(batch_size: int, what: str) -> None:
 
 
 def _put(tree, sharding: NamedSharding):
-  if jax.process_count() == 1:
-    return jax.device_put(tree, sharding)
-  # Multi-host: every process holds the same host value and transfers only
-  # the slices its own devices hold.
   def put(x):
+    if isinstance(x, lazy_arrays.RowReader):  # Read only what this process's devices hold.
+      return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    if jax.process_count() == 1:
+      return jax.device_put(x, sharding)
+    # Multi-host: every process holds the same host value and transfers only
+    # the slices its own devices hold.
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
       return jax.random.wrap_key_data(put(jax.random.key_data(x)),
                                       impl=jax.random.key_impl(x))

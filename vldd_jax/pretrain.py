@@ -32,6 +32,7 @@ from vldd_jax import provenance
 from vldd_jax import trainer
 from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
+from vldd_jax.data import lazy_arrays
 from vldd_jax.data import shapes_captions as vocab
 from vldd_jax.models import build_model, init_params
 
@@ -136,7 +137,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   classes = {name: k or int(split.labels["colour"].shape[1])
              for name, (k, _) in HEADS.items()}
   n_held = max(1, int(len(split) * _HELD_OUT))
-  train_x, held_x = split.images[n_held:], split.images[:n_held]
+  train_x = lazy_arrays.rows_of(split.images, np.arange(n_held, len(split)))
+  held_x = split.images[:n_held]
   train_t = {k: v[n_held:] for k, v in targets.items()}
   held_t = {k: v[:n_held] for k, v in targets.items()}
 
@@ -178,8 +180,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       order = np.random.default_rng([config.seed, epoch]).permutation(len(train_x))
       for i in range(steps_per_epoch):
         rows = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-        batch = parallel.put_batch((train_x[rows], {k: v[rows] for k, v in train_t.items()}),
-                                   mesh)
+        batch = parallel.put_batch((lazy_arrays.rows_of(train_x, rows),
+                                    {k: v[rows] for k, v in train_t.items()}), mesh)
         params, opt_state, loss, _ = train_step(params, opt_state, *batch)
       bar.set_postfix(loss=f"{float(loss):.3f}")
       mngr.save(epoch + 1, args=ocp.args.Composite(

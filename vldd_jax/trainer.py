@@ -18,6 +18,7 @@ from vldd_jax import compile_options
 from vldd_jax import objectives
 from vldd_jax import parallel
 from vldd_jax import retrieval
+from vldd_jax.data import lazy_arrays
 from vldd_jax.data.input_pipeline import Split
 from vldd_jax.models import build_model, init_params, make_apply_fn, split_params
 from vldd_jax.models.partition import ApplyFn, text_side_mask
@@ -150,7 +151,7 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Trai
 
 
 def train_epoch(train_step: TrainStep, state: tuple[dict, optax.OptState],
-                frozen: dict, images: np.ndarray, text_emb: np.ndarray, *,
+                frozen: dict, images: lazy_arrays.Rows, text_emb: lazy_arrays.Rows, *,
                 batch_size: int, seed: tuple[int, ...], targets: np.ndarray | None = None
                 ) -> tuple[tuple[dict, optax.OptState], float, np.ndarray]:
   """One epoch over the pairs in a random order, one random caption per image.
@@ -178,16 +179,16 @@ def train_epoch(train_step: TrainStep, state: tuple[dict, optax.OptState],
     raise ValueError(f"batch_size={batch_size} is larger than the {n} training pairs.")
   rng = np.random.default_rng(seed)
   order = rng.permutation(n)
-  if text_emb.ndim == 3:
-    captions = rng.integers(0, text_emb.shape[1], n)
-    text_emb = text_emb[np.arange(n), captions]
+  captions = rng.integers(0, text_emb.shape[1], n) if text_emb.ndim == 3 else None
   key = jax.random.key(rng.integers(2**31))
   trainable, opt_state = state
   mesh = parallel.make_mesh()  # Batches split over every device, as the step's inputs.
   step_losses, step_correct = [], []
   for i in range(steps):
     rows = order[i * batch_size:(i + 1) * batch_size]
-    batch = parallel.put_batch((images[rows], text_emb[rows]), mesh)
+    texts = text_emb[rows] if captions is None else text_emb[rows, captions[rows]]
+    # Images stay unread until placed: each process reads its own devices' rows.
+    batch = parallel.put_batch((lazy_arrays.rows_of(images, rows), texts), mesh)
     rng_i = parallel.put_replicated(jax.random.fold_in(key, i), mesh)
     block = () if targets is None else (parallel.put_replicated(jax.tree.map(
         lambda t: t[np.ix_(rows, rows)] if np.ndim(t) == 2 else t, targets), mesh),)
@@ -221,7 +222,7 @@ class Embedder:
       out.append(parallel.to_host(emb)[:len(chunk)])
     return np.concatenate(out)
 
-  def images(self, trainable: dict, frozen: dict, images: np.ndarray) -> np.ndarray:
+  def images(self, trainable: dict, frozen: dict, images: lazy_arrays.Rows) -> np.ndarray:
     """Unit image embeddings [N, embed_dim]."""
     return self._run(self._images, trainable, frozen, images)
 
@@ -235,5 +236,5 @@ def evaluate_retrieval(embedder: Embedder, trainable: dict, frozen: dict,
   """recall@1/5/10 both ways (percent) of the student on a split, every caption."""
   img = embedder.images(trainable, frozen, split.images)
   txt = embedder.texts(trainable, frozen,
-                       split.text_emb.reshape(-1, split.text_emb.shape[-1]))
+                       split.text_emb[:].reshape(-1, split.text_emb.shape[-1]))
   return retrieval.recall_at_k(img @ txt.T, split.caption_to_image)

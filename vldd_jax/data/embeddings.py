@@ -11,6 +11,7 @@ import numpy as np
 from absl import logging
 
 from vldd_jax import jsonfile
+from vldd_jax.data import lazy_arrays
 from vldd_jax.text import TextEncoder
 
 # An entry's name; `cache_paths` makes the files `workdir_lib.CAPTION_ENTRY`.
@@ -34,31 +35,38 @@ def cache_paths(cache_dir: str, name: str, key: dict) -> tuple[str, str]:
   return stem + ".npy", stem + ".json"
 
 
-def _load(npy: str, sidecar: str, key: dict, count: int) -> np.ndarray | None:
-  """Returns the cached array, or None if absent or not matching its sidecar."""
+def _load(npy: str, sidecar: str, key: dict, count: int,
+          texts_per_row: int) -> lazy_arrays.RowReader | None:
+  """The cached array, unread, or None if absent or not matching its sidecar."""
   if not os.path.exists(sidecar):
     return None
   try:
     with open(sidecar, encoding="utf-8") as f:
       meta = json.load(f)
-    array = np.load(npy, allow_pickle=False)
+    array = lazy_arrays.npy_rows(npy)
     problem = None
     if meta.get("key") != key:
       problem = f"sidecar key {meta.get('key')} != {key}"
     elif array.dtype != np.float32 or array.shape != (count, meta.get("dim")):
       problem = f"array {array.dtype}{array.shape}, expected float32({count}, {meta.get('dim')})"
-    elif hashlib.sha256(array.tobytes()).hexdigest() != meta.get("sha256"):
+    elif lazy_arrays.npy_sha256(npy) != meta.get("sha256"):
       problem = "content checksum mismatch"
   except (OSError, ValueError, EOFError) as e:
     problem = f"unreadable ({e})"
   if problem is not None:
     logging.warning("Caption embedding cache %s is corrupt: %s; recomputing.", npy, problem)
     return None
-  return array
+  return _view(npy, array.shape, texts_per_row)
+
+
+def _view(npy: str, shape: tuple[int, int], texts_per_row: int) -> lazy_arrays.RowReader:
+  count, dim = shape
+  rows = (count,) if texts_per_row == 1 else (count // texts_per_row, texts_per_row)
+  return lazy_arrays.npy_rows(npy, rows + (dim,))
 
 
 def encode_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir: str, name: str,
-                  batch_size: int = 256) -> np.ndarray:
+                  batch_size: int = 256, texts_per_row: int = 1) -> lazy_arrays.RowReader:
   """Encodes texts with the encoder, or loads the result of an earlier identical call.
 
   An entry is keyed by the encoder fingerprint, `name` and a hash of the texts,
@@ -72,16 +80,22 @@ def encode_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir: str, na
     cache_dir: folder of the cache (created if missing).
     name: a short label for the file name, e.g. `shapes-train`.
     batch_size: captions per encoder call.
+    texts_per_row: consecutive texts that make one row of the result (an
+      image's captions).
 
   Returns:
-    float32 [len(texts), encoder.dim], L2-normalised rows.
+    The cached file's float32 [len(texts) / texts_per_row, texts_per_row,
+    encoder.dim] L2-normalised embeddings (squeezed to 2 axes when
+    texts_per_row is 1), read from disk when indexed.
   """
   if not _NAME.fullmatch(name):
     raise ValueError(f"name must match {_NAME.pattern} (it becomes a file name), got {name!r}")
   texts = list(texts)
+  if texts_per_row < 1 or len(texts) % texts_per_row:
+    raise ValueError(f"texts_per_row={texts_per_row} does not divide {len(texts)} texts")
   key = {"encoder": encoder.fingerprint, "name": name, "texts_sha256": texts_digest(texts)}
   npy, sidecar = cache_paths(cache_dir, name, key)
-  cached = _load(npy, sidecar, key, len(texts))
+  cached = _load(npy, sidecar, key, len(texts), texts_per_row)
   if cached is not None:
     logging.info("Loaded %d cached caption embeddings from %s.", len(texts), npy)
     return cached
@@ -97,4 +111,4 @@ def encode_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir: str, na
           "sha256": hashlib.sha256(embeddings.tobytes()).hexdigest()}
   jsonfile.write(sidecar, meta)
   logging.info("Encoded %d captions and cached them at %s.", len(texts), npy)
-  return embeddings
+  return _view(npy, embeddings.shape, texts_per_row)

@@ -1,4 +1,5 @@
-"""Reads prepared splits into memory, with their cached caption embeddings."""
+"""Opens prepared splits: captions and labels in memory; images and cached
+caption embeddings read from disk by rows, as batches ask for them."""
 import dataclasses
 import json
 import os
@@ -12,6 +13,7 @@ from vldd_jax import text
 from vldd_jax import workdir_lib
 from vldd_jax.data import embeddings
 from vldd_jax.data import karpathy
+from vldd_jax.data import lazy_arrays
 from vldd_jax.data import shapes
 
 _BUILDERS = {"shapes": shapes.make_builder, "karpathy": karpathy.make_builder}
@@ -23,18 +25,20 @@ _BUILT: dict[str, tfds.core.DatasetBuilder] = {}
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split in memory.
+  """One split.
 
   Attributes:
-    images: uint8 [N, H, W, 3].
+    images: uint8 [N, H, W, 3], from the prepared ArrayRecord files when
+      indexed (or a NumPy array).
     captions: N lists of captions (5 per image).
-    text_emb: float32 [N, captions_per_image, D] frozen-encoder embeddings, or
-      None when the split was read without them.
+    text_emb: float32 [N, captions_per_image, D] frozen-encoder embeddings,
+      from the cache file when indexed (or a NumPy array); None when the split
+      was opened without them.
     labels: other per-image features of the dataset (e.g. shapes' attributes).
   """
-  images: np.ndarray
+  images: np.ndarray | lazy_arrays.RowReader
   captions: list[list[str]]
-  text_emb: np.ndarray | None
+  text_emb: np.ndarray | lazy_arrays.RowReader | None
   labels: dict[str, np.ndarray]
 
   def __len__(self) -> int:
@@ -84,21 +88,21 @@ def text_encoder(config: ml_collections.ConfigDict) -> text.TextEncoder:
 def caption_embeddings(config: ml_collections.ConfigDict, workdir: str,
                        ds_builder: tfds.core.DatasetBuilder, split: str,
                        captions: list[list[str]],
-                       encoder: text.TextEncoder | None = None) -> np.ndarray:
+                       encoder: text.TextEncoder | None = None) -> lazy_arrays.RowReader:
   """Embeddings [N, captions_per_image, D] of a split's captions, cached."""
   flat = [c for image_captions in captions for c in image_captions]
-  emb = embeddings.encode_cached(
+  return embeddings.encode_cached(
       encoder or text_encoder(config), flat,
       cache_dir=os.path.join(data_dir(config, workdir), workdir_lib.CAPTION_CACHE),
       name=f"{ds_builder.name}-{ds_builder.builder_config.name}-{split}",
-      batch_size=config.text.batch_size)
-  return emb.reshape(len(captions), len(captions[0]), -1)
+      batch_size=config.text.batch_size, texts_per_row=len(captions[0]))
 
 
 def load_split(config: ml_collections.ConfigDict, workdir: str, split: str, *,
                with_text_emb: bool = True,
                encoder: text.TextEncoder | None = None) -> Split:
-  """Reads a whole split into memory (preparing the dataset if needed)."""
+  """Opens a split (preparing the dataset if needed): reads its captions and
+  labels; its images and caption embeddings stay on disk until indexed."""
   ds_builder = prepare(config, workdir)
   source = ds_builder.as_data_source()
   if split not in source:
@@ -111,10 +115,13 @@ def load_split(config: ml_collections.ConfigDict, workdir: str, split: str, *,
     for example in source.__getitems__(
         range(start, min(start + _READ_CHUNK, len(source)))):
       for key, value in example.items():
-        columns.setdefault(key, []).append(value)
+        if key != "image":
+          columns.setdefault(key, []).append(value)
   captions = [[c.decode("utf-8") if isinstance(c, bytes) else c for c in cs]
               for cs in columns.pop("captions")]
-  images = np.stack(columns.pop("image"))
+  image = ds_builder.info.features["image"]
+  images = lazy_arrays.record_feature(source, "image", (len(source),) + image.shape,
+                                      image.np_dtype)
   labels = {k: np.asarray(v) for k, v in columns.items()}
   text_emb = (caption_embeddings(config, workdir, ds_builder, split, captions,
                                  encoder)

@@ -46,6 +46,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name="karpathy",
       data_dir="",  # Empty: <workdir>/tfds.
+      # A split whose images and caption embeddings fit in this many MiB is read
+      # whole into memory (fastest); a larger one by rows from disk, as batches
+      # need them, so memory does not grow with the dataset (docs/scaling.md).
+      in_memory_mb=512,
       ann_file="",  # dataset_flickr30k.json / dataset_coco.json; empty: TFDS manual dir.
       image_root="",  # Folder the JSON's `filepath/filename` entries are relative to.
       image_size=image_size,

@@ -39,6 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name="shapes",
       data_dir="",  # Empty: <workdir>/tfds.
+      # A split whose images and caption embeddings fit in this many MiB is read
+      # whole into memory (fastest); a larger one by rows from disk, as batches
+      # need them, so memory does not grow with the dataset (docs/scaling.md).
+      in_memory_mb=512,
       image_size=32,
       max_objects=3,
       num_train=10_000,
@@ -75,7 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.evaluate.epochs = 30
     config.compare.budgets = (50, 100, 200)
   if arg.tiny:
-    config.data.update(num_train=64, num_val=16, num_test=16, num_pretrain=80)
+    # in_memory_mb=0: the tests run the by-rows reading that large datasets take.
+    config.data.update(num_train=64, num_val=16, num_test=16, num_pretrain=80,
+                       in_memory_mb=0)
     config.model.vit.update(width=32, depth=1, heads=2, mlp_dim=64)
     config.model.embed_dim = 32
     config.pretrain.update(epochs=1, batch_size=16)

@@ -37,9 +37,18 @@ def test_a_split_read_from_disk_trains_and_embeds_as_one_in_memory(data_dir):
   from vldd_jax import parallel
   from vldd_jax.data import input_pipeline, lazy_arrays
   config = tiny_config(data_dir)
+  assert config.data.in_memory_mb == 0  # By rows; a budget it fits reads it whole:
+  config.data.in_memory_mb = 1
+  assert isinstance(input_pipeline.load_split(config, "unused", "train").images, np.ndarray)
+  config.data.in_memory_mb = 0
   streamed = input_pipeline.load_split(config, "unused", "train")
   assert isinstance(streamed.images, lazy_arrays.RowReader)
   assert isinstance(streamed.text_emb, lazy_arrays.RowReader)
+  # Images parsed from the raw records are the ones TFDS decodes.
+  source = input_pipeline.builder(config, "unused").as_data_source()["train"]
+  rows = np.array([5, 0, 63, 5, 17])
+  np.testing.assert_array_equal(
+      streamed.images[rows], np.stack([e["image"] for e in source.__getitems__(rows.tolist())]))
   in_memory = input_pipeline.Split(np.asarray(streamed.images), streamed.captions,
                                    np.asarray(streamed.text_emb), streamed.labels)
   student = trainer.init_student(config.model, jax.random.key(0),

@@ -261,7 +261,7 @@ _POSITIVE_INTS = (
     "distill.checkpoint_every", "evaluate.seeds", "evaluate.epochs",
     "evaluate.batch_size")
 _POSITIVE_FLOATS = ("pretrain.lr", "experts.lr", "evaluate.lr")
-_NON_NEGATIVE = ("distill.num_experts", "distill.min_start_epoch",
+_NON_NEGATIVE = ("data.in_memory_mb", "distill.num_experts", "distill.min_start_epoch",
                  "distill.lowrank_batch_size",
                  "distill.max_start_epoch_final", "distill.start_shift_per_doubling",
                  "distill.syn_steps_exponent", "distill.meta_lr_rates_exponent",

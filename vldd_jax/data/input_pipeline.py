@@ -102,7 +102,8 @@ def load_split(config: ml_collections.ConfigDict, workdir: str, split: str, *,
                with_text_emb: bool = True,
                encoder: text.TextEncoder | None = None) -> Split:
   """Opens a split (preparing the dataset if needed): reads its captions and
-  labels; its images and caption embeddings stay on disk until indexed."""
+  labels, and its images and caption embeddings too if together they fit in
+  `data.in_memory_mb`; if not, those stay on disk until indexed."""
   ds_builder = prepare(config, workdir)
   source = ds_builder.as_data_source()
   if split not in source:
@@ -126,4 +127,8 @@ def load_split(config: ml_collections.ConfigDict, workdir: str, split: str, *,
   text_emb = (caption_embeddings(config, workdir, ds_builder, split, captions,
                                  encoder)
               if with_text_emb else None)
+  size = sum(a.dtype.itemsize * np.prod(a.shape) for a in (images, text_emb) if a is not None)
+  if size <= config.data.in_memory_mb * 2**20:
+    # Small enough: indexing memory beats reading and parsing records per batch.
+    images, text_emb = (None if a is None else np.asarray(a) for a in (images, text_emb))
   return Split(images=images, captions=captions, text_emb=text_emb, labels=labels)

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from tensorflow_datasets.proto import tf_example_pb2
 
 _CHUNK_BYTES = 64 << 20
 
@@ -83,12 +84,30 @@ def _runs(rows: np.ndarray) -> list[np.ndarray]:
 
 def record_feature(source, key: str, shape: Sequence[int], dtype) -> RowReader:
   """Feature `key` of every example of a TFDS data source (e.g. an ArrayRecord
-  split's `as_data_source()[split]`), one row per example."""
-  shape = tuple(shape)
+  split's `as_data_source()[split]`), one row per example.
 
-  def read(rows: np.ndarray) -> np.ndarray:
+  A fixed-size tensor stored as bytes (`tfds.features.Encoding.BYTES`) is
+  parsed from the raw records alone, about 7x faster than TFDS decoding every
+  feature of every example (4-5 ms against 43 ms for 128 random shapes
+  examples); other features go through TFDS's decoding.
+  """
+  shape, dtype = tuple(shape), np.dtype(dtype)
+  row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
+  raw = getattr(source, "data_source", None)  # The serialized records, if exposed.
+
+  def decoded(rows: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(example[key], dtype) for example in
                      source.__getitems__(rows.tolist())])
+
+  def read(rows: np.ndarray) -> np.ndarray:
+    if raw is None:
+      return decoded(rows)
+    values = [tf_example_pb2.Example.FromString(record).features.feature[key].bytes_list.value
+              for record in raw.__getitems__(rows.tolist())]
+    if not all(len(v) == 1 and len(v[0]) == row_bytes for v in values):
+      return decoded(rows)
+    return np.frombuffer(bytearray(b"".join(v[0] for v in values)), dtype).reshape(
+        (len(rows),) + shape[1:])
   return RowReader(shape, dtype, read)
 
 

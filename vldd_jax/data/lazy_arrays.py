@@ -46,6 +46,8 @@ class RowReader:
     else:
       picked = np.asarray(rows)
       if picked.dtype == bool:
+        if picked.shape != (len(self),):
+          raise IndexError(f"a mask of shape {picked.shape} for {len(self)} rows")
         picked = np.flatnonzero(picked)
       if picked.ndim != 1:
         raise IndexError(f"rows must be one-dimensional, got shape {picked.shape}")

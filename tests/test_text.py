@@ -260,3 +260,16 @@ def test_cache_encodes_repeated_captions_once(tiny, tmp_path, monkeypatch):
   got = embeddings.encode_cached(tiny, texts, str(tmp_path), "repeats")
   assert calls == [3]
   np.testing.assert_allclose(got, tiny.encode(texts), rtol=1e-6, atol=1e-6)
+
+
+def test_a_split_is_encoded_and_written_a_chunk_at_a_time(tiny, tmp_path, monkeypatch):
+  whole = np.asarray(embeddings.encode_cached(tiny, _CAPTIONS, str(tmp_path / "a"), "tiny"))
+  monkeypatch.setattr(embeddings, "_ENCODE_CHUNK", 2)
+  calls = _count_encodes(monkeypatch, tiny)
+  chunked = embeddings.encode_cached(tiny, _CAPTIONS, str(tmp_path / "b"), "tiny")
+  assert calls == [2, 2, 1]
+  # Other batch shapes, the same embeddings to float32 rounding.
+  np.testing.assert_allclose(np.asarray(chunked), whole, rtol=1e-5, atol=1e-6)
+  again = embeddings.encode_cached(tiny, _CAPTIONS, str(tmp_path / "b"), "tiny")
+  assert calls == [2, 2, 1]  # The streamed checksum matched: read from the cache.
+  np.testing.assert_array_equal(np.asarray(again), np.asarray(chunked))

@@ -14,6 +14,8 @@ from vldd_jax import jsonfile
 from vldd_jax.data import lazy_arrays
 from vldd_jax.text import TextEncoder
 
+# Texts encoded and written at a time (~100 MB of 384-d embeddings).
+_ENCODE_CHUNK = 1 << 16
 # An entry's name; `cache_paths` makes the files `workdir_lib.CAPTION_ENTRY`.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -99,16 +101,32 @@ def encode_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir: str, na
   if cached is not None:
     logging.info("Loaded %d cached caption embeddings from %s.", len(texts), npy)
     return cached
-  # Template captions repeat (22% of shapes' train captions): encode each once.
-  unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-  embeddings = encoder.encode(list(unique), batch_size=batch_size)[inverse]
   os.makedirs(cache_dir, exist_ok=True)
   # The sidecar marks an entry complete: drop a stale one before replacing the .npy.
   if os.path.exists(sidecar):
     os.remove(sidecar)
-  jsonfile.write_file(npy, lambda f: np.save(f, embeddings, allow_pickle=False))
-  meta = {"key": key, "count": len(texts), "dim": int(embeddings.shape[1]),
-          "sha256": hashlib.sha256(embeddings.tobytes()).hexdigest()}
+  shape = (len(texts), encoder.dim)
+  digest = hashlib.sha256()
+
+  def write(f) -> None:
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+            "fortran_order": False, "shape": shape})
+    # A chunk at a time, so that encoding a large split holds one chunk's
+    # embeddings, not the split's.
+    for start in range(0, len(texts), _ENCODE_CHUNK):
+      chunk = _encode_unique(encoder, texts[start:start + _ENCODE_CHUNK], batch_size)
+      digest.update(chunk.tobytes())
+      f.write(chunk.tobytes())
+  jsonfile.write_file(npy, write)
+  meta = {"key": key, "count": len(texts), "dim": encoder.dim, "sha256": digest.hexdigest()}
   jsonfile.write(sidecar, meta)
   logging.info("Encoded %d captions and cached them at %s.", len(texts), npy)
-  return _view(npy, embeddings.shape, texts_per_row)
+  return _view(npy, shape, texts_per_row)
+
+
+def _encode_unique(encoder: TextEncoder, texts: Sequence[str], batch_size: int) -> np.ndarray:
+  """float32 [len(texts), encoder.dim] embeddings, each distinct text encoded once
+  (template captions repeat: 22% of shapes' train captions)."""
+  unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+  return encoder.encode(list(unique), batch_size=batch_size)[inverse].astype(np.float32)

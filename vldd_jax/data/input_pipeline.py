@@ -98,6 +98,10 @@ def caption_embeddings(config: ml_collections.ConfigDict, workdir: str,
       batch_size=config.text.batch_size, texts_per_row=len(captions[0]))
 
 
+def _nbytes(array: lazy_arrays.RowReader) -> int:
+  return array.dtype.itemsize * int(np.prod(array.shape))
+
+
 def load_split(config: ml_collections.ConfigDict, workdir: str, split: str, *,
                with_text_emb: bool = True,
                encoder: text.TextEncoder | None = None) -> Split:
@@ -110,25 +114,32 @@ def load_split(config: ml_collections.ConfigDict, workdir: str, split: str, *,
     raise ValueError(f"Split {split!r} not in dataset {config.data.name!r}; "
                      f"expected one of {sorted(source)}.")
   source = source[split]
+  image = ds_builder.info.features["image"]
+  on_disk = lazy_arrays.record_feature(source, "image", (len(source),) + image.shape,
+                                       image.np_dtype)
+  budget = config.data.in_memory_mb * 2**20
+  # The images are kept from this one pass over the records unless they alone
+  # exceed the budget; a split that does not fit is read by rows after all.
+  keep_images = _nbytes(on_disk) <= budget
   columns: dict[str, list] = {}
   for start in tqdm.trange(0, len(source), _READ_CHUNK, desc=f"read {split}",
                            leave=False):
     for example in source.__getitems__(
         range(start, min(start + _READ_CHUNK, len(source)))):
       for key, value in example.items():
-        if key != "image":
+        if key != "image" or keep_images:
           columns.setdefault(key, []).append(value)
   captions = [[c.decode("utf-8") if isinstance(c, bytes) else c for c in cs]
               for cs in columns.pop("captions")]
-  image = ds_builder.info.features["image"]
-  images = lazy_arrays.record_feature(source, "image", (len(source),) + image.shape,
-                                      image.np_dtype)
+  images = np.stack(columns.pop("image")) if keep_images else on_disk
   labels = {k: np.asarray(v) for k, v in columns.items()}
   text_emb = (caption_embeddings(config, workdir, ds_builder, split, captions,
                                  encoder)
               if with_text_emb else None)
-  size = sum(a.dtype.itemsize * np.prod(a.shape) for a in (images, text_emb) if a is not None)
-  if size <= config.data.in_memory_mb * 2**20:
+  text_bytes = 0 if text_emb is None else _nbytes(text_emb)
+  if keep_images and _nbytes(on_disk) + text_bytes <= budget:
     # Small enough: indexing memory beats reading and parsing records per batch.
-    images, text_emb = (None if a is None else np.asarray(a) for a in (images, text_emb))
+    text_emb = None if text_emb is None else np.asarray(text_emb)
+  else:
+    images = on_disk
   return Split(images=images, captions=captions, text_emb=text_emb, labels=labels)

@@ -34,7 +34,7 @@ _EPOCHS = flags.DEFINE_integer("epochs", 3, "Expert epochs per measurement.")
 _ROUNDS = flags.DEFINE_integer("rounds", 1, "Alternating rounds per case.")
 _DATA_ROOT = flags.DEFINE_string("data_root", "/tmp/vldd_split_memory",
                                  "Where each case's data are prepared (kept).")
-_CHILD = flags.DEFINE_string("child", None, "prepare | streamed | in_memory (internal).")
+_CHILD = flags.DEFINE_string("child", None, "prepare | by_rows | in_memory (internal).")
 _CASE = flags.DEFINE_string("case", None, "The child's case (internal).")
 
 # data.in_memory_mb of each variant.

@@ -81,5 +81,7 @@ def test_a_subset_reads_nothing_until_indexed_then_only_its_rows():
   assert source.asked == [] and batch.shape == (4, 2, 2, 3)
   np.testing.assert_array_equal(batch[1:3][:, 0, 0, 0], [4, 6])
   assert source.asked == [4, 6]
+  tail = lazy_arrays.rows_of(images, slice(7, None))
+  np.testing.assert_array_equal(tail[:, 0, 0, 0], [7, 8, 9])
   in_memory = np.arange(10)
   np.testing.assert_array_equal(lazy_arrays.rows_of(in_memory, np.array([3, 1])), [3, 1])

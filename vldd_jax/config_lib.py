@@ -276,7 +276,8 @@ _FRACTIONS = ("experts.momentum", "distill.momentum", "evaluate.momentum",
 # stops a run with the new one, from a flag (main.py) or a config file (validate).
 RENAMED = {f"distill.{old}": f"distill.{new}" for old, new in (
     ("lr_images", "meta_lr_images"), ("lr_text", "meta_lr_text"), ("lr_lr", "meta_lr_rates"),
-    ("lr_similarity", "meta_lr_lowrank"), ("similarity_rank", "lowrank_rank"), ("similarity_alpha", "lowrank_alpha"),
+    ("lr_similarity", "meta_lr_lowrank"), ("similarity_rank", "lowrank_rank"),
+    ("similarity_alpha", "lowrank_alpha"),
     ("meta_lr_similarity", "meta_lr_lowrank"), ("similarity_loss", "lowrank_loss"),
     ("similarity_batch_size", "lowrank_batch_size"))}
 

@@ -366,9 +366,9 @@ def _nearest_captions(unit_text: np.ndarray, real: lazy_arrays.Rows,
   `chunk` images' captions read at a time."""
   best = np.full(len(unit_text), -np.inf, np.float32)
   index = np.zeros(len(unit_text), np.int64)
+  per_image = int(np.prod(real.shape[1:-1]))  # Captions per image (or 1).
   for start in range(0, len(real), chunk):
     block = real[start:start + chunk]
-    per_image = int(np.prod(block.shape[1:-1]))  # Captions per image (or 1).
     cosine = unit_text @ block.reshape(-1, block.shape[-1]).T
     top = cosine.argmax(axis=1)
     better = cosine[np.arange(len(top)), top] > best

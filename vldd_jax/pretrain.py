@@ -137,7 +137,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   classes = {name: k or int(split.labels["colour"].shape[1])
              for name, (k, _) in HEADS.items()}
   n_held = max(1, int(len(split) * _HELD_OUT))
-  train_x = lazy_arrays.rows_of(split.images, np.arange(n_held, len(split)))
+  train_x = lazy_arrays.rows_of(split.images, slice(n_held, None))
   held_x = split.images[:n_held]
   train_t = {k: v[n_held:] for k, v in targets.items()}
   held_t = {k: v[:n_held] for k, v in targets.items()}

@@ -62,10 +62,10 @@ class RowReader:
     whole = self[:]
     return whole if dtype is None else whole.astype(dtype)
 
-  def subset(self, rows: np.ndarray) -> RowReader:
+  def subset(self, rows: np.ndarray | slice) -> RowReader:
     """The rows `rows` of this array, still unread (e.g. a global batch, of
     which each process reads only its own devices' rows)."""
-    rows = np.asarray(rows)
+    rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows)
     return RowReader((len(rows),) + self.shape[1:], self.dtype,
                      lambda picked: self._read_rows(rows[picked]))
 
@@ -74,7 +74,7 @@ class RowReader:
 Rows = np.ndarray | RowReader
 
 
-def rows_of(array: Rows, rows: np.ndarray) -> Rows:
+def rows_of(array: Rows, rows: np.ndarray | slice) -> Rows:
   """`array[rows]`, left unread when `array` is read from disk."""
   return array.subset(rows) if isinstance(array, RowReader) else array[rows]
 

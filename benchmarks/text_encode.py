@@ -3,7 +3,7 @@
   python -m benchmarks.text_encode [--count=2000] [--batch_size=256]
 
 Writes benchmarks/results/text_encode.json. The first pass over the captions
-compiles one program per length bucket; the reported speed is the median of
+compiles one program per row length; the reported speed is the median of
 the warm passes after it, and compile time is what JAX reports for tracing,
 lowering and compiling.
 """

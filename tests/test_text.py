@@ -82,7 +82,7 @@ def reference() -> tuple[list[str], np.ndarray]:
 def test_minilm_matches_sentence_transformers(minilm, reference):
   sentences, expected = reference
   assert minilm.dim == 384 and expected.shape == (26, 384)
-  # One 32-row batch, then 7 batches of 4 in the 16, 24 and 96 token buckets.
+  # Packed rows of 128 tokens: all rows in one call, then one row per call.
   for batch_size in (256, 4):
     got = minilm.encode(sentences, batch_size=batch_size, progress=False)
     assert got.dtype == np.float32 and got.shape == expected.shape
@@ -93,12 +93,25 @@ def test_minilm_matches_sentence_transformers(minilm, reference):
 
 def test_minilm_result_does_not_depend_on_batch(minilm, reference):
   sentences, expected = reference
-  # Length-sorted batches of 2: caption 0 is padded to 96 tokens beside the long one.
+  # Packed into one row beside the others, caption 0 gives what it gives alone.
   picked = [23, 9, 11, 0]
   got = minilm.encode([sentences[i] for i in picked], batch_size=2, progress=False)
   np.testing.assert_allclose(got, expected[picked], atol=1e-5)
   single = minilm.encode([sentences[0]], progress=False)
   np.testing.assert_allclose(single[0], got[3], atol=1e-5)
+
+
+def test_pack_puts_each_text_in_the_fullest_row_it_fits():
+  lengths = [5, 3, 9, 2, 7, 4, 2]
+  # Longest first: 9 | 7 | 5 | 4 joins 5 | 3 joins 7 (full) | 2 fits no row | 2.
+  assert text.pack(lengths, row_length=10, max_texts=3) == [[2], [4, 1], [0, 5], [6, 3]]
+  assert text.pack([2] * 5, row_length=10, max_texts=3) == [[4, 3, 2], [1, 0]]
+  ids, segments, positions = text.packed_arrays(
+      [[i] * n for i, n in enumerate(lengths)], [[4, 1], [0, 5]], 3, 10, pad_id=-1)
+  np.testing.assert_array_equal(ids[0], [4] * 7 + [1] * 3)
+  np.testing.assert_array_equal(segments[1], [1] * 5 + [2] * 4 + [0])
+  np.testing.assert_array_equal(positions[1], [0, 1, 2, 3, 4, 0, 1, 2, 3, 0])
+  assert not segments[2].any() and (ids[2] == -1).all()
 
 
 def test_bucket_lengths():
@@ -119,7 +132,8 @@ def test_tiny_bert_loads_with_cls_and_mean_pooling(tiny, tiny_dir):
   token_ids = tiny.tokenize(_CAPTIONS)
   assert token_ids[2] == [2, 5 + _WORDS.index("a"), 5 + _WORDS.index("dog"),
                           5 + _WORDS.index("."), 3]
-  ids, mask = tiny.pad(token_ids, 5, 16)
+  # One text per row, padded: the model as Hugging Face runs it.
+  ids, mask, _ = text.packed_arrays(token_ids, [[i] for i in range(5)], 5, 16)
   hidden = np.asarray(tiny.module.apply({"params": tiny.params}, jnp.asarray(ids),
                                         jnp.asarray(mask)))
   first = hidden[:, 0]

@@ -26,6 +26,9 @@ CONFIG_FILE = "config.json"
 _TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
                     "special_tokens_map.json")
 _MIN_BUCKET = 16
+# Tokens per packed row (longer if a text is longer): ~10 short captions, and
+# attention over 128 tokens adds ~5% to the dense layers of a 384-wide model.
+_PACK_LENGTH = 32
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 _ACTIVATIONS = {
@@ -103,7 +106,7 @@ class _Layer(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, segments: jax.Array) -> jax.Array:
     cfg = self.config
     dense = functools.partial(nn.Dense, precision=_HIGHEST)
     layer_norm = functools.partial(nn.LayerNorm, epsilon=cfg.layer_norm_eps)
@@ -114,8 +117,11 @@ class _Layer(nn.Module):
     k = split(dense(d, name="key")(x))
     v = split(dense(d, name="value")(x))
     logits = jnp.einsum("bqhc,bkhc->bhqk", q, k, precision=_HIGHEST) / np.sqrt(d // heads)
-    # A finite fill keeps fully padded rows NaN-free; their outputs are discarded.
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    # A token attends to the tokens of its own text. A finite fill keeps padding
+    # rows NaN-free; their outputs are discarded. exp of the fill minus a real
+    # logit is exactly 0 in float32, so packing does not change a text's result.
+    same_text = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
+    logits = jnp.where(same_text[:, None], logits, jnp.finfo(logits.dtype).min)
     attn = jax.nn.softmax(logits, axis=-1)
     ctx = jnp.einsum("bhqk,bkhc->bqhc", attn, v, precision=_HIGHEST).reshape(b, t, d)
     x = layer_norm(name="attention_norm")(x + dense(d, name="attention_out")(ctx))
@@ -124,22 +130,28 @@ class _Layer(nn.Module):
 
 
 class BertModel(nn.Module):
-  """BERT encoder: token ids and attention mask to last hidden states [b, t, d]."""
+  """BERT encoder: token ids and attention mask to last hidden states [b, t, d].
+
+  `attention_mask` is 0 on padding; a row may hold several texts (packing),
+  numbered 1, 2, ... in the mask, each attending only to itself, with
+  `positions` restarting at 0 for each (default: one text per row).
+  """
   config: BertConfig
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+               positions: jax.Array | None = None) -> jax.Array:
     cfg = self.config
-    positions = jnp.arange(input_ids.shape[1])[None, :]
+    if positions is None:
+      positions = jnp.arange(input_ids.shape[1])[None, :]
     x = (nn.Embed(cfg.vocab_size, cfg.hidden_size, name="word_embeddings")(input_ids)
          + nn.Embed(cfg.max_position_embeddings, cfg.hidden_size,
                     name="position_embeddings")(positions)
          + nn.Embed(cfg.type_vocab_size, cfg.hidden_size,
                     name="token_type_embeddings")(jnp.zeros_like(input_ids)))
     x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="embeddings_norm")(x)
-    mask = attention_mask.astype(bool)
     for i in range(cfg.num_hidden_layers):
-      x = _Layer(cfg, name=f"layer_{i}")(x, mask)
+      x = _Layer(cfg, name=f"layer_{i}")(x, attention_mask)
     return x
 
 
@@ -245,15 +257,61 @@ def _bucket(length: int, max_length: int) -> int:
   return min(bucket, max_length)
 
 
-def _pool(hidden: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
-  """Pools hidden states [b, t, d] to L2-normalised sentence embeddings [b, d]."""
+def _pool(hidden: jax.Array, segments: jax.Array, positions: jax.Array, pooling: str,
+          texts_per_row: int) -> jax.Array:
+  """Pools hidden states [b, t, d] to L2-normalised embeddings [b, texts_per_row, d]
+  of the texts numbered 1, 2, ... in `segments`."""
+  numbers = jnp.arange(1, texts_per_row + 1)[None, :, None]
+  weights = segments[:, None, :] == numbers  # [b, texts_per_row, t]
   if pooling == "cls":
-    pooled = hidden[:, 0]
-  else:
-    m = mask.astype(hidden.dtype)[..., None]
-    pooled = (hidden * m).sum(1) / jnp.maximum(m.sum(1), 1e-9)
+    weights &= positions[:, None, :] == 0
+  weights = weights.astype(hidden.dtype)
+  pooled = jnp.einsum("bnt,btd->bnd", weights, hidden, precision=_HIGHEST)
+  pooled /= jnp.maximum(weights.sum(-1, keepdims=True), 1e-9)
   norm = jnp.linalg.norm(pooled, axis=-1, keepdims=True)
   return pooled / jnp.maximum(norm, 1e-12)
+
+
+def pack(lengths: Sequence[int], row_length: int, max_texts: int) -> list[list[int]]:
+  """Groups texts into rows of at most `row_length` tokens and `max_texts` texts,
+  best fit decreasing: each text, longest first, joins the fullest row it fits,
+  so rows of 32 tokens hold shapes' 10-token captions 94% full."""
+  rows: list[list[int]] = []
+  left: list[int] = []  # Tokens left per row.
+  open_rows: list[list[int]] = [[] for _ in range(row_length + 1)]  # By tokens left.
+  for i in np.argsort(lengths, kind="stable")[::-1]:
+    need = lengths[i]
+    room = next((c for c in range(need, row_length + 1) if open_rows[c]), None)
+    if room is None:
+      r = len(rows)
+      rows.append([])
+      left.append(row_length)
+    else:
+      r = open_rows[room].pop()
+    rows[r].append(int(i))
+    left[r] -= need
+    if left[r] and len(rows[r]) < max_texts:
+      open_rows[left[r]].append(r)
+  return rows
+
+
+def packed_arrays(token_ids: Sequence[Sequence[int]], rows: Sequence[Sequence[int]],
+                  num_rows: int, row_length: int,
+                  pad_id: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """int32 (ids, segments, positions) of shape [num_rows, row_length]: row r
+  holds the texts `rows[r]`, numbered 1, 2, ... in `segments` (0: padding)."""
+  ids = np.full((num_rows, row_length), pad_id, np.int32)
+  segments = np.zeros((num_rows, row_length), np.int32)
+  positions = np.zeros((num_rows, row_length), np.int32)
+  for r, row in enumerate(rows):
+    at = 0
+    for number, i in enumerate(row, start=1):
+      seq = token_ids[i]
+      ids[r, at:at + len(seq)] = seq
+      segments[r, at:at + len(seq)] = number
+      positions[r, at:at + len(seq)] = np.arange(len(seq))
+      at += len(seq)
+  return ids, segments, positions
 
 
 class TextEncoder:
@@ -275,7 +333,7 @@ class TextEncoder:
     self.pooling = pooling
     self.max_length = max_length
     self.fingerprint = fingerprint
-    self._embed = compile_options.jit(self._forward)
+    self._embed = compile_options.jit(self._forward, static_argnums=4)
 
   @property
   def dim(self) -> int:
@@ -327,9 +385,10 @@ class TextEncoder:
     return cls(model_dir, config, params, tokenizer, pooling, max_length,
                _fingerprint(model_dir, pooling, max_length))
 
-  def _forward(self, params: dict, input_ids: jax.Array, mask: jax.Array) -> jax.Array:
-    hidden = self.module.apply({"params": params}, input_ids, mask)
-    return _pool(hidden, mask, self.pooling)
+  def _forward(self, params: dict, ids: jax.Array, segments: jax.Array,
+               positions: jax.Array, texts_per_row: int) -> jax.Array:
+    hidden = self.module.apply({"params": params}, ids, segments, positions)
+    return _pool(hidden, segments, positions, self.pooling, texts_per_row)
 
   def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
     """Token ids per text, truncated to max_length, with [CLS] and [SEP]."""
@@ -342,39 +401,38 @@ class TextEncoder:
       return []
     return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
 
-  def pad(self, token_ids: Sequence[Sequence[int]], rows: int,
-          length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pads token id lists to int32 arrays ids, mask of shape [rows, length]."""
-    ids = np.full((rows, length), self.tokenizer.pad_token_id or 0, np.int32)
-    mask = np.zeros((rows, length), np.int32)
-    for i, seq in enumerate(token_ids):
-      ids[i, :len(seq)] = seq
-      mask[i, :len(seq)] = 1
-    return ids, mask
-
   def encode(self, texts: Sequence[str], batch_size: int = 256,
              progress: bool = True) -> np.ndarray:
     """Encodes texts to L2-normalised float32 embeddings [n, dim].
 
-    Texts are batched in order of token length so that each batch pads to a
-    small bucket; batch shapes come from a fixed set, so compiles are few.
+    Texts are packed several to a row of 32 tokens (`pack`), each attending
+    only to itself, which wastes ~6% of a row on padding where padding each
+    text to a length bucket wasted ~25%; a longer text shares a row of its
+    bucket's length with texts of that bucket. A call holds about
+    `batch_size` x 16 tokens; there is one call shape per row length.
     """
     if batch_size < 1:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
     token_ids = self.tokenize(texts)
-    n = len(token_ids)
-    out = np.zeros((n, self.dim), np.float32)
-    if not n:
-      return out
-    # Fewer texts than a batch: pad rows to a power of two, not to batch_size.
-    rows = batch_size if n >= batch_size else 1 << (n - 1).bit_length()
-    order = np.argsort([len(t) for t in token_ids], kind="stable")
-    with tqdm.tqdm(total=n, disable=not progress, unit="text", desc="encode") as bar:
-      for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        batch = [token_ids[i] for i in idx]
-        length = _bucket(max(len(t) for t in batch), self.max_length)
-        ids, mask = self.pad(batch, rows, length)
-        out[idx] = np.asarray(self._embed(self.params, ids, mask))[:len(idx)]
-        bar.update(len(idx))
+    out = np.zeros((len(token_ids), self.dim), np.float32)
+    lengths = np.array([len(t) for t in token_ids], np.int64)
+    row_lengths = np.array([min(self.max_length, max(_PACK_LENGTH, _bucket(n, self.max_length)))
+                            for n in lengths], np.int64)
+    pad_id = self.tokenizer.pad_token_id or 0
+    with tqdm.tqdm(total=len(out), disable=not progress, unit="text", desc="encode") as bar:
+      for row_length in np.unique(row_lengths):
+        members = np.flatnonzero(row_lengths == row_length)
+        # Every text has [CLS] and [SEP], so a row holds at most half its length.
+        texts_per_row = int(row_length) // 2
+        rows = [members[r] for r in pack(lengths[members], row_length, texts_per_row)]
+        per_call = max(1, batch_size * _MIN_BUCKET // row_length)
+        # Fewer rows than a call: pad to a power of two, not to a full call.
+        per_call = min(per_call, 1 << (len(rows) - 1).bit_length())
+        for start in range(0, len(rows), per_call):
+          batch = rows[start:start + per_call]
+          arrays = packed_arrays(token_ids, batch, per_call, row_length, pad_id)
+          pooled = np.asarray(self._embed(self.params, *arrays, texts_per_row))
+          for r, row in enumerate(batch):
+            out[row] = pooled[r, :len(row)]
+          bar.update(sum(map(len, batch)))
     return out

@@ -42,6 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.stage = "pipeline"
   config.seed = 0
   config.multihost = False  # True: jax.distributed.initialize() (parallel.py).
+  # One at a time: a 224-px student keeps a device busy (configs/shapes.py: 3).
+  config.concurrent_students = 1
 
   config.data = ml_collections.ConfigDict(dict(
       name="karpathy",

@@ -39,6 +39,13 @@ def test_evaluation_is_deterministic_and_reports_as_asked(distilled):
       cfg, pairs, seed=seed, tower=evaluate.student_tower(cfg, workdir), test=test, val=val)
   first, again = run(config, 0), run(config, 0)
   assert first == again
+  # A row's seeds trained at once give what they give one by one.
+  rows = []
+  for at_once in (1, 2):
+    cfg = config.copy_and_resolve_references()
+    cfg.concurrent_students = at_once
+    rows.append(evaluate.evaluate_pairs(cfg, workdir, "distilled", pairs, test, val))
+  assert rows[0] == rows[1] and rows[0]["r_mean_std"] > 0
   lors = config.copy_and_resolve_references()
   lors.evaluate.report = "best_test_lors"
   assert run(lors, 0)["r_mean"] >= first["r_mean"]  # The best epoch includes the last.

@@ -3,8 +3,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
+import pytest
+
+from vldd_jax import parallel
 
 _SCRIPT = r"""
 import json, sys
@@ -66,3 +71,28 @@ def test_sharded_gradient_matches_one_device_and_numpy():
   assert four["lazy_reads"] == [[4, 3], [5, 0], [6, 1], [7, 2]]
   assert one["error"] == ""
   assert "batch_size=6 must be a multiple of the number of devices (4)" in four["error"]
+
+
+def test_map_concurrently_runs_at_most_at_once_keeps_order_and_waits_before_raising():
+  lock, running, peak, done = threading.Lock(), [0], [0], []
+
+  def fn(x):
+    with lock:
+      running[0] += 1
+      peak[0] = max(peak[0], running[0])
+    time.sleep(0.05)
+    with lock:
+      running[0] -= 1
+      done.append(x)
+    if x == 1:
+      raise ValueError("one")
+    return 10 * x
+
+  assert parallel.map_concurrently(fn, [0, 2, 3, 4, 5], 2) == [0, 20, 30, 40, 50]
+  assert peak[0] == 2
+  done.clear()
+  with pytest.raises(ValueError, match="one"):
+    parallel.map_concurrently(fn, range(4), 3)
+  assert sorted(done) == [0, 1, 2, 3]  # The calls after the failing one ran too.
+  peak[0] = 0
+  assert parallel.map_concurrently(fn, [2, 3], 1) == [20, 30] and peak[0] == 1

@@ -252,6 +252,7 @@ def compare_config() -> ml_collections.ConfigDict:
 
 
 _POSITIVE_INTS = (
+    "concurrent_students",
     "data.num_train", "data.num_val", "data.num_test", "data.num_pretrain",
     "data.image_size", "text.max_length", "text.batch_size", "pretrain.epochs",
     "pretrain.batch_size", "experts.num_experts", "experts.epochs", "experts.batch_size",

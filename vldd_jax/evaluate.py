@@ -11,6 +11,7 @@ so in every output).
 import dataclasses
 import json
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -127,6 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, pairs: Pairs, *, seed:
 
 
 _COMPILED: dict[str, tuple] = {}
+_COMPILING = threading.Lock()
 _TOWERS: dict[str, Callable[[dict], dict] | None] = {}
 
 
@@ -150,13 +152,14 @@ def _compiled(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   key = json.dumps([config.model.to_dict(), config.evaluate.to_dict(),
                     config.experts.eval_batch_size, objective.name, objective_fields,
                     jax.device_count()], sort_keys=True, default=str)
-  if key not in _COMPILED:
-    apply_fn = make_apply_fn(build_model(config.model))
-    tx = trainer.make_optimizer(config.evaluate.lr, config.evaluate.momentum,
-                                lr_text=config.evaluate.lr, rates_in_state=True)
-    loss = trainer.student_loss(apply_fn, objective, config.evaluate.augment)
-    _COMPILED[key] = (trainer.make_train_step(loss, tx),
-                      trainer.Embedder(apply_fn, mesh, config.experts.eval_batch_size))
+  with _COMPILING:  # A row's seeds ask at once (`config.concurrent_students`).
+    if key not in _COMPILED:
+      apply_fn = make_apply_fn(build_model(config.model))
+      tx = trainer.make_optimizer(config.evaluate.lr, config.evaluate.momentum,
+                                  lr_text=config.evaluate.lr, rates_in_state=True)
+      loss = trainer.student_loss(apply_fn, objective, config.evaluate.augment)
+      _COMPILED[key] = (trainer.make_train_step(loss, tx),
+                        trainer.Embedder(apply_fn, mesh, config.experts.eval_batch_size))
   return _COMPILED[key]
 
 
@@ -193,8 +196,10 @@ def evaluate_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
   the objective learned takes part of the storage.
   """
   tower = student_tower(config, workdir)
-  recalls = [train_and_evaluate(config, pairs, seed=1000 + s, tower=tower, test=test, val=val)
-             for s in range(config.evaluate.seeds)]
+  recalls = parallel.map_concurrently(
+      lambda s: train_and_evaluate(config, pairs, seed=1000 + s, tower=tower, test=test,
+                                   val=val),
+      range(config.evaluate.seeds), config.concurrent_students)
   row = summarize(method, budget or len(pairs.images), recalls, config.evaluate.report)
   row["pairs"] = len(pairs.images)
   logging.info("%s: %s", method, row)

@@ -7,6 +7,7 @@ resumes an unfinished one at its last saved epoch; the data order of an epoch
 depends only on (seed, expert, epoch), so resuming repeats an uninterrupted run.
 """
 import os
+import threading
 import time
 from typing import NamedTuple
 
@@ -29,22 +30,30 @@ from vldd_jax import trainer
 from vldd_jax import trajectories
 from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
+from vldd_jax.models import build_model, make_apply_fn
+
+# One Orbax call at a time: saves from concurrent experts' threads (its
+# temporary folders, its operation ids) corrupt each other.
+_ORBAX = threading.Lock()
+
 
 def _save(mngr: ocp.CheckpointManager, epoch: int, items: dict) -> None:
   for name in ("opt_state", "frozen"):  # Plain SGD keeps no state; trainable=all
     if name in items and not jax.tree.leaves(items[name]):  # freezes nothing.
       del items[name]
-  mngr.save(epoch, args=ocp.args.Composite(**{
-      name: ocp.args.JsonSave(value) if name == "metrics" else ocp.args.StandardSave(value)
-      for name, value in items.items()}))
-  mngr.wait_until_finished()
+  with _ORBAX:
+    mngr.save(epoch, args=ocp.args.Composite(**{
+        name: ocp.args.JsonSave(value) if name == "metrics" else ocp.args.StandardSave(value)
+        for name, value in items.items()}))
+    mngr.wait_until_finished()
 
 
 def _restore(mngr: ocp.CheckpointManager, epoch: int, params, opt_state):
   items = {"params": ocp.args.StandardRestore(params)}
   if jax.tree.leaves(opt_state):
     items["opt_state"] = ocp.args.StandardRestore(opt_state)
-  restored = mngr.restore(epoch, args=ocp.args.Composite(**items))
+  with _ORBAX:
+    restored = mngr.restore(epoch, args=ocp.args.Composite(**items))
   return restored.params, restored.get("opt_state", opt_state)
 
 
@@ -52,8 +61,9 @@ def _history(mngr: ocp.CheckpointManager, last: int) -> list[dict]:
   history = []
   for epoch in range(last + 1):
     try:
-      history.append(mngr.restore(epoch, args=ocp.args.Composite(
-          metrics=ocp.args.JsonRestore())).metrics)
+      with _ORBAX:
+        history.append(mngr.restore(epoch, args=ocp.args.Composite(
+            metrics=ocp.args.JsonRestore())).metrics)
     except Exception as e:  # Orbax/JSON errors name neither file nor fix.
       raise ValueError(f"{mngr.directory}/{epoch}/metrics cannot be read ("
                        f"{type(e).__name__}: {e}). {trajectories.RETRAIN_EPOCH}") from e
@@ -82,18 +92,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   tower = backbone.loader(config, workdir)
   mesh = parallel.make_mesh()
   tx = trainer.make_optimizer(cfg.lr, cfg.momentum)
-  train_step, embedder = None, None
+  # One compiled step and embedder for every expert.
+  apply_fn = make_apply_fn(build_model(config.model))
+  program = _Program(tx, trainer.make_train_step(
+      trainer.student_loss(apply_fn, objectives.Plain()), tx),
+      trainer.Embedder(apply_fn, mesh, cfg.eval_batch_size), mesh)
+  at_once = config.concurrent_students
   with preemption.StopOnSigterm() as stop:  # SIGTERM: stop after the epoch saved.
-    for expert in todo:
+
+    def train_expert(expert: int) -> None:
       student = trainer.init_student(
           config.model, jax.random.fold_in(jax.random.key(config.seed), expert),
           train.images.shape[1:], train.text_emb.shape[-1], tower)
-      if train_step is None:  # One compiled step and embedder for every expert.
-        train_step = trainer.make_train_step(
-            trainer.student_loss(student.apply_fn, objectives.Plain()), tx)
-        embedder = trainer.Embedder(student.apply_fn, mesh, cfg.eval_batch_size)
-      _train_expert(config, workdir, expert, student,
-                    _Program(tx, train_step, embedder, mesh), (train, val, test), stop)
+      _train_expert(config, workdir, expert, student, program, (train, val, test), stop,
+                    bar_position=todo.index(expert) % at_once)
+
+    # Each expert stops after its epoch is saved; the pool waits for them all.
+    parallel.map_concurrently(train_expert, todo, at_once)
 
 
 class _Program(NamedTuple):
@@ -106,7 +121,7 @@ class _Program(NamedTuple):
 
 def _train_expert(config, workdir, expert, student, program: _Program,
                   splits: tuple[input_pipeline.Split, ...],
-                  stop: preemption.StopOnSigterm) -> None:
+                  stop: preemption.StopOnSigterm, bar_position: int = 0) -> None:
   cfg = config.experts
   tx, train_step, embedder, mesh = program
   train, val, test = splits
@@ -114,7 +129,9 @@ def _train_expert(config, workdir, expert, student, program: _Program,
   # Global (replicated) arrays from the start: multi-host Orbax saves only those.
   trainable, opt_state, frozen = parallel.put_replicated(
       (student.trainable, tx.init(student.trainable), student.frozen), mesh)
-  with trajectories.checkpoint_manager(workdir, expert) as mngr:
+  with _ORBAX:
+    mngr = trajectories.checkpoint_manager(workdir, expert)
+  with mngr:
     saved = sorted(mngr.all_steps())
     last = trajectories.resumable_epoch(saved)
     if saved and last != saved[-1]:  # An epoch's folder was deleted.
@@ -123,7 +140,8 @@ def _train_expert(config, workdir, expert, student, program: _Program,
                       0 if last is None else last + 1, workdir_lib.expert_dir(workdir, expert))
       for step in saved:
         if last is None or step > last:
-          mngr.delete(step)
+          with _ORBAX:
+            mngr.delete(step)
     if last is None:
       metrics = {"epoch": 0, "val": _rounded(trainer.evaluate_retrieval(
           embedder, trainable, frozen, val)), "seconds": 0.0,
@@ -136,7 +154,7 @@ def _train_expert(config, workdir, expert, student, program: _Program,
       logging.info("Expert %d: resuming after epoch %d.", expert, last)
     history = _history(mngr, last)
     bar = tqdm.trange(last, cfg.epochs, initial=last, total=cfg.epochs,
-                      desc=f"expert {expert + 1}/{cfg.num_experts}")
+                      desc=f"expert {expert + 1}/{cfg.num_experts}", position=bar_position)
     for epoch in range(last + 1, cfg.epochs + 1):
       t0 = time.time()
       (trainable, opt_state), loss, correct = trainer.train_epoch(

@@ -3,7 +3,11 @@
 The same jitted step runs on one CPU device, eight TPU cores or a multi-host
 pod: inputs whose leading axis is the batch are sharded over `data`,
 parameters are replicated, and XLA inserts the gradient all-reduce.
+Independent trainings (experts, an evaluation row's seeds) can also run at
+once, in threads (`map_concurrently`).
 """
+from collections.abc import Callable, Iterable
+import concurrent.futures
 import os
 
 import jax
@@ -104,3 +108,22 @@ def sync(name: str, timeout_s: int = 6 * 3600) -> None:
   """
   if jax.process_count() > 1:
     ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=1000 * timeout_s)
+
+
+def map_concurrently(fn: Callable, items: Iterable, at_once: int) -> list:
+  """`[fn(x) for x in items]`, up to `at_once` calls at a time in threads.
+
+  A tiny model's step leaves cores idle part of the time (the default shapes
+  student's step takes 44 ms on one of this 2-core CPU's cores and 30 ms on
+  both); steps dispatched from several threads fill those gaps, and each
+  training gives bit for bit what it gives alone. With several processes the
+  calls run one by one: every process must issue its collectives in the
+  same order. The first exception is raised once every call has ended.
+  """
+  items = list(items)
+  at_once = min(at_once, len(items)) if jax.process_count() == 1 else 1
+  if at_once <= 1:
+    return [fn(x) for x in items]
+  with concurrent.futures.ThreadPoolExecutor(at_once) as pool:
+    futures = [pool.submit(fn, x) for x in items]
+  return [f.result() for f in futures]

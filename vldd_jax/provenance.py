@@ -29,9 +29,10 @@ DEPENDS = {
                 "evaluate"),
 }
 # Fields that never change an output: locations, cadences, how many experts a
-# folder holds (each expert is its own output), embedding batch sizes, and where
-# a frozen tower runs in the unroll (the same loss).
-IGNORED = ("data.data_dir", "data.in_memory_mb", "text.batch_size", "experts.num_experts",
+# folder holds (each expert is its own output), embedding batch sizes, how many
+# students train at once, and where a frozen tower runs in the unroll (the same loss).
+IGNORED = ("concurrent_students", "data.data_dir", "data.in_memory_mb", "text.batch_size",
+           "experts.num_experts",
            "experts.eval_batch_size", "distill.log_every", "distill.checkpoint_every",
            "distill.loss_rise_warning", "distill.hoist_tower", "evaluate.distilled_path")
 

@@ -8,7 +8,9 @@ Variants, each in milliseconds per student step (a row is 150 of them):
 - today's loop: one jitted step per dispatch (`trainer.make_train_step`);
 - the same step without DSA: augmentation's share;
 - one program per student: the 50 steps as a `lax.scan`;
-- one program per row: that scan vmapped over the 3 seeds.
+- one program per row: that scan vmapped over the 3 seeds;
+- today's loop for the 3 seeds at once, one thread each
+  (`parallel.map_concurrently`, as `config.concurrent_students` runs them).
 Writes benchmarks/results/eval_students.{json,md}.
 """
 import statistics
@@ -23,6 +25,7 @@ from absl import app, flags
 from benchmarks import common
 from vldd_jax import config_lib
 from vldd_jax import objectives
+from vldd_jax import parallel
 from vldd_jax import trainer
 
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds of every variant.")
@@ -45,19 +48,18 @@ def _variants(config) -> tuple[dict, tuple]:
   losses = {aug: trainer.student_loss(students[0].apply_fn, objectives.Plain(), aug)
             for aug in (True, False)}
 
-  def loop(augment):
+  def loop(augment, at_once=1):
     step = trainer.make_train_step(losses[augment], tx)
 
-    def run(trainables, opt_states, keys):
-      out = []
-      for trainable, opt_state, seed_keys in zip(trainables, opt_states, keys):
-        trainable = jax.tree.map(jnp.copy, trainable)  # The step donates it.
-        opt_state = jax.tree.map(jnp.copy, opt_state)
-        for key in seed_keys:
-          trainable, opt_state, _, _ = step(trainable, opt_state, frozen, images, text, key)
-        out.append(trainable)
-      return out
-    return run
+    def student(start):
+      trainable, opt_state, seed_keys = start
+      trainable = jax.tree.map(jnp.copy, trainable)  # The step donates it.
+      opt_state = jax.tree.map(jnp.copy, opt_state)
+      for key in seed_keys:
+        trainable, opt_state, _, _ = step(trainable, opt_state, frozen, images, text, key)
+      return jax.block_until_ready(trainable)
+
+    return lambda ts, os, ks: parallel.map_concurrently(student, zip(ts, os, ks), at_once)
 
   def one_step(carry, key):
     trainable, opt_state = carry
@@ -71,6 +73,7 @@ def _variants(config) -> tuple[dict, tuple]:
   variants = {
       "today's loop: one step per dispatch": loop(True),
       "the same step without DSA": loop(False),
+      "the 3 seeds at once, one thread each (concurrent_students=3)": loop(True, SEEDS),
       "one program per student (lax.scan over its steps)":
           lambda ts, os, ks: [scan(t, o, k) for t, o, k in zip(ts, os, ks)],
       "one program per row (the scan vmapped over 3 seeds)":

@@ -32,8 +32,14 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, tmp_pat
   # and without augmentation its meta step compiles about a third faster.
   config.distill.update(iterations=2, augment=False)
   config.evaluate.update(epochs=1, augment=False)
-  with jax.log_compiles(), caplog.at_level(logging.WARNING):
-    compare.run(config, workdir)
+  # Set globally: `jax.log_compiles()` is thread-local, and a row's seeds train
+  # in threads (`concurrent_students`).
+  jax.config.update("jax_log_compiles", True)
+  try:
+    with caplog.at_level(logging.WARNING):
+      compare.run(config, workdir)
+  finally:
+    jax.config.update("jax_log_compiles", False)
   # One distillation per (budget, objective), each compiling its meta step
   # once for all its iterations: nothing in the loop triggers a recompile.
   compiles = [r for r in caplog.records

@@ -26,8 +26,9 @@ CONFIG_FILE = "config.json"
 _TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
                     "special_tokens_map.json")
 _MIN_BUCKET = 16
-# Tokens per packed row (longer if a text is longer): ~10 short captions, and
-# attention over 128 tokens adds ~5% to the dense layers of a 384-wide model.
+# Tokens per packed row (a longer text's row: its bucket). Two or three short
+# captions; longer rows grow the softmax's share (rows of 128 encoded slower
+# than one text per row, docs/text_encoder.md).
 _PACK_LENGTH = 32
 _HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -4,6 +4,7 @@ import itertools
 import pathlib
 import re
 import sys
+import tempfile
 
 import ml_collections
 import numpy as np
@@ -233,3 +234,15 @@ def test_a_process_makes_one_builder_per_data_config(data_dir, monkeypatch, capl
   other = tiny_config(data_dir)
   other.data.num_val += 1  # Another dataset: its own builder.
   assert input_pipeline.builder(other, "unused") is not input_pipeline.builder(config, "unused")
+
+
+def test_making_a_builder_leaves_no_folder_in_the_temp_dir(tmp_path, monkeypatch):
+  # TFDS leaves an empty mkdtemp folder behind for each unprepared builder.
+  system_tmp = tmp_path / "tmp"
+  system_tmp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+  monkeypatch.setattr(input_pipeline, "_BUILT", {})
+  config = tiny_config(str(tmp_path / "unprepared"))
+  assert not input_pipeline.builder(config, "unused").is_prepared()
+  assert tempfile.gettempdir() == str(system_tmp)
+  assert list(system_tmp.iterdir()) == []

@@ -2,13 +2,15 @@
 
   python -m benchmarks.pipeline_wall --baseline=b8ca95e [--config=configs/shapes.py]
       [--rounds=2]
+  python -m benchmarks.pipeline_wall --baseline=b8ca95e --config=configs/shapes.py:table1
 
 Each run starts a fresh process on an empty workdir with an empty XLA cache,
 as a new user's first run does; the two trees alternate (baseline first), so
 a machine that slows down during the benchmark slows both. The baseline is
 checked out with `git worktree` into a temporary folder and run from there.
-Writes benchmarks/results/pipeline_wall.{json,md}; stage times come from the
-timestamps of each stage's last log line.
+Writes benchmarks/results/pipeline_wall.{json,md} (pipeline_wall_<arg> for a
+config argument such as `:table1`); stage times come from the timestamps of
+each stage's last log line.
 """
 import datetime
 import os
@@ -33,7 +35,8 @@ _STAGE_ENDS = (("data", r"prepare\.py:\d+\] Split test"),
                ("pretrain", r"pretrain\.py:\d+\] Pretrained tower"),
                ("experts", r"experts\.py:\d+\] Expert \d+ finished"),
                ("distill", r"distill\.py:\d+\] Distilled"),
-               ("evaluate", r"evaluate\.py:\d+\] Results written"))
+               ("evaluate", r"evaluate\.py:\d+\] Results written"),
+               ("compare", r"compare\.py:\d+\] Comparison of \d+ cells written"))
 _STAMP = re.compile(r"^[IWE]\d{4} (\d\d):(\d\d):(\d\d\.\d+)")
 
 
@@ -43,15 +46,19 @@ def _seconds(line: str) -> float:
 
 
 def stage_seconds(log: str, start: float) -> dict[str, float]:
-  """Seconds each stage took: from the previous stage's last line (or the
-  process's start, `start` in seconds since midnight) to its own last line."""
+  """Seconds each stage took: from the previous stage's end (or the process's
+  start, `start` in seconds since midnight) to its own last line before the
+  next stage's first (compare distils again, after evaluate)."""
   lines = [l for l in log.splitlines() if _STAMP.match(l)]
+  hits = [[i for i, l in enumerate(lines) if re.search(pattern, l)]
+          for _, pattern in _STAGE_ENDS]
   out, previous = {}, start
-  for stage, pattern in _STAGE_ENDS:
-    ends = [_seconds(l) for l in lines if re.search(pattern, l)]
+  for k, (stage, _) in enumerate(_STAGE_ENDS):
+    later = [h[0] for h in hits[k + 1:] if h]
+    ends = [i for i in hits[k] if not later or i < later[0]]
     if ends:
-      out[stage] = round(ends[-1] - previous, 1)
-      previous = ends[-1]
+      out[stage] = round(_seconds(lines[ends[-1]]) - previous, 1)
+      previous = _seconds(lines[ends[-1]])
   return out
 
 
@@ -97,7 +104,8 @@ def main(argv):
             "runs": runs, "median_wall_s": median, "ratio": round(ratio, 3),
             "benchmark_wall_s": round(time.perf_counter() - started, 1),
             "machine": common.machine()}
-  stages = [s for s, _ in _STAGE_ENDS]
+  stages = [s for s, _ in _STAGE_ENDS
+            if any(s in r["stages_s"] for tree_runs in runs.values() for r in tree_runs)]
   lines = [f"`python -m benchmarks.pipeline_wall --baseline={_BASELINE.value} "
            f"--config={_CONFIG.value} --rounds={_ROUNDS.value}` "
            f"({result['benchmark_wall_s'] / 60:.0f} min; empty workdir and XLA cache "
@@ -110,7 +118,9 @@ def main(argv):
       lines.append(f"| {label} | {i} | {r['wall_s']} | "
                    + " | ".join(str(r["stages_s"].get(s, "")) for s in stages) + " |")
   lines += ["", f"Median wall time: this tree {ratio:.2f}x the baseline's."]
-  common.write("pipeline_wall", result, "\n".join(lines) + "\n")
+  arg = _CONFIG.value.partition(":")[2]
+  common.write("pipeline_wall" + (f"_{arg}" if arg else ""), result,
+               "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def test_sharded_gradient_matches_one_device_and_numpy():
   assert "batch_size=6 must be a multiple of the number of devices (4)" in four["error"]
 
 
-def test_map_concurrently_runs_at_most_at_once_keeps_order_and_waits_before_raising():
+def test_map_concurrently_runs_at_most_at_once_keeps_order_and_fails_fast():
   lock, running, peak, done = threading.Lock(), [0], [0], []
 
   def fn(x):
@@ -93,6 +93,19 @@ def test_map_concurrently_runs_at_most_at_once_keeps_order_and_waits_before_rais
   done.clear()
   with pytest.raises(ValueError, match="one"):
     parallel.map_concurrently(fn, range(4), 3)
-  assert sorted(done) == [0, 1, 2, 3]  # The calls after the failing one ran too.
+  assert {0, 1, 2} <= set(done)  # Started together: each ran to its end.
+
+  def slow_or_failing(x):
+    if x == 1:
+      raise ValueError("one")
+    time.sleep(0.5 if x == 0 else 0.2)
+    with lock:
+      done.append(x)
+
+  done.clear()
+  with pytest.raises(ValueError, match="one"):
+    parallel.map_concurrently(slow_or_failing, range(6), 2)
+  # 0 was running and ended; 2 may have started on 1's thread; 3-5 never ran.
+  assert 0 in done and set(done) <= {0, 2}
   peak[0] = 0
   assert parallel.map_concurrently(fn, [2, 3], 1) == [20, 30] and peak[0] == 1

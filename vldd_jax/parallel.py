@@ -118,7 +118,9 @@ def map_concurrently(fn: Callable, items: Iterable, at_once: int) -> list:
   both); steps dispatched from several threads fill those gaps, and each
   training gives bit for bit what it gives alone. With several processes the
   calls run one by one: every process must issue its collectives in the
-  same order. The first exception is raised once every call has ended.
+  same order. Once a call raises (a SIGTERM's `preemption.Stopped` too), the
+  calls not yet started are dropped; the first exception in `items`' order is
+  raised when the running ones have ended.
   """
   items = list(items)
   at_once = min(at_once, len(items)) if jax.process_count() == 1 else 1
@@ -126,4 +128,10 @@ def map_concurrently(fn: Callable, items: Iterable, at_once: int) -> list:
     return [fn(x) for x in items]
   with concurrent.futures.ThreadPoolExecutor(at_once) as pool:
     futures = [pool.submit(fn, x) for x in items]
+    concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+    for future in futures:
+      future.cancel()  # Only the ones not started; the pool waits for the rest.
+  for future in futures:
+    if not future.cancelled() and future.exception() is not None:
+      raise future.exception()
   return [f.result() for f in futures]

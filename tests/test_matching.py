@@ -96,6 +96,9 @@ def test_cpu_compile_options_are_valid_and_change_no_result():
   # falls back to XLA's defaults): this is where that shows.
   assert compile_options.compiler_options() == {
       "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+  assert compile_options.compiler_options("text_encoder") == {
+      "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
+      "xla_cpu_experimental_ynn_fusion_type": ""}
   apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float32, n=8)
   cfg = matching.UnrollConfig(syn_steps=3, batch_size=4, augment=False)
   value_and_grad = jax.value_and_grad(lambda s: matching.make_matching_loss(

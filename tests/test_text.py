@@ -82,7 +82,7 @@ def reference() -> tuple[list[str], np.ndarray]:
 def test_minilm_matches_sentence_transformers(minilm, reference):
   sentences, expected = reference
   assert minilm.dim == 384 and expected.shape == (26, 384)
-  # Packed rows of 128 tokens: all rows in one call, then one row per call.
+  # Packed rows: all of them in one call, then one row per call.
   for batch_size in (256, 4):
     got = minilm.encode(sentences, batch_size=batch_size, progress=False)
     assert got.dtype == np.float32 and got.shape == expected.shape

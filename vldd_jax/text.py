@@ -334,7 +334,7 @@ class TextEncoder:
     self.pooling = pooling
     self.max_length = max_length
     self.fingerprint = fingerprint
-    self._embed = compile_options.jit(self._forward, static_argnums=4)
+    self._embed = compile_options.jit(self._forward, kind="text_encoder", static_argnums=4)
 
   @property
   def dim(self) -> int:

@@ -7,6 +7,7 @@ resumes an unfinished one at its last saved epoch; the data order of an epoch
 depends only on (seed, expert, epoch), so resuming repeats an uninterrupted run.
 """
 import os
+import queue
 import threading
 import time
 from typing import NamedTuple
@@ -98,14 +99,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       trainer.student_loss(apply_fn, objectives.Plain()), tx),
       trainer.Embedder(apply_fn, mesh, cfg.eval_batch_size), mesh)
   at_once = config.concurrent_students
+  bar_lines = queue.SimpleQueue()  # The terminal lines of progress bars not in use.
+  for line in range(at_once):
+    bar_lines.put(line)
   with preemption.StopOnSigterm() as stop:  # SIGTERM: stop after the epoch saved.
 
     def train_expert(expert: int) -> None:
       student = trainer.init_student(
           config.model, jax.random.fold_in(jax.random.key(config.seed), expert),
           train.images.shape[1:], train.text_emb.shape[-1], tower)
-      _train_expert(config, workdir, expert, student, program, (train, val, test), stop,
-                    bar_position=todo.index(expert) % at_once)
+      line = bar_lines.get()
+      try:
+        _train_expert(config, workdir, expert, student, program, (train, val, test), stop,
+                      bar_position=line)
+      finally:
+        bar_lines.put(line)
 
     # Each expert stops after its epoch is saved; the pool waits for them all.
     parallel.map_concurrently(train_expert, todo, at_once)

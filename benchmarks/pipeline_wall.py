@@ -15,6 +15,7 @@ each stage's last log line.
 import datetime
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -98,6 +99,7 @@ def main(argv):
   finally:
     subprocess.run(["git", "worktree", "remove", "--force", baseline], cwd=_ROOT,
                    check=False, capture_output=True)
+    shutil.rmtree(scratch, ignore_errors=True)  # Workdirs and caches: ~0.5 GB a run.
   median = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
   ratio = median["this tree"] / median["baseline"]
   result = {"config": _CONFIG.value, "baseline": _BASELINE.value, "this_tree": commit,

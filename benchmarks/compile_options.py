@@ -19,9 +19,9 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from benchmarks import caption_mix
 from benchmarks import common
 from benchmarks import shapes_problem
-from benchmarks import text_encode
 from vldd_jax import compile_options
 from vldd_jax import objectives
 from vldd_jax import text
@@ -76,7 +76,7 @@ def _train_step(options: dict | None):
 def _text_encoder(options: dict | None):
   with _options(options):
     encoder = text.TextEncoder.from_pretrained()
-  captions = text_encode.captions(512)
+  captions = caption_mix.captions(512)
   return lambda: encoder.encode(captions, progress=False)
 
 

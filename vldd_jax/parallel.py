@@ -114,8 +114,8 @@ def map_concurrently(fn: Callable, items: Iterable, at_once: int) -> list:
   """`[fn(x) for x in items]`, up to `at_once` calls at a time in threads.
 
   A tiny model's step leaves cores idle part of the time (the default shapes
-  student's step takes 44 ms on one of this 2-core CPU's cores and 30 ms on
-  both); steps dispatched from several threads fill those gaps, and each
+  expert's step takes 50 ms on one of a 2-core CPU's cores and 28 ms on both,
+  `benchmarks/throughput.py`); steps dispatched from several threads fill those gaps, and each
   training gives bit for bit what it gives alone. With several processes the
   calls run one by one: every process must issue its collectives in the
   same order. Once a call raises (a SIGTERM's `preemption.Stopped` too), the

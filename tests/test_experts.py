@@ -105,7 +105,10 @@ def test_killed_run_resumes_to_the_same_trajectories(trained, data_dir, tmp_path
   killed = tmp_path / "killed"
   shutil.copytree(os.path.join(reference, "pretrain"), killed / "pretrain")
   shutil.copy(os.path.join(reference, workdir_lib.STAMP), killed)
-  code, stderr = kill_when_exists(killed, data_dir, ("--config.stage=experts",),
+  # One expert at a time: two tiny experts side by side could both finish
+  # before the signal lands (it happened once under CI's load).
+  code, stderr = kill_when_exists(killed, data_dir,
+                                  ("--config.stage=experts", "--config.concurrent_students=1"),
                                   killed / "experts" / "expert_000" / "ckpt" / "2", sig)
   assert not trajectories.finished_experts(str(killed)) == [0, 1], "killed too late"
   if sig == signal.SIGTERM:  # A preempted VM: the epoch in progress is saved, then a clean exit.
@@ -113,7 +116,7 @@ def test_killed_run_resumes_to_the_same_trajectories(trained, data_dir, tmp_path
     assert re.search(r"Stopped by SIGTERM after epoch [23] of expert 0; saved \S+ckpt/[23]\. "
                      "Rerun the same command", stderr), stderr[-3000:]
 
-  # Resumed one expert at a time: the reference trained them at once.
+  # Trained and resumed one expert at a time: the reference trained them at once.
   one_by_one = config.copy_and_resolve_references()
   one_by_one.concurrent_students = 1
   with caplog.at_level("INFO"):

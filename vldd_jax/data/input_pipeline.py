@@ -3,7 +3,6 @@ caption embeddings read from disk by rows, as batches ask for them."""
 import dataclasses
 import json
 import os
-import tempfile
 
 import ml_collections
 import numpy as np
@@ -66,15 +65,7 @@ def builder(config: ml_collections.ConfigDict,
   key = json.dumps([config.data.to_dict(), os.path.abspath(folder)], sort_keys=True,
                    default=str)
   if key not in _BUILT:
-    # TFDS makes an empty `mkdtemp("tfds")` folder for every builder of an
-    # unprepared dataset and leaves it (DatasetInfo.initialize_from_bucket):
-    # point that into a folder of ours that goes away.
-    with tempfile.TemporaryDirectory(prefix="vldd_jax_builder_") as scratch:
-      system_tmp, tempfile.tempdir = tempfile.tempdir, scratch
-      try:
-        _BUILT[key] = _BUILDERS[name](config.data, folder)
-      finally:
-        tempfile.tempdir = system_tmp
+    _BUILT[key] = _BUILDERS[name](config.data, folder)
   return _BUILT[key]
 
 

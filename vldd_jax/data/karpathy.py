@@ -29,6 +29,7 @@ from etils import epath
 from PIL import Image
 
 from vldd_jax import checksums
+from vldd_jax.data import tfds_temp
 
 SPLITS = ("train", "val", "test")
 JSON_SPLITS = ("train", "restval", "val", "test")
@@ -462,4 +463,5 @@ def make_builder(data_config: ml_collections.ConfigDict, data_dir: str) -> Karpa
       restval_to_train=data_config.restval_to_train,
       skip_bad_images=data_config.skip_bad_images,
       captions_per_image=data_config.captions_per_image)
-  return Karpathy(config=config, data_dir=data_dir)
+  with tfds_temp.own_temp_dir():
+    return Karpathy(config=config, data_dir=data_dir)

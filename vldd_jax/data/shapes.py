@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vldd_jax.data import tfds_temp
 from vldd_jax.data.shapes_captions import (  # Re-exported vocabulary.
     BACKGROUND_COLOURS, COLOURS, COUNT_WORDS, NUM_CAPTIONS, SHAPES, SIZES,
     TEXTURES, Scene, captions)
@@ -304,4 +305,5 @@ def make_builder(data_config: ml_collections.ConfigDict,
       num_val=data_config.num_val, num_test=data_config.num_test,
       num_pretrain=data_config.num_pretrain,
       max_objects=data_config.max_objects, seed=data_config.seed)
-  return Shapes(config=config, data_dir=data_dir)
+  with tfds_temp.own_temp_dir():
+    return Shapes(config=config, data_dir=data_dir)

@@ -42,6 +42,13 @@ def write(name: str, result: dict, table: str | None = None) -> None:
     print(table)
 
 
+def gflop(compiled) -> float:
+  """GFLOP of one run of a compiled program, from XLA's cost analysis (a dict,
+  or a one-element list of dicts in older JAX)."""
+  cost = compiled.cost_analysis()
+  return (cost[0] if isinstance(cost, list) else cost)["flops"] / 1e9
+
+
 def emit(result: dict) -> None:
   """What a benchmark child process prints for `child_result` to read."""
   print(RESULT_MARKER + json.dumps(result))

@@ -58,8 +58,8 @@ def stage_seconds(log: str, start: float) -> dict[str, float]:
     later = [h[0] for h in hits[k + 1:] if h]
     ends = [i for i in hits[k] if not later or i < later[0]]
     if ends:
-      out[stage] = round(_seconds(lines[ends[-1]]) - previous, 1)
-      previous = _seconds(lines[ends[-1]])
+      end = _seconds(lines[ends[-1]])
+      out[stage], previous = round(end - previous, 1), end
   return out
 
 

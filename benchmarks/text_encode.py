@@ -52,14 +52,13 @@ def main(argv):
   encoder._embed = lambda *args: calls.append(args) or embed(*args)
   encoder.encode(texts, batch_size=_BATCH.value, progress=False)
   encoder._embed = embed
-  flops = dense_flops = 0.0
+  gflop = dense_gflop = 0.0
   cfg = encoder.config
   per_token = 2 * cfg.num_hidden_layers * (4 * cfg.hidden_size ** 2
                                            + 2 * cfg.hidden_size * cfg.intermediate_size)
   for args in calls:
-    cost = embed.lower(*args).compile().cost_analysis()
-    flops += (cost[0] if isinstance(cost, list) else cost)["flops"]
-    dense_flops += per_token * args[1].size  # ids: [rows, row_length]
+    gflop += common.gflop(embed.lower(*args).compile())
+    dense_gflop += per_token * args[1].size / 1e9  # ids: [rows, row_length]
 
   tokens = [len(t) for t in encoder.tokenize(texts)]
   result = {
@@ -70,9 +69,9 @@ def main(argv):
       "tokens_per_caption_mean": float(np.mean(tokens)),
       "tokens_per_caption_max": int(max(tokens)),
       "captions_per_s": len(texts) / statistics.median(warm),
-      "gflop_per_pass": flops / 1e9,
-      "gflop_per_s": flops / 1e9 / statistics.median(warm),
-      "dense_share_of_flops": dense_flops / flops,
+      "gflop_per_pass": gflop,
+      "gflop_per_s": gflop / statistics.median(warm),
+      "dense_share_of_flops": dense_gflop / gflop,
       "warm_pass_s": warm,
       "first_pass_s": first_s,
       "compile_s": sum(d for _, d in compile_events),

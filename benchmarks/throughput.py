@@ -64,9 +64,8 @@ def expert_training(steps: int) -> dict:
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - start)
   step_s = statistics.median(times)
-  cost = train_step.lower(trainable, opt_state, frozen, images, text, key).compile()
-  cost = cost.cost_analysis()
-  gflop = (cost[0] if isinstance(cost, list) else cost)["flops"] / 1e9
+  gflop = common.gflop(
+      train_step.lower(trainable, opt_state, frozen, images, text, key).compile())
   return {"batch_size": batch, "step_s": round(step_s, 4),
           "pairs_per_s": round(batch / step_s, 1), "first_step_s": round(first_s, 2),
           "gflop_per_step": round(gflop, 3), "gflop_per_s": round(gflop / step_s, 1),

@@ -115,8 +115,8 @@ def map_concurrently(fn: Callable, items: Iterable, at_once: int) -> list:
 
   A tiny model's step leaves cores idle part of the time (the default shapes
   expert's step takes 50 ms on one of a 2-core CPU's cores and 28 ms on both,
-  `benchmarks/throughput.py`); steps dispatched from several threads fill those gaps, and each
-  training gives bit for bit what it gives alone. With several processes the
+  `benchmarks/throughput.py`); steps dispatched from several threads fill
+  those gaps, and each training gives bit for bit what it gives alone. With several processes the
   calls run one by one: every process must issue its collectives in the
   same order. Once a call raises (a SIGTERM's `preemption.Stopped` too), the
   calls not yet started are dropped; the first exception in `items`' order is

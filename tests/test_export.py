@@ -1,6 +1,7 @@
 """A distilled set as a TFDS folder (`python -m vldd_jax.export`)."""
 import json
 import os
+import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -10,10 +11,16 @@ from vldd_jax import export
 from vldd_jax import workdir_lib
 
 
-def test_a_set_exports_as_a_tfds_folder_that_reads_back_equal(distilled, tmp_path):
+def test_a_set_exports_as_a_tfds_folder_that_reads_back_equal(distilled, tmp_path,
+                                                              monkeypatch):
   _, workdir = distilled
   path = os.path.join(distilled_set.set_dir(workdir, 8), workdir_lib.DISTILLED)
+  # TFDS leaves an empty mkdtemp folder behind for each unprepared builder.
+  system_tmp = tmp_path / "tmp"
+  system_tmp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", os.fspath(system_tmp))
   folder = export.export(path, str(tmp_path / "tfds"))
+  assert list(system_tmp.iterdir()) == []
   source = tfds.builder_from_directory(folder).as_data_source()["train"]
   raw = np.load(path)
   assert len(source) == 8

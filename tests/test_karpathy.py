@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 
 import ml_collections
 import numpy as np
@@ -162,6 +163,20 @@ def test_config_name_tracks_inputs(fixture, tmp_path):
   other_names.add(karpathy.make_builder(_data_config(other_ann, image_root),
                                         tmp_path).builder_config.name)
   assert len(other_names) == 4 and name not in other_names
+
+
+def test_making_a_builder_leaves_no_folder_in_the_temp_dir(fixture, tmp_path,
+                                                           monkeypatch):
+  # TFDS leaves an empty mkdtemp folder behind for each unprepared builder.
+  ann_file, image_root, _ = fixture
+  system_tmp = tmp_path / "tmp"
+  system_tmp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", os.fspath(system_tmp))
+  builder = karpathy.make_builder(_data_config(ann_file, image_root),
+                                  os.fspath(tmp_path / "unprepared"))
+  assert not builder.is_prepared()
+  assert tempfile.gettempdir() == os.fspath(system_tmp)
+  assert list(system_tmp.iterdir()) == []
 
 
 def test_reads_from_manual_dir(tmp_path):

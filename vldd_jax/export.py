@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 from vldd_jax import checksums
 from vldd_jax import distilled_set
 from vldd_jax import objectives
+from vldd_jax.data import tfds_temp
 
 SIDECAR = "distilled.json"
 
@@ -125,8 +126,9 @@ def export(path: str, out_dir: str) -> str:
   tmp = os.path.join(os.path.dirname(folder), f".{version}.export-tmp")
   shutil.rmtree(tmp, ignore_errors=True)
   per_pair, others = _learned(distilled)
-  builder = DistilledPairs(config=_SetConfig(name=name, arrays=distilled.arrays,
-                                             per_pair=per_pair), data_dir=tmp)
+  with tfds_temp.own_temp_dir():
+    builder = DistilledPairs(config=_SetConfig(name=name, arrays=distilled.arrays,
+                                               per_pair=per_pair), data_dir=tmp)
   builder.download_and_prepare(file_format="array_record")
   with open(os.path.join(builder.data_dir, SIDECAR), "w", encoding="utf-8") as f:
     json.dump({"lr_image": distilled.lr_image, "lr_text": distilled.lr_text,

@@ -7,9 +7,10 @@ whose minibatch blocks are the student loss's soft targets). From an
 expert's parameters at epoch t, `syn_steps` student SGD steps on synthetic
 minibatches give theta_N; the loss is ||theta_N - theta*_{t+M}||^2 /
 ||theta*_t - theta*_{t+M}||^2 over the trainable partition (Cazenavette et
-al. 2022; Wu et al. 2024 match LoRA + heads). The unroll is a `lax.scan` of
-`jax.checkpoint`ed steps, so `jax.grad` is exact while reverse mode keeps only
-the scan carry (parameters) per step, not the activations.
+al. 2022; Wu et al. 2024 match LoRA + heads). The unroll is a `lax.scan` whose
+reverse pass is written out as each step's Hessian-vector products
+(`make_hvp_unroll`), so the meta-gradient is exact while reverse mode keeps
+only each step's parameters and gradient, not its activations.
 """
 from collections.abc import Callable
 import dataclasses
@@ -26,6 +27,7 @@ from vldd_jax.models.partition import ApplyFn, text_side_mask
 from vldd_jax.trainer import augmented_images, student_loss, to_model_space
 
 LR_SIDES = ("image", "text")
+REVERSE_PASSES = ("hvp", "autodiff")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,10 @@ class UnrollConfig:
   batch_size: int
   augment: bool = True
   augment_per_image: bool = True  # DSA's draws per image; False: one per minibatch.
+  # The exact meta-gradient's reverse pass: "hvp", each step's Hessian-vector
+  # products written out (`make_hvp_unroll`); "autodiff", `jax.grad` through
+  # the scan, each step rematerialised if `remat`. The same gradient.
+  reverse: str = "hvp"
   remat: bool = True
   # With a frozen tower (model.trainable="heads"), embed every step's images in
   # one batch before the unroll, which then runs the heads only. The same loss;
@@ -45,6 +51,10 @@ class UnrollConfig:
   # step's gradient is taken at parameters treated as constants, so the
   # meta-gradient drops the second-order terms across steps.
   first_order: bool = False
+
+  def __post_init__(self):
+    if self.reverse not in REVERSE_PASSES:
+      raise ValueError(f"reverse={self.reverse!r}; expected one of {REVERSE_PASSES}.")
 
 
 def _unit(text: np.ndarray) -> np.ndarray:
@@ -133,6 +143,84 @@ def make_student_step(apply_fn: ApplyFn, trainable_like: dict,
   return step
 
 
+def make_hvp_unroll(apply_fn: ApplyFn, trainable_like: dict,
+                    objective: objectives.Objective, augment: bool,
+                    augment_per_image: bool = True, features: bool = False) -> Callable:
+  """`unroll(start, syn, per_step, batches, keys, frozen) -> theta_N`: the student
+  SGD steps of `make_student_step` on the set's minibatches `batches` ([steps,
+  B] rows; `per_step`: each step's images, stacked, when they do not come from
+  `syn["images"]`, e.g. hoisted tower features; else None), with its reverse
+  pass written out as Hessian-vector products.
+
+  `jax.grad` of a scan of steps differentiates each step's backward pass in
+  reverse mode again (reverse over reverse), after recomputing the step under
+  remat. The VJP of a step theta' = theta - lr * g(theta, batch) at the
+  cotangent v is v - H u on theta and -d<g, u>/d(batch) on the batch, with
+  u = lr * v: both are the gradient of the directional derivative <g, u>, one
+  reverse pass over a forward-mode (jvp) pass that also recomputes the step.
+  Only each step's parameters and gradient (for the rates' cotangent) are kept
+  between the passes, and the set's cotangent is summed in the reverse scan's
+  carry. The same gradient as `jax.grad` up to float32 rounding (symmetric
+  second derivatives); 0.84-0.92x its time on the default shapes student
+  (docs/benchmarks.md).
+  """
+  is_text = text_side_mask(trainable_like)
+  loss_fn = student_loss(apply_fn, objective, augment, augment_per_image,
+                         objective.blend_alpha(), features)
+
+  def step_inputs(syn, images, rows):
+    """A step's (images, texts, targets) and its (image, text) rates."""
+    images = syn["images"][rows] if images is None else images
+    return ((images, syn["text_emb"][rows], objective.targets(syn, rows)),
+            jnp.exp(syn["log_lr"]))
+
+  def loss_of(theta, batch, frozen, key):
+    images, text, targets = batch
+    return loss_fn(theta, frozen, images, text, key, targets)[0]
+
+  def rates(lrs):
+    return jax.tree.map(lambda t: jnp.where(t, lrs[1], lrs[0]), is_text)
+
+  def forward(start, syn, per_step, batches, keys, frozen):
+    def body(theta, xs):
+      images, rows, key = xs
+      batch, lrs = step_inputs(syn, images, rows)
+      grads = jax.grad(loss_of)(theta, batch, frozen, key)
+      new = jax.tree.map(lambda p, g, r: p - r * g, theta, grads, rates(lrs))
+      return new, (theta, grads)
+    final, (thetas, grads) = jax.lax.scan(body, start, (per_step, batches, keys))
+    return final, (thetas, grads, syn, per_step, batches, keys, frozen)
+
+  def backward(res, v_final):
+    thetas, grads, syn, per_step, batches, keys, frozen = res
+
+    def body(carry, xs):
+      v, syn_bar = carry
+      theta, grad, images, rows, key = xs
+      (batch, lrs), inputs_vjp = jax.vjp(lambda s, x: step_inputs(s, x, rows),
+                                         syn, images)
+      u = jax.tree.map(jnp.multiply, v, rates(lrs))
+      directional = lambda th, b: jax.jvp(lambda t: loss_of(t, b, frozen, key),
+                                          (th,), (u,))[1]
+      h_theta, h_batch = jax.grad(directional, argnums=(0, 1))(theta, batch)
+      # d theta' / d lr = -g on that rate's side of the parameters.
+      lrs_bar = -sum(jnp.sum(g * vi) * jnp.eye(2)[int(t)] for g, vi, t in zip(
+          jax.tree.leaves(grad), jax.tree.leaves(v), jax.tree.leaves(is_text)))
+      step_syn_bar, images_bar = inputs_vjp((jax.tree.map(jnp.negative, h_batch),
+                                             lrs_bar))
+      v = jax.tree.map(jnp.subtract, v, h_theta)
+      return (v, jax.tree.map(jnp.add, syn_bar, step_syn_bar)), images_bar
+
+    (v_start, syn_bar), per_step_bar = jax.lax.scan(
+        body, (v_final, jax.tree.map(jnp.zeros_like, syn)),
+        (thetas, grads, per_step, batches, keys), reverse=True)
+    return v_start, syn_bar, per_step_bar, None, None, None
+
+  unroll = jax.custom_vjp(lambda *args: forward(*args)[0])
+  unroll.defvjp(forward, backward)
+  return unroll
+
+
 def _sq_dist(a: dict, b: dict) -> jax.Array:
   return sum(jnp.sum(jnp.square(x - y)) for x, y in zip(jax.tree.leaves(a),
                                                        jax.tree.leaves(b)))
@@ -154,6 +242,10 @@ def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfi
   step = make_student_step(apply_fn, trainable_like, objective, cfg.augment,
                            cfg.augment_per_image, features=hoist,
                            first_order=cfg.first_order)
+  hvp_unroll = None  # The first-order gradient has no second-order terms to write out.
+  if cfg.reverse == "hvp" and not cfg.first_order:
+    hvp_unroll = make_hvp_unroll(apply_fn, trainable_like, objective, cfg.augment,
+                                 cfg.augment_per_image, features=hoist)
 
   def loss(syn, start, target, frozen, key):
     k_batches, k_steps = jax.random.split(key)
@@ -165,6 +257,9 @@ def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfi
     if hoist:
       features = jax.vmap(lambda rows, k: feature_fn(start, frozen, augmented_images(
           syn["images"][rows], k, cfg.augment, cfg.augment_per_image)))(batches, step_keys)
+    if hvp_unroll is not None:
+      final = hvp_unroll(start, syn, features, batches, step_keys, frozen)
+      return _sq_dist(final, target) / _sq_dist(start, target)
 
     def body(params, xs):
       rows, x, k = xs

@@ -12,11 +12,26 @@ RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 RESULT_MARKER = "RESULT_JSON="
 
 
+def _cpu() -> dict:
+  """The CPU's model name and widest vector extension, from /proc/cpuinfo: this
+  project's machines differ between sessions (AVX2 or AVX-512)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      info = dict(line.split(":", 1) for line in f if ":" in line)
+  except OSError:
+    return {}
+  info = {k.strip(): v.strip() for k, v in info.items()}
+  flags = set(info.get("flags", "").split())
+  vector = next((v for v in ("avx512f", "avx2", "avx") if v in flags), "")
+  return {"cpu_model": info.get("model name", ""), "cpu_vector": vector}
+
+
 def machine() -> dict:
   """The hardware and software a measurement was taken on."""
   return {
       "cpu_count": os.cpu_count(),
       "processor": platform.processor() or platform.machine(),
+      **_cpu(),
       "python": platform.python_version(),
       "jax": jax.__version__,
       "backend": jax.default_backend(),

@@ -1,7 +1,7 @@
 """The meta step next to the PyTorch reference pattern, on the same student.
 
   python -m benchmarks.meta_step_vs_reference [--steps=10,20,40] [--rounds=3] \
-      [--variants=exact,exact_xla_defaults,first_order] [--name=meta_step_vs_reference] \
+      [--variants=exact,exact_autodiff,first_order] [--name=meta_step_vs_reference] \
       [--reference="/tmp/torchvenv/bin/python ../shared/perf/torch_reference_meta_step.py"]
 
 The reference (unrolled autograd with create_graph=True, as the VLDD/MTT code)
@@ -10,12 +10,14 @@ of student steps and prints one JSON line with `iteration_s` and
 `peak_rss_mib`; run it from a throwaway virtualenv. Our side is the default
 shapes student (ViT width 64, depth 2, LoRA rank 4 + heads), 100 pairs, 50 per
 step, augmentation off, meta batch 1, in one of `VARIANTS`: the exact
-meta-gradient; the same compiled with XLA's default options (as before
-`vldd_jax.compile_options`); `distill.gradient=first_order`; and the exact one
-with each unrolled step rematerialised under another policy than matching.py's
-(which keeps only the scan's carry): `exact_remat_dots` also keeps every
-matmul output (`jax.checkpoint_policies.dots_saveable`), `exact_no_remat`
-keeps every activation. Each measurement is its own process (median of
+meta-gradient (its reverse pass written out as Hessian-vector products,
+`matching.make_hvp_unroll`); the same compiled with XLA's default options (as
+before `vldd_jax.compile_options`); `distill.gradient=first_order`; and the
+exact one by `jax.grad` through the scan (`reverse="autodiff"`), each unrolled
+step rematerialised keeping only the scan's carry (`exact_autodiff`), also
+every matmul output (`exact_remat_dots`,
+`jax.checkpoint_policies.dots_saveable`), or every activation
+(`exact_no_remat`). Each measurement is its own process (median of
 `--iterations` meta steps after a warm-up one); the variants alternate within
 each round, and a setting's time is the median over rounds, its memory the
 largest peak RSS. Writes benchmarks/results/<name>.{json,md}.
@@ -34,15 +36,16 @@ from benchmarks import shapes_problem
 _STEPS = flags.DEFINE_list("steps", ["10", "20", "40"], "syn_steps values.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds per setting.")
 _ITERATIONS = flags.DEFINE_integer("iterations", 5, "Timed meta steps per process.")
-_VARIANTS = flags.DEFINE_list("variants", ["exact", "exact_xla_defaults", "first_order"],
+_VARIANTS = flags.DEFINE_list("variants", ["exact", "exact_autodiff", "first_order"],
                               "Which of VARIANTS to run.")
 _NAME = flags.DEFINE_string("name", "meta_step_vs_reference", "Results file name.")
 _REFERENCE = flags.DEFINE_string("reference", "", "Command of the reference (optional).")
 _CHILD = flags.DEFINE_string("child", None, "One of VARIANTS (internal).")
 _CHILD_STEPS = flags.DEFINE_integer("child_steps", 0, "syn_steps (internal).")
 
-VARIANTS = ("exact", "exact_xla_defaults", "first_order", "exact_remat_dots",
-            "exact_no_remat")
+VARIANTS = ("exact", "exact_xla_defaults", "first_order", "exact_autodiff",
+            "exact_remat_dots", "exact_no_remat")
+_AUTODIFF = ("exact_autodiff", "exact_remat_dots", "exact_no_remat")
 
 
 def _measure(steps: int, variant: str, iterations: int) -> dict:
@@ -51,7 +54,8 @@ def _measure(steps: int, variant: str, iterations: int) -> dict:
                                        policy=jax.checkpoint_policies.dots_saveable)
   _, student, _, meta_step, state, starts, targets, key = shapes_problem.build(
       steps, remat=variant != "exact_no_remat", augment=False,
-      first_order=variant == "first_order", xla_defaults=variant == "exact_xla_defaults")
+      first_order=variant == "first_order", xla_defaults=variant == "exact_xla_defaults",
+      reverse="autodiff" if variant in _AUTODIFF else "hvp")
   _, iteration_s = shapes_problem.time_meta_step(meta_step, state, starts, targets,
                                                  student.frozen, key, iterations)
   return {"impl": f"vldd_jax {variant}", "syn_steps": steps,

@@ -17,11 +17,13 @@ from vldd_jax.models import build_model, make_feature_fn
 
 def build(syn_steps: int, remat: bool = True, augment: bool | None = None,
           first_order: bool = False, overrides: dict | None = None,
-          hoist_tower: bool = False, xla_defaults: bool = False) -> tuple:
+          hoist_tower: bool = False, xla_defaults: bool = False,
+          reverse: str = "hvp") -> tuple:
   """(config, student, syn, meta_step, state, starts, targets, key) of the default
   shapes distillation (`augment` None: the config's), with `overrides` of dotted
   config fields (e.g. {"distill.objective": "blend", "model.trainable": "heads"});
-  `xla_defaults`: the meta step compiles without `compile_options`'s options."""
+  `xla_defaults`: the meta step compiles without `compile_options`'s options;
+  `reverse`, `remat`: `matching.UnrollConfig`'s."""
   config = config_lib.load_config("configs/shapes.py")
   for path, value in (overrides or {}).items():
     section, _, field = path.rpartition(".")
@@ -39,7 +41,8 @@ def build(syn_steps: int, remat: bool = True, augment: bool | None = None,
   targets = jax.tree.map(lambda x: x + 0.01, starts)
   unroll = matching.UnrollConfig(
       syn_steps, cfg.batch_size, cfg.augment if augment is None else augment,
-      cfg.augment_per_image, remat=remat, hoist_tower=hoist_tower, first_order=first_order)
+      cfg.augment_per_image, reverse=reverse, remat=remat, hoist_tower=hoist_tower,
+      first_order=first_order)
   tx = matching.make_meta_optimizer(cfg.meta_lr_images, cfg.meta_lr_text,
                                     cfg.meta_lr_rates, cfg.momentum, objective.rates(),
                                     cfg.meta_optimizer)

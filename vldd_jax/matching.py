@@ -161,8 +161,8 @@ def make_hvp_unroll(apply_fn: ApplyFn, trainable_like: dict,
   Only each step's parameters and gradient (for the rates' cotangent) are kept
   between the passes, and the set's cotangent is summed in the reverse scan's
   carry. The same gradient as `jax.grad` up to float32 rounding (symmetric
-  second derivatives); 0.84-0.92x its time on the default shapes student
-  (docs/benchmarks.md).
+  second derivatives), in 0.78-0.89x its time per meta step on the default
+  shapes student (docs/benchmarks.md).
   """
   is_text = text_side_mask(trainable_like)
   loss_fn = student_loss(apply_fn, objective, augment, augment_per_image,
@@ -203,8 +203,9 @@ def make_hvp_unroll(apply_fn: ApplyFn, trainable_like: dict,
       directional = lambda th, b: jax.jvp(lambda t: loss_of(t, b, frozen, key),
                                           (th,), (u,))[1]
       h_theta, h_batch = jax.grad(directional, argnums=(0, 1))(theta, batch)
-      # d theta' / d lr = -g on that rate's side of the parameters.
-      lrs_bar = -sum(jnp.sum(g * vi) * jnp.eye(2)[int(t)] for g, vi, t in zip(
+      # d theta' / d lr = -g on that rate's side (LR_SIDES: image, text).
+      side = jnp.eye(len(LR_SIDES), dtype=lrs.dtype)
+      lrs_bar = -sum(jnp.sum(g * vi) * side[int(t)] for g, vi, t in zip(
           jax.tree.leaves(grad), jax.tree.leaves(v), jax.tree.leaves(is_text)))
       step_syn_bar, images_bar = inputs_vjp((jax.tree.map(jnp.negative, h_batch),
                                              lrs_bar))

@@ -145,7 +145,8 @@ def distill_config() -> ml_collections.ConfigDict:
       loss_rise_warning=1.2,
       # "exact": the meta-gradient through every student step; "first_order":
       # without the second-order terms across steps (each step's gradient taken
-      # at constant parameters, as RepBlend's code does), cheaper per iteration.
+      # at constant parameters, as RepBlend's code does); about as fast since
+      # the exact reverse pass is written out (docs/beyond_the_paper.md).
       gradient="exact",
       # model.trainable="heads" only: run the frozen tower once per unroll, before
       # it, instead of in every student step (the same loss; slower on a CPU).

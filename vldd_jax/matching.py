@@ -37,7 +37,7 @@ class UnrollConfig:
   batch_size: int
   augment: bool = True
   augment_per_image: bool = True  # DSA's draws per image; False: one per minibatch.
-  # The exact meta-gradient's reverse pass: "hvp", each step's Hessian-vector
+  # The meta-gradient's reverse pass: "hvp", each step's Hessian-vector
   # products written out (`make_hvp_unroll`); "autodiff", `jax.grad` through
   # the scan, each step rematerialised if `remat`. The same gradient.
   reverse: str = "hvp"
@@ -145,7 +145,8 @@ def make_student_step(apply_fn: ApplyFn, trainable_like: dict,
 
 def make_hvp_unroll(apply_fn: ApplyFn, trainable_like: dict,
                     objective: objectives.Objective, augment: bool,
-                    augment_per_image: bool = True, features: bool = False) -> Callable:
+                    augment_per_image: bool = True, features: bool = False,
+                    first_order: bool = False) -> Callable:
   """`unroll(start, syn, per_step, batches, keys, frozen) -> theta_N`: the student
   SGD steps of `make_student_step` on the set's minibatches `batches` ([steps,
   B] rows; `per_step`: each step's images, stacked, when they do not come from
@@ -162,7 +163,9 @@ def make_hvp_unroll(apply_fn: ApplyFn, trainable_like: dict,
   between the passes, and the set's cotangent is summed in the reverse scan's
   carry. The same gradient as `jax.grad` up to float32 rounding (symmetric
   second derivatives), in 0.78-0.89x its time per meta step on the default
-  shapes student (docs/benchmarks.md).
+  shapes student (docs/benchmarks.md). `first_order`: each step's gradient is
+  taken at constant parameters (`make_student_step`), so the cotangent passes
+  back through a step unchanged and only the set's terms are computed.
   """
   is_text = text_side_mask(trainable_like)
   loss_fn = student_loss(apply_fn, objective, augment, augment_per_image,
@@ -202,14 +205,18 @@ def make_hvp_unroll(apply_fn: ApplyFn, trainable_like: dict,
       u = jax.tree.map(jnp.multiply, v, rates(lrs))
       directional = lambda th, b: jax.jvp(lambda t: loss_of(t, b, frozen, key),
                                           (th,), (u,))[1]
-      h_theta, h_batch = jax.grad(directional, argnums=(0, 1))(theta, batch)
+      if first_order:
+        h_theta, h_batch = None, jax.grad(directional, argnums=1)(theta, batch)
+      else:
+        h_theta, h_batch = jax.grad(directional, argnums=(0, 1))(theta, batch)
       # d theta' / d lr = -g on that rate's side (LR_SIDES: image, text).
       side = jnp.eye(len(LR_SIDES), dtype=lrs.dtype)
       lrs_bar = -sum(jnp.sum(g * vi) * side[int(t)] for g, vi, t in zip(
           jax.tree.leaves(grad), jax.tree.leaves(v), jax.tree.leaves(is_text)))
       step_syn_bar, images_bar = inputs_vjp((jax.tree.map(jnp.negative, h_batch),
                                              lrs_bar))
-      v = jax.tree.map(jnp.subtract, v, h_theta)
+      if h_theta is not None:
+        v = jax.tree.map(jnp.subtract, v, h_theta)
       return (v, jax.tree.map(jnp.add, syn_bar, step_syn_bar)), images_bar
 
     (v_start, syn_bar), per_step_bar = jax.lax.scan(
@@ -243,10 +250,11 @@ def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfi
   step = make_student_step(apply_fn, trainable_like, objective, cfg.augment,
                            cfg.augment_per_image, features=hoist,
                            first_order=cfg.first_order)
-  hvp_unroll = None  # The first-order gradient has no second-order terms to write out.
-  if cfg.reverse == "hvp" and not cfg.first_order:
+  hvp_unroll = None
+  if cfg.reverse == "hvp":
     hvp_unroll = make_hvp_unroll(apply_fn, trainable_like, objective, cfg.augment,
-                                 cfg.augment_per_image, features=hoist)
+                                 cfg.augment_per_image, features=hoist,
+                                 first_order=cfg.first_order)
 
   def loss(syn, start, target, frozen, key):
     k_batches, k_steps = jax.random.split(key)

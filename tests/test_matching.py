@@ -1,4 +1,4 @@
-"""The trajectory-matching loss and meta step: exactness, remat memory, NaN guard."""
+"""The trajectory-matching loss and meta step: exactness, reverse-pass memory, NaN guard."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,7 +76,7 @@ def _python_unrolled_loss(apply_fn, trainable, cfg, syn, start, target, frozen, 
   return dist(params, target) / dist(start, target)
 
 
-def test_scan_with_remat_equals_python_unrolled_gradient():
+def test_scan_equals_python_unrolled_gradient():
   with jax.enable_x64(True):  # Same maths, different op order: compare in float64.
     apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float64)
     cfg = matching.UnrollConfig(syn_steps=3, batch_size=4, augment=True)

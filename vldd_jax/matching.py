@@ -137,10 +137,18 @@ def make_student_step(apply_fn: ApplyFn, trainable_like: dict,
   def step(trainable, frozen, images, text, lrs, key, targets=None):
     at = jax.lax.stop_gradient(trainable) if first_order else trainable
     grads, _ = jax.grad(loss_fn, has_aux=True)(at, frozen, images, text, key, targets)
-    return jax.tree.map(lambda p, g, t: p - jnp.where(t, lrs[1], lrs[0]) * g,
-                        trainable, grads, is_text)
+    return _sgd(trainable, grads, _side_rates(lrs, is_text))
 
   return step
+
+
+def _side_rates(lrs: jax.Array, is_text: dict) -> dict:
+  """Each parameter's rate: the text side's `lrs[1]`, the image side's `lrs[0]`."""
+  return jax.tree.map(lambda t: jnp.where(t, lrs[1], lrs[0]), is_text)
+
+
+def _sgd(params: dict, grads: dict, rates: dict) -> dict:
+  return jax.tree.map(lambda p, g, r: p - r * g, params, grads, rates)
 
 
 def make_hvp_unroll(apply_fn: ApplyFn, trainable_like: dict,
@@ -181,16 +189,12 @@ def make_hvp_unroll(apply_fn: ApplyFn, trainable_like: dict,
     images, text, targets = batch
     return loss_fn(theta, frozen, images, text, key, targets)[0]
 
-  def rates(lrs):
-    return jax.tree.map(lambda t: jnp.where(t, lrs[1], lrs[0]), is_text)
-
   def forward(start, syn, per_step, batches, keys, frozen):
     def body(theta, xs):
       images, rows, key = xs
       batch, lrs = step_inputs(syn, images, rows)
       grads = jax.grad(loss_of)(theta, batch, frozen, key)
-      new = jax.tree.map(lambda p, g, r: p - r * g, theta, grads, rates(lrs))
-      return new, (theta, grads)
+      return _sgd(theta, grads, _side_rates(lrs, is_text)), (theta, grads)
     final, (thetas, grads) = jax.lax.scan(body, start, (per_step, batches, keys))
     return final, (thetas, grads, syn, per_step, batches, keys, frozen)
 
@@ -202,7 +206,7 @@ def make_hvp_unroll(apply_fn: ApplyFn, trainable_like: dict,
       theta, grad, images, rows, key = xs
       (batch, lrs), inputs_vjp = jax.vjp(lambda s, x: step_inputs(s, x, rows),
                                          syn, images)
-      u = jax.tree.map(jnp.multiply, v, rates(lrs))
+      u = jax.tree.map(jnp.multiply, v, _side_rates(lrs, is_text))
       directional = lambda th, b: jax.jvp(lambda t: loss_of(t, b, frozen, key),
                                           (th,), (u,))[1]
       if first_order:
@@ -247,41 +251,49 @@ def make_matching_loss(apply_fn: ApplyFn, trainable_like: dict, cfg: UnrollConfi
   """
   objective = objective or objectives.Plain()
   hoist = cfg.hoist_tower and feature_fn is not None and "img" not in trainable_like
-  step = make_student_step(apply_fn, trainable_like, objective, cfg.augment,
-                           cfg.augment_per_image, features=hoist,
-                           first_order=cfg.first_order)
-  hvp_unroll = None
   if cfg.reverse == "hvp":
-    hvp_unroll = make_hvp_unroll(apply_fn, trainable_like, objective, cfg.augment,
-                                 cfg.augment_per_image, features=hoist,
-                                 first_order=cfg.first_order)
+    unroll = make_hvp_unroll(apply_fn, trainable_like, objective, cfg.augment,
+                             cfg.augment_per_image, features=hoist,
+                             first_order=cfg.first_order)
+  else:
+    unroll = _autodiff_unroll(make_student_step(
+        apply_fn, trainable_like, objective, cfg.augment, cfg.augment_per_image,
+        features=hoist, first_order=cfg.first_order), objective, cfg.remat)
 
   def loss(syn, start, target, frozen, key):
     k_batches, k_steps = jax.random.split(key)
     batches = minibatch_indices(k_batches, syn["text_emb"].shape[0], cfg.syn_steps,
                                 cfg.batch_size)
     step_keys = jax.random.split(k_steps, cfg.syn_steps)
-    lrs = jnp.exp(syn["log_lr"])
     features = None  # Else each step indexes its images inside the scan.
     if hoist:
       features = jax.vmap(lambda rows, k: feature_fn(start, frozen, augmented_images(
           syn["images"][rows], k, cfg.augment, cfg.augment_per_image)))(batches, step_keys)
-    if hvp_unroll is not None:
-      final = hvp_unroll(start, syn, features, batches, step_keys, frozen)
-      return _sq_dist(final, target) / _sq_dist(start, target)
-
-    def body(params, xs):
-      rows, x, k = xs
-      x = syn["images"][rows] if x is None else x
-      return step(params, frozen, x, syn["text_emb"][rows], lrs, k,
-                  objective.targets(syn, rows)), None
-
-    if cfg.remat:
-      body = jax.checkpoint(body)
-    final, _ = jax.lax.scan(body, start, (batches, features, step_keys))
+    final = unroll(start, syn, features, batches, step_keys, frozen)
     return _sq_dist(final, target) / _sq_dist(start, target)
 
   return loss
+
+
+def _autodiff_unroll(step: Callable, objective: objectives.Objective,
+                     remat: bool) -> Callable:
+  """`make_hvp_unroll`'s unroll as a plain scan of `step`s, for `jax.grad`
+  (`UnrollConfig(reverse="autodiff")`), each step rematerialised if `remat`."""
+
+  def unroll(start, syn, per_step, batches, keys, frozen):
+    lrs = jnp.exp(syn["log_lr"])
+
+    def body(params, xs):
+      images, rows, key = xs
+      images = syn["images"][rows] if images is None else images
+      return step(params, frozen, images, syn["text_emb"][rows], lrs, key,
+                  objective.targets(syn, rows)), None
+
+    final, _ = jax.lax.scan(jax.checkpoint(body) if remat else body, start,
+                            (per_step, batches, keys))
+    return final
+
+  return unroll
 
 
 def _normalize_rms() -> optax.GradientTransformation:

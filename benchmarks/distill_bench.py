@@ -86,13 +86,14 @@ def measure(syn_steps: int, reverse: str, remat: bool, iterations: int) -> dict:
   step_fn = lambda: step(student.trainable, student.frozen, *batch, key)
   step_fn()
   step_s, _ = _median_time(step_fn, 30)
-  # Reverse mode through one student step (what the meta-gradient adds per
-  # step): the gradient of a scalar of its output w.r.t. everything it reads.
-  step_vjp = jax.jit(jax.grad(
-      lambda p, images, text, lrs: sum(jnp.sum(x) for x in jax.tree.leaves(
-          step(p, student.frozen, images, text, lrs, key))), argnums=(0, 1, 2, 3)))
-  vjp_fn = lambda: step_vjp(student.trainable, *batch)
-  if reverse == "hvp":  # A one-step unroll's gradient: its forward, then its reverse.
+  if reverse == "autodiff":
+    # Reverse mode through one student step (what the meta-gradient adds per
+    # step): the gradient of a scalar of its output w.r.t. everything it reads.
+    step_vjp = jax.jit(jax.grad(
+        lambda p, images, text, lrs: sum(jnp.sum(x) for x in jax.tree.leaves(
+            step(p, student.frozen, images, text, lrs, key))), argnums=(0, 1, 2, 3)))
+    vjp_fn = lambda: step_vjp(student.trainable, *batch)
+  else:  # A one-step unroll's gradient: its forward, then its reverse.
     unroll = matching.make_hvp_unroll(student.apply_fn, student.trainable,
                                       objectives.Plain(), cfg.augment,
                                       cfg.augment_per_image)
@@ -104,9 +105,10 @@ def measure(syn_steps: int, reverse: str, remat: bool, iterations: int) -> dict:
   vjp_s, _ = _median_time(vjp_fn, 30)
   if reverse == "hvp":
     vjp_s -= step_s
-    remat = False  # Nothing is recomputed outside the reverse pass's own time.
+  # Written out, nothing is recomputed outside the reverse pass's own time.
+  recomputes = reverse == "autodiff" and remat
   return {
-      "syn_steps": syn_steps, "reverse": reverse, "remat": remat,
+      "syn_steps": syn_steps, "reverse": reverse, "remat": recomputes,
       "compile_s": round(compile_s, 2),
       "iteration_s": round(iteration_s, 4),
       "iteration_times_s": [round(t, 4) for t in iteration_times],
@@ -114,7 +116,7 @@ def measure(syn_steps: int, reverse: str, remat: bool, iterations: int) -> dict:
       "R": round(iteration_s / (syn_steps * step_s), 2),
       "step_vjp_s": round(vjp_s, 5),
       # Floor from the parts: forward unroll + (recompute) + reverse per step.
-      "R_floor": round(((2 if remat else 1) * step_s + vjp_s) / step_s, 2),
+      "R_floor": round(((2 if recomputes else 1) * step_s + vjp_s) / step_s, 2),
       "temp_mib": round(memory.temp_size_in_bytes / _MIB, 2),
       "argument_mib": round(memory.argument_size_in_bytes / _MIB, 2),
       "output_mib": round(memory.output_size_in_bytes / _MIB, 2),

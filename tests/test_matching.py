@@ -135,9 +135,9 @@ def test_reverse_passes_save_the_carry_not_the_activations():
 
 
 def test_written_out_reverse_pass_equals_autodiff_for_every_objective():
-  # LoRS's targets come from the set, blending draws inside the loss, and the
-  # hoisted tower feeds per-step features: each reaches the set through
-  # `make_hvp_unroll`'s cotangents as through jax.grad.
+  # LoRS's targets come from the set and blending draws inside the loss: each
+  # reaches the set through `make_hvp_unroll`'s cotangents as through jax.grad.
+  # (Hoisted per-step features: test_blend's head-only central differences.)
   with jax.enable_x64(True):
     apply_fn, trainable, frozen, start, target, syn = _problem(jnp.float64, n=8)
     for name in ("lowrank", "blend"):

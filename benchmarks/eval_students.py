@@ -9,6 +9,9 @@ Variants, each in milliseconds per student step (a row is 150 of them):
 - the same step without DSA: augmentation's share;
 - one program per student: the 50 steps as a `lax.scan`;
 - one program per row: that scan vmapped over the 3 seeds;
+- one program per row as `evaluate.vmap_seeds=True` trains it
+  (`trainer.make_row_epochs`: the pairs on the device, each step's batch
+  gathered in the program, 50 epochs of one step);
 - today's loop for the 3 seeds at once, one thread each
   (`parallel.map_concurrently`, as `config.concurrent_students` runs them).
 Writes benchmarks/results/eval_students.{json,md}.
@@ -70,6 +73,17 @@ def _variants(config) -> tuple[dict, tuple]:
   scan = jax.jit(lambda t, o, k: jax.lax.scan(one_step, (t, o), k)[0][0])
   row = jax.jit(jax.vmap(lambda t, o, k: jax.lax.scan(one_step, (t, o), k)[0][0]))
   stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
+  mesh = parallel.make_mesh()
+  row_epochs = trainer.make_row_epochs(losses[True], tx, True, mesh)
+  on_devices = parallel.put_replicated((images, text, None), mesh)
+
+  def library_row(ts, os, ks):  # Its own draws: it picks the keys as evaluation does.
+    state = (stack(ts), stack(os))  # New arrays: the program donates them.
+    state, _, _ = trainer.train_row_epochs(
+        row_epochs, state, frozen, on_devices, batch_size=PAIRS,
+        seeds=[[(s, e) for s in range(SEEDS)] for e in range(STEPS)])
+    return jax.block_until_ready(state[0])
+
   variants = {
       "today's loop: one step per dispatch": loop(True),
       "the same step without DSA": loop(False),
@@ -78,6 +92,7 @@ def _variants(config) -> tuple[dict, tuple]:
           lambda ts, os, ks: [scan(t, o, k) for t, o, k in zip(ts, os, ks)],
       "one program per row (the scan vmapped over 3 seeds)":
           lambda ts, os, ks: row(stack(ts), stack(os), ks),
+      "one program per row, as evaluate.vmap_seeds trains it": library_row,
   }
   return variants, (*starts, keys)
 

@@ -1,7 +1,12 @@
-"""The student's optimizer: one compiled train step for students of any rates."""
+"""The student's train step: one compiled step for students of any rates, splits
+read from disk, and a row of students stepped as one vmapped program."""
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vldd_jax import objectives
 from vldd_jax import trainer
@@ -71,3 +76,78 @@ def test_a_split_read_from_disk_trains_and_embeds_as_one_in_memory(data_dir):
   np.testing.assert_array_equal(correct, correct_mem)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_mem)):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shared_frozen", [True, False])
+def test_a_row_of_students_stepped_as_one_vmapped_program_trains_each_as_alone(
+    data_dir, shared_frozen):
+  row_trains_each_as_alone(data_dir, shared_frozen, epochs=2)
+
+
+def test_a_row_on_four_devices_trains_each_as_alone(data_dir):
+  # Each student's batch split over the devices inside the vmapped step.
+  from conftest import ROOT, subprocess_env
+  code = ("import sys; sys.path.insert(0, 'tests'); import test_trainer; "
+          f"test_trainer.row_trains_each_as_alone({str(data_dir)!r}, True, epochs=1); "
+          "import jax; print('devices', jax.device_count())")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=subprocess_env(devices=4))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "devices 4" in result.stdout
+
+
+def row_trains_each_as_alone(data_dir: str, shared_frozen: bool, epochs: int) -> None:
+  """Asserts that `train_row_epochs` trains 3 students as `train_epoch` trains
+  each (from a split read by rows from disk), as evaluation trains a row's
+  seeds with `evaluate.vmap_seeds`: SGD with momentum and rates in the state,
+  LoRS's learned targets, 5 captions an image."""
+  from conftest import tiny_config
+  from vldd_jax import config_lib, parallel
+  from vldd_jax.data import input_pipeline
+  config = tiny_config(data_dir)
+  split = input_pipeline.load_split(config, "unused", "train")
+  assert split.text_emb.ndim == 3
+  cfg = config_lib.distill_config()
+  cfg.objective = "lowrank"
+  objective = objectives.build(cfg)
+  syn = objective.init(len(split), jax.random.key(7))
+  syn["sim"]["right"] = 0.3 * jax.random.normal(jax.random.key(8),
+                                                syn["sim"]["right"].shape)
+  targets = objective.eval_targets(objective.export(syn))
+  tx = trainer.make_optimizer(0.1, 0.5, lr_text=0.2, rates_in_state=True)
+  seeds = (3, 4, 5)
+  fresh = [trainer.init_student(config.model, jax.random.key(s), split.images.shape[1:],
+                                split.text_emb.shape[-1]) for s in seeds]
+  frozens = [fresh[0].frozen if shared_frozen else f.frozen for f in fresh]
+  loss = trainer.student_loss(fresh[0].apply_fn, objective, augment=True)
+  alone_step = trainer.make_train_step(loss, tx)
+  alone = []
+  for student, frozen, seed in zip(fresh, frozens, seeds):
+    state = (jax.tree.map(jnp.array, student.trainable), tx.init(student.trainable))
+    for epoch in range(epochs):
+      state, mean_loss, correct = trainer.train_epoch(
+          alone_step, state, frozen, split.images, split.text_emb, batch_size=16,
+          seed=(seed, epoch), targets=targets)
+    alone.append((state[0], mean_loss, correct))
+
+  stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
+  mesh = parallel.make_mesh()
+  row_epochs = trainer.make_row_epochs(loss, tx, shared_frozen, mesh)
+  state = parallel.put_replicated(
+      (stack([s.trainable for s in fresh]), stack([tx.init(s.trainable) for s in fresh])),
+      mesh)
+  pairs = parallel.put_replicated((np.asarray(split.images), np.asarray(split.text_emb),
+                                   targets), mesh)
+  state, losses, corrects = trainer.train_row_epochs(
+      row_epochs, state, frozens[0] if shared_frozen else stack(frozens), pairs,
+      batch_size=16, seeds=[[(s, epoch) for s in seeds] for epoch in range(epochs)])
+  assert losses.shape == (3, epochs) and corrects.shape == (3, epochs, len(split))
+  losses, corrects = losses[:, -1], corrects[:, -1]
+  for s, (params, mean_loss, correct) in enumerate(alone):
+    assert losses[s] == pytest.approx(mean_loss, rel=1e-5)
+    np.testing.assert_array_equal(corrects[s], correct)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state[0])):
+      # float32, batched against unbatched dots: they sum in another order.
+      np.testing.assert_allclose(b[s], a, rtol=1e-4, atol=1e-6)
+  # The students differ: a row is not one student three times.
+  assert not np.allclose(losses[0], losses[1])

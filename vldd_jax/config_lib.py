@@ -223,6 +223,11 @@ def evaluate_config() -> ml_collections.ConfigDict:
   """Training a fresh student on a small set (the VLDD code: 50 epochs, 5 repeats)."""
   return ml_collections.ConfigDict(dict(
       seeds=3,  # Fresh students per set; results are mean ± std over them.
+      # True: a row's seeds train stacked, in one vmapped program (for an
+      # accelerator, where one small student leaves the chip idle); False: one
+      # program per student, `concurrent_students` at a time in threads (faster
+      # on a CPU, docs/benchmarks.md).
+      vmap_seeds=False,
       epochs=50,
       batch_size=100,
       lr=0.1,  # For real pairs (coresets, random); distilled sets use their learned rates.

@@ -92,39 +92,112 @@ def train_and_evaluate(config: ml_collections.ConfigDict, pairs: Pairs, *, seed:
       student's config), loaded once for every student of a run.
     test, val: splits to report on and (for `best_val`) select on.
   """
-  cfg = config.evaluate
-  select_on = selects_on(cfg.report)
-  if select_on == "val" and val is None:
-    raise ValueError(f"evaluate.report={cfg.report!r} needs the val split.")
+  config, batch_size = _protocol(config, pairs, val)
   mesh = parallel.make_mesh()
-  config = students.student_config(config)
-  images, text_emb = pairs.images, pairs.text_emb
-  student = trainer.init_student(config.model, jax.random.key(seed), images.shape[1:],
-                                 text_emb.shape[-1], tower)
   train_step, embedder = _compiled(config, mesh, pairs.objective)
-  batch_size = min(cfg.batch_size, len(images))
-  batch_size -= batch_size % jax.device_count()
-  trainable, frozen = parallel.put_replicated((student.trainable, student.frozen), mesh)
-  # The rates live in the state, so every student shares one compiled step.
-  opt_state = parallel.put_replicated(trainer.make_optimizer(
-      pairs.lr_image, cfg.momentum, lr_text=pairs.lr_text,
-      rates_in_state=True).init(trainable), mesh)
-  best, best_score = None, -np.inf
-  for epoch in range(1, cfg.epochs + 1):
+  trainable, frozen, opt_state = parallel.put_replicated(
+      _fresh_student(config, pairs, seed, tower), mesh)
+  best = _BestEpoch(config, embedder, test, val)
+  for epoch in range(1, config.evaluate.epochs + 1):
     (trainable, opt_state), loss, _ = trainer.train_epoch(
-        train_step, (trainable, opt_state), frozen, images, text_emb,
+        train_step, (trainable, opt_state), frozen, pairs.images, pairs.text_emb,
         batch_size=batch_size, seed=(seed, epoch), targets=pairs.targets)
-    if select_on:
-      split = val if select_on == "val" else test
-      score = trainer.evaluate_retrieval(embedder, trainable, frozen, split)["r_mean"]
-      if score > best_score:
-        best_score, best = score, jax.tree.map(np.asarray, trainable)
+    best.offer(trainable, frozen)
+  return _scored(embedder, best.or_last(trainable), frozen, test, loss, seed)
+
+
+def train_row_and_evaluate(config: ml_collections.ConfigDict, pairs: Pairs, *,
+                           seeds: list[int], tower: Callable[[dict], dict] | None,
+                           test: input_pipeline.Split,
+                           val: input_pipeline.Split | None = None
+                           ) -> list[dict[str, float] | None]:
+  """`train_and_evaluate` for each of `seeds`, their students stacked and
+  trained by one vmapped program (`evaluate.vmap_seeds`): every epoch in one
+  call, or one call an epoch when `evaluate.report` chooses an epoch, the
+  pairs on the devices once. Each trains as it would alone, up to float32
+  rounding of the batched arithmetic."""
+  config, batch_size = _protocol(config, pairs, val)
+  mesh = parallel.make_mesh()
+  fresh = [_fresh_student(config, pairs, seed, tower) for seed in seeds]
+  stack = lambda trees: jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
+  frozens = [f for _, f, _ in fresh]
+  # A loaded tower is the same for every seed: one copy serves them all.
+  shared = all(jax.tree.all(jax.tree.map(np.array_equal, frozens[0], f)) for f in frozens)
+  trainable, frozen, opt_state = parallel.put_replicated(
+      (stack([t for t, _, _ in fresh]), frozens[0] if shared else stack(frozens),
+       stack([o for _, _, o in fresh])), mesh)
+  row_epochs, embedder = _compiled(config, mesh, pairs.objective, row=shared)
+  on_devices = parallel.put_replicated((pairs.images, pairs.text_emb, pairs.targets), mesh)
+  student = lambda tree, s: jax.tree.map(lambda x: x[s], tree)
+  frozen_of = lambda s: frozen if shared else student(frozen, s)
+  bests = [_BestEpoch(config, embedder, test, val) for _ in seeds]
+  # One program for every epoch, or one an epoch when an epoch is chosen.
+  epochs = range(1, config.evaluate.epochs + 1)
+  for chunk in ([[e] for e in epochs] if selects_on(config.evaluate.report) else [epochs]):
+    (trainable, opt_state), losses, _ = trainer.train_row_epochs(
+        row_epochs, (trainable, opt_state), frozen, on_devices, batch_size=batch_size,
+        seeds=[[(seed, epoch) for seed in seeds] for epoch in chunk])
+    for s, best in enumerate(bests):
+      best.offer(student(trainable, s), frozen_of(s))
+  losses = losses[:, -1]
+  return [_scored(embedder, best.or_last(student(trainable, s)), frozen_of(s), test,
+                  losses[s], seed) for s, (seed, best) in enumerate(zip(seeds, bests))]
+
+
+def _protocol(config: ml_collections.ConfigDict, pairs: Pairs,
+              val: input_pipeline.Split | None) -> tuple[ml_collections.ConfigDict, int]:
+  """(the students' config, their batch size), checking `evaluate.report`."""
+  if selects_on(config.evaluate.report) == "val" and val is None:
+    raise ValueError(f"evaluate.report={config.evaluate.report!r} needs the val split.")
+  batch_size = min(config.evaluate.batch_size, len(pairs.images))
+  return students.student_config(config), batch_size - batch_size % jax.device_count()
+
+
+def _fresh_student(config: ml_collections.ConfigDict, pairs: Pairs, seed: int,
+                   tower: Callable[[dict], dict] | None) -> tuple[dict, dict, Any]:
+  """(trainable, frozen, optimizer state) of seed `seed`'s new student."""
+  student = trainer.init_student(config.model, jax.random.key(seed),
+                                 pairs.images.shape[1:], pairs.text_emb.shape[-1], tower)
+  # The rates live in the state, so every student shares one compiled step.
+  opt_state = trainer.make_optimizer(pairs.lr_image, config.evaluate.momentum,
+                                     lr_text=pairs.lr_text,
+                                     rates_in_state=True).init(student.trainable)
+  return student.trainable, student.frozen, opt_state
+
+
+class _BestEpoch:
+  """A student's parameters at its best epoch on the split `evaluate.report`
+  selects on (none: its last epoch is reported)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, embedder: trainer.Embedder,
+               test: input_pipeline.Split, val: input_pipeline.Split | None):
+    select_on = selects_on(config.evaluate.report)
+    self._embedder = embedder
+    self._split = {"val": val, "test": test, None: None}[select_on]
+    self._best, self._score = None, -np.inf
+
+  def offer(self, trainable: dict, frozen: dict) -> None:
+    """Scores an epoch's parameters; keeps them if they are the best so far."""
+    if self._split is None:
+      return
+    score = trainer.evaluate_retrieval(self._embedder, trainable, frozen,
+                                       self._split)["r_mean"]
+    if score > self._score:
+      self._score, self._best = score, jax.tree.map(np.asarray, trainable)
+
+  def or_last(self, trainable: dict) -> dict:
+    """The best epoch's parameters, or `trainable` (the last epoch's)."""
+    return trainable if self._best is None else self._best
+
+
+def _scored(embedder: trainer.Embedder, trainable: dict, frozen: dict,
+            test: input_pipeline.Split, loss: float, seed: int) -> dict[str, float] | None:
+  """The student's recall on `test`, or None (logged) if its loss diverged."""
   if not np.isfinite(loss):
     logging.warning("Evaluation student (seed %d) diverged: loss %s; its row counts it "
                     "as diverged.", seed, loss)
     return None
-  return trainer.evaluate_retrieval(embedder, best if best is not None else trainable,
-                                    frozen, test)
+  return trainer.evaluate_retrieval(embedder, trainable, frozen, test)
 
 
 _COMPILED: dict[str, tuple] = {}
@@ -145,21 +218,25 @@ def student_tower(config: ml_collections.ConfigDict,
 
 
 def _compiled(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-              objective: objectives.Objective) -> tuple:
+              objective: objectives.Objective, row: bool | None = None) -> tuple:
   """(train step, embedder), built once per student loss, whatever the rates
-  (they are in the optimizer state), so every seed and set reuses them."""
+  (they are in the optimizer state), so every seed and set reuses them. `row`:
+  the epochs of a row of students instead (`trainer.make_row_epochs`), True if
+  they share one frozen part; None: one student's step."""
   objective_fields = {f: objective.cfg[f] for f in objective.fields}
   key = json.dumps([config.model.to_dict(), config.evaluate.to_dict(),
                     config.experts.eval_batch_size, objective.name, objective_fields,
-                    jax.device_count()], sort_keys=True, default=str)
+                    jax.device_count(), row], sort_keys=True, default=str)
   with _COMPILING:  # A row's seeds ask at once (`config.concurrent_students`).
     if key not in _COMPILED:
       apply_fn = make_apply_fn(build_model(config.model))
       tx = trainer.make_optimizer(config.evaluate.lr, config.evaluate.momentum,
                                   lr_text=config.evaluate.lr, rates_in_state=True)
       loss = trainer.student_loss(apply_fn, objective, config.evaluate.augment)
-      _COMPILED[key] = (trainer.make_train_step(loss, tx),
-                        trainer.Embedder(apply_fn, mesh, config.experts.eval_batch_size))
+      step = (trainer.make_train_step(loss, tx) if row is None else
+              trainer.make_row_epochs(loss, tx, row, mesh))
+      _COMPILED[key] = (step, trainer.Embedder(apply_fn, mesh,
+                                               config.experts.eval_batch_size))
   return _COMPILED[key]
 
 
@@ -196,10 +273,15 @@ def evaluate_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
   the objective learned takes part of the storage.
   """
   tower = student_tower(config, workdir)
-  recalls = parallel.map_concurrently(
-      lambda s: train_and_evaluate(config, pairs, seed=1000 + s, tower=tower, test=test,
-                                   val=val),
-      range(config.evaluate.seeds), config.concurrent_students)
+  seeds = [1000 + s for s in range(config.evaluate.seeds)]
+  if config.evaluate.vmap_seeds:
+    recalls = train_row_and_evaluate(config, pairs, seeds=seeds, tower=tower, test=test,
+                                     val=val)
+  else:
+    recalls = parallel.map_concurrently(
+        lambda seed: train_and_evaluate(config, pairs, seed=seed, tower=tower, test=test,
+                                        val=val),
+        seeds, config.concurrent_students)
   row = summarize(method, budget or len(pairs.images), recalls, config.evaluate.report)
   row["pairs"] = len(pairs.images)
   logging.info("%s: %s", method, row)

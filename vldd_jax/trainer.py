@@ -137,8 +137,52 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Trai
   whether image i's most similar text in the batch is its own. The first two
   inputs are donated.
   """
+  return compile_options.jit(_train_step(loss_fn, tx), donate_argnums=(0, 1))
 
-  @compile_options.jit(donate_argnums=(0, 1))
+
+def make_row_epochs(loss_fn: Callable, tx: optax.GradientTransformation,
+                    shared_frozen: bool, mesh: jax.sharding.Mesh) -> Callable:
+  """Epochs of a row of students (a row's seeds, stacked along a leading
+  axis) as one program: `make_train_step`'s step scanned over every step of
+  the epochs and vmapped over the students (`train_row_epochs` runs it).
+
+  `(trainable, opt_state, frozen, pairs, draws) -> (trainable, opt_state,
+  losses [S, E, steps], correct [S, E, steps, B])`: `pairs` (images,
+  text_emb, targets or None) whole on every device, each step's batch gathered
+  from them by the `draws` (rows [S, E, steps, B]; captions [S, E, N], one per
+  image, or None; keys [S, E]) and split over the devices, its key folded from
+  its epoch's; `frozen` has the students' axis unless `shared_frozen`. The
+  first two inputs are donated.
+  """
+  step = _train_step(loss_fn, tx)
+  split = lambda x: jax.lax.with_sharding_constraint(x, parallel.batch_sharded(mesh))
+
+  def student(trainable, opt_state, frozen, pairs, draws):
+    (images, text_emb, targets), (rows, captions, keys) = pairs, draws
+    epochs, steps, batch = rows.shape
+
+    def body(state, xs):
+      e, i, r = xs
+      texts = text_emb[r] if captions is None else text_emb[r, captions[e, r]]
+      block = None if targets is None else jax.tree.map(
+          lambda t: t[r[:, None], r[None, :]] if t.ndim == 2 else t, targets)
+      trainable, opt_state, loss, correct = step(
+          *state, frozen, split(images[r]), split(texts), jax.random.fold_in(keys[e], i),
+          block)
+      return (trainable, opt_state), (loss, correct)
+
+    e, i = jnp.divmod(jnp.arange(epochs * steps), steps)
+    (trainable, opt_state), (losses, correct) = jax.lax.scan(
+        body, (trainable, opt_state), (e, i, rows.reshape(epochs * steps, batch)))
+    return (trainable, opt_state, losses.reshape(epochs, steps),
+            correct.reshape(epochs, steps, batch))
+
+  in_axes = (0, 0, None if shared_frozen else 0, None, 0)
+  return compile_options.jit(jax.vmap(student, in_axes=in_axes), donate_argnums=(0, 1))
+
+
+def _train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> TrainStep:
+
   def train_step(trainable, opt_state, frozen, images, text_emb, rng, targets=None):
     (loss, (img, txt)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         trainable, frozen, images, text_emb, rng, targets)
@@ -173,33 +217,93 @@ def train_epoch(train_step: TrainStep, state: tuple[dict, optax.OptState],
     image's own caption was its top match in its batch, 0 if not, -1 if the
     pair was in the dropped partial batch.
   """
-  n = len(images)
-  steps = n // batch_size
-  if steps == 0:
-    raise ValueError(f"batch_size={batch_size} is larger than the {n} training pairs.")
-  rng = np.random.default_rng(seed)
-  order = rng.permutation(n)
-  captions = rng.integers(0, text_emb.shape[1], n) if text_emb.ndim == 3 else None
-  key = jax.random.key(rng.integers(2**31))
+  epoch = _EpochDraw.of(len(images), text_emb, batch_size, seed)
   trainable, opt_state = state
   mesh = parallel.make_mesh()  # Batches split over every device, as the step's inputs.
   step_losses, step_correct = [], []
-  for i in range(steps):
-    rows = order[i * batch_size:(i + 1) * batch_size]
-    texts = text_emb[rows] if captions is None else text_emb[rows, captions[rows]]
+  for i in range(epoch.steps):
+    rows = epoch.rows(i)
     # Images stay unread until placed: each process reads its own devices' rows.
-    batch = parallel.put_batch((lazy_arrays.rows_of(images, rows), texts), mesh)
-    rng_i = parallel.put_replicated(jax.random.fold_in(key, i), mesh)
+    batch = parallel.put_batch((lazy_arrays.rows_of(images, rows),
+                                epoch.texts(text_emb, rows)), mesh)
+    rng_i = parallel.put_replicated(jax.random.fold_in(epoch.key, i), mesh)
     block = () if targets is None else (parallel.put_replicated(jax.tree.map(
         lambda t: t[np.ix_(rows, rows)] if np.ndim(t) == 2 else t, targets), mesh),)
     trainable, opt_state, loss, correct = train_step(
         trainable, opt_state, frozen, *batch, rng_i, *block)
     step_losses.append(loss)
     step_correct.append(correct)
-  record = np.full(n, -1, np.int8)
-  record[order[:steps * batch_size]] = np.concatenate(
-      [parallel.to_host(c) for c in step_correct])
+  record = epoch.record([parallel.to_host(c) for c in step_correct])
   return (trainable, opt_state), float(np.mean(jax.device_get(step_losses))), record
+
+
+def train_row_epochs(row_epochs: Callable, state: tuple[dict, optax.OptState],
+                     frozen: dict, pairs: tuple[jax.Array, jax.Array, dict | None], *,
+                     batch_size: int, seeds: list[list[tuple[int, ...]]]
+                     ) -> tuple[tuple[dict, optax.OptState], np.ndarray, np.ndarray]:
+  """`train_epoch` for a row of students stacked along a leading axis, several
+  epochs in one `make_row_epochs` program: student s draws epoch e's order,
+  captions and keys from `seeds[e][s]` as `train_epoch` does, so it trains as
+  it would alone (up to float32 rounding of the batched arithmetic).
+
+  Args:
+    pairs: (images, text_emb, targets or None), placed on every device once
+      for all the row's epochs (`parallel.put_replicated`).
+
+  Returns ((trainable, opt_state), mean loss [S, E], correct [S, E, N]).
+  """
+  images, text_emb, _ = pairs
+  draws = [[_EpochDraw.of(len(images), text_emb, batch_size, seed) for seed in epoch]
+           for epoch in seeds]  # [E][S]
+  steps = draws[0][0].steps
+  per_student = lambda f: np.stack([[f(draw) for draw in epoch] for epoch in draws], 1)
+  rows = per_student(lambda draw: np.stack([draw.rows(i) for i in range(steps)]))
+  captions = (None if draws[0][0].captions is None else
+              per_student(lambda draw: draw.captions))
+  keys = jnp.stack([jnp.stack([draw.key for draw in epoch]) for epoch in draws], 1)
+  mesh = parallel.make_mesh()
+  trainable, opt_state, losses, correct = row_epochs(
+      *state, frozen, pairs, parallel.put_replicated((rows, captions, keys), mesh))
+  correct = parallel.to_host(correct)
+  records = np.stack([[draw.record(list(correct[s, e])) for s, draw in enumerate(epoch)]
+                      for e, epoch in enumerate(draws)], 1)
+  return (trainable, opt_state), parallel.to_host(losses).mean(axis=2), records
+
+
+@dataclasses.dataclass(frozen=True)
+class _EpochDraw:
+  """What an epoch's seed draws: the pairs' order, one caption per image (of
+  [N, captions, D] texts) and the steps' key."""
+  order: np.ndarray
+  captions: np.ndarray | None
+  key: jax.Array
+  batch_size: int
+
+  @classmethod
+  def of(cls, n: int, text_emb: lazy_arrays.Rows, batch_size: int,
+         seed: tuple[int, ...]) -> "_EpochDraw":
+    if n < batch_size:
+      raise ValueError(f"batch_size={batch_size} is larger than the {n} training pairs.")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    captions = rng.integers(0, text_emb.shape[1], n) if text_emb.ndim == 3 else None
+    return cls(order, captions, jax.random.key(rng.integers(2**31)), batch_size)
+
+  @property
+  def steps(self) -> int:
+    return len(self.order) // self.batch_size
+
+  def rows(self, step: int) -> np.ndarray:
+    return self.order[step * self.batch_size:(step + 1) * self.batch_size]
+
+  def texts(self, text_emb: lazy_arrays.Rows, rows: np.ndarray) -> np.ndarray:
+    return text_emb[rows] if self.captions is None else text_emb[rows, self.captions[rows]]
+
+  def record(self, step_correct: list[np.ndarray]) -> np.ndarray:
+    """Per pair: 1/0 from its step's `correct`, -1 in the dropped partial batch."""
+    record = np.full(len(self.order), -1, np.int8)
+    record[self.order[:self.steps * self.batch_size]] = np.concatenate(step_correct)
+    return record
 
 
 class Embedder:

@@ -82,11 +82,12 @@ def _variants(config, seeds: int, steps: int) -> tuple[dict, tuple]:
   mesh = parallel.make_mesh()
   row_epochs = trainer.make_row_epochs(losses[True], tx, True, mesh)
   on_devices = parallel.put_replicated((images, text, None), mesh)
+  frozen_on_devices = parallel.put_replicated(frozen, mesh)
 
   def library_row(ts, os, ks):  # Its own draws: it picks the keys as evaluation does.
     state = (stack(ts), stack(os))  # New arrays: the program donates them.
     state, _, _ = trainer.train_row_epochs(
-        row_epochs, state, frozen, on_devices, batch_size=PAIRS,
+        row_epochs, state, frozen_on_devices, on_devices, batch_size=PAIRS,
         seeds=[[(s, e) for s in range(seeds)] for e in range(steps)])
     return jax.block_until_ready(state[0])
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 
+import jax
 import numpy as np
 import pytest
 
@@ -12,6 +13,7 @@ from vldd_jax import checksums
 from vldd_jax import coreset
 from vldd_jax import distilled_set
 from vldd_jax import evaluate
+from vldd_jax import trainer
 from vldd_jax import workdir_lib
 from vldd_jax.data import input_pipeline
 
@@ -70,6 +72,32 @@ def test_a_row_in_one_vmapped_program_scores_as_its_students_one_by_one(distille
     # Recall is a count of ranks: float32 rounding of the batched arithmetic
     # moves no caption's rank here.
     assert rows[0] == rows[1] and rows[0]["r_mean_std"] > 0, report
+
+
+def test_a_row_of_students_from_scratch_in_one_program_scores_as_one_by_one(
+    distilled, monkeypatch):
+  # No tower: each seed's frozen part is its own, stacked with the students.
+  config, _, pairs, test, _ = _set_and_splits(distilled)
+  config = config.copy_and_resolve_references()
+  config.evaluate.epochs = 2
+  alone = [evaluate.train_and_evaluate(config, pairs, seed=s, tower=None, test=test)
+           for s in (0, 1)]
+  shared = []
+  make = trainer.make_row_epochs
+  monkeypatch.setattr(trainer, "make_row_epochs",
+                      lambda *args: shared.append(args[2]) or make(*args))
+  monkeypatch.setattr(evaluate, "_COMPILED", {})
+  row = evaluate.train_row_and_evaluate(config, pairs, seeds=[0, 1], tower=None, test=test)
+  assert shared == [False]
+  assert row == alone and alone[0] != alone[1]
+
+
+def test_a_batch_that_cannot_split_over_the_devices_is_named(distilled, monkeypatch):
+  config, _, pairs, _, _ = _set_and_splits(distilled)
+  monkeypatch.setattr(jax, "device_count", lambda: 16)
+  with pytest.raises(ValueError, match=r"evaluate.batch_size=\d+ on 8 pairs leaves no batch "
+                                       "that splits over the 16 devices"):
+    evaluate.train_and_evaluate(config, pairs, seed=0, tower=None, test=None)
 
 
 def test_the_students_tower_is_read_once_for_every_row_and_seed(distilled, monkeypatch):

@@ -81,6 +81,16 @@ def test_unchanged_settings_reuse_the_outputs(trained):
   assert trajectories.finished_experts(workdir, moved) == [0, 1]
 
 
+def test_how_students_train_at_once_changes_no_recorded_setting(trained):
+  # Compare's cells were made with one setting and resume with the other.
+  config, _ = trained
+  other = config.copy_and_resolve_references()
+  other.concurrent_students = 1
+  other.evaluate.vmap_seeds = not config.evaluate.vmap_seeds
+  for kind in provenance.DEPENDS:
+    assert provenance.settings(other, kind) == provenance.settings(config, kind), kind
+
+
 def test_distill_refuses_more_experts_than_finished(trained):
   config, workdir = trained
   other = config.copy_and_resolve_references()

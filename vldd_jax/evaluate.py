@@ -118,30 +118,35 @@ def train_row_and_evaluate(config: ml_collections.ConfigDict, pairs: Pairs, *,
   rounding of the batched arithmetic."""
   config, batch_size = _protocol(config, pairs, val)
   mesh = parallel.make_mesh()
-  fresh = [_fresh_student(config, pairs, seed, tower) for seed in seeds]
-  stack = lambda trees: jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
-  frozens = [f for _, f, _ in fresh]
+  trainables, frozens, opt_states = zip(
+      *[_fresh_student(config, pairs, seed, tower) for seed in seeds])
   # A loaded tower is the same for every seed: one copy serves them all.
   shared = all(jax.tree.all(jax.tree.map(np.array_equal, frozens[0], f)) for f in frozens)
+  stack = lambda trees: jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
   trainable, frozen, opt_state = parallel.put_replicated(
-      (stack([t for t, _, _ in fresh]), frozens[0] if shared else stack(frozens),
-       stack([o for _, _, o in fresh])), mesh)
+      (stack(trainables), frozens[0] if shared else stack(frozens), stack(opt_states)),
+      mesh)
+  del trainables, frozens, opt_states  # Only the stacked copies stay.
   row_epochs, embedder = _compiled(config, mesh, pairs.objective, row=shared)
   on_devices = parallel.put_replicated((pairs.images, pairs.text_emb, pairs.targets), mesh)
-  student = lambda tree, s: jax.tree.map(lambda x: x[s], tree)
-  frozen_of = lambda s: frozen if shared else student(frozen, s)
+  frozen_of = lambda s: frozen if shared else _one_of(frozen, s)
   bests = [_BestEpoch(config, embedder, test, val) for _ in seeds]
   # One program for every epoch, or one an epoch when an epoch is chosen.
+  select = selects_on(config.evaluate.report)
   epochs = range(1, config.evaluate.epochs + 1)
-  for chunk in ([[e] for e in epochs] if selects_on(config.evaluate.report) else [epochs]):
+  for chunk in ([[e] for e in epochs] if select else [epochs]):
     (trainable, opt_state), losses, _ = trainer.train_row_epochs(
         row_epochs, (trainable, opt_state), frozen, on_devices, batch_size=batch_size,
         seeds=[[(seed, epoch) for seed in seeds] for epoch in chunk])
-    for s, best in enumerate(bests):
-      best.offer(student(trainable, s), frozen_of(s))
-  losses = losses[:, -1]
-  return [_scored(embedder, best.or_last(student(trainable, s)), frozen_of(s), test,
-                  losses[s], seed) for s, (seed, best) in enumerate(zip(seeds, bests))]
+    for s, best in enumerate(bests if select else ()):
+      best.offer(_one_of(trainable, s), frozen_of(s))
+  return [_scored(embedder, best.or_last(_one_of(trainable, s)), frozen_of(s), test,
+                  losses[s, -1], seed) for s, (seed, best) in enumerate(zip(seeds, bests))]
+
+
+def _one_of(stacked: dict, s: int) -> dict:
+  """Student `s`'s parameters of a row's stacked ones."""
+  return jax.tree.map(lambda x: x[s], stacked)
 
 
 def _protocol(config: ml_collections.ConfigDict, pairs: Pairs,
@@ -150,7 +155,12 @@ def _protocol(config: ml_collections.ConfigDict, pairs: Pairs,
   if selects_on(config.evaluate.report) == "val" and val is None:
     raise ValueError(f"evaluate.report={config.evaluate.report!r} needs the val split.")
   batch_size = min(config.evaluate.batch_size, len(pairs.images))
-  return students.student_config(config), batch_size - batch_size % jax.device_count()
+  batch_size -= batch_size % jax.device_count()
+  if not batch_size:
+    raise ValueError(f"evaluate.batch_size={config.evaluate.batch_size} on "
+                     f"{len(pairs.images)} pairs leaves no batch that splits over the "
+                     f"{jax.device_count()} devices: use at least that many of each.")
+  return students.student_config(config), batch_size
 
 
 def _fresh_student(config: ml_collections.ConfigDict, pairs: Pairs, seed: int,
@@ -267,7 +277,8 @@ def format_cell(row: dict, key: str) -> str:
 def evaluate_pairs(config: ml_collections.ConfigDict, workdir: str, method: str,
                    pairs: Pairs, test: input_pipeline.Split,
                    val: input_pipeline.Split | None, budget: int | None = None) -> dict:
-  """`train_and_evaluate` over `config.evaluate.seeds` seeds, as one row.
+  """`train_and_evaluate` over `config.evaluate.seeds` seeds, as one row
+  (`train_row_and_evaluate`, one program for them all, with `evaluate.vmap_seeds`).
 
   `budget` (default: the number of pairs) labels the row; it differs when what
   the objective learned takes part of the storage.

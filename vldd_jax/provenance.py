@@ -30,11 +30,13 @@ DEPENDS = {
 }
 # Fields that never change an output: locations, cadences, how many experts a
 # folder holds (each expert is its own output), embedding batch sizes, how many
-# students train at once, and where a frozen tower runs in the unroll (the same loss).
+# students train at once and in what program (the same students, to float32
+# rounding), and where a frozen tower runs in the unroll (the same loss).
 IGNORED = ("concurrent_students", "data.data_dir", "data.in_memory_mb", "text.batch_size",
            "experts.num_experts",
            "experts.eval_batch_size", "distill.log_every", "distill.checkpoint_every",
-           "distill.loss_rise_warning", "distill.hoist_tower", "evaluate.distilled_path")
+           "distill.loss_rise_warning", "distill.hoist_tower", "evaluate.distilled_path",
+           "evaluate.vmap_seeds")
 
 
 def settings(config: ml_collections.ConfigDict, kind: str,

@@ -181,7 +181,8 @@ def make_row_epochs(loss_fn: Callable, tx: optax.GradientTransformation,
   return compile_options.jit(jax.vmap(student, in_axes=in_axes), donate_argnums=(0, 1))
 
 
-def _train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> TrainStep:
+def _train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
+  """The train step before jit (`make_train_step`'s signature and results)."""
 
   def train_step(trainable, opt_state, frozen, images, text_emb, rng, targets=None):
     (loss, (img, txt)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

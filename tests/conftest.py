@@ -33,13 +33,15 @@ os.environ["XLA_FLAGS"] = " ".join(
 # test session. It took a repeated tiny distillation from 55 s to 34 s. The
 # process that makes it (pytest, or pytest-xdist's controller) removes it;
 # xdist's workers inherit the variable and so compile the session fixtures'
-# programs once between them.
+# programs once between them. Children take it as their `--compile_cache`
+# default (VLDD_COMPILE_CACHE): without it they wrote to, and read from, the
+# user's ~/.cache/vldd_jax/xla.
 _CACHE_DIR = os.environ.get("VLDD_JAX_TEST_CACHE")
 if not _CACHE_DIR:
   _CACHE_DIR = tempfile.mkdtemp(prefix="vldd_jax_test_cache_")
   os.environ["VLDD_JAX_TEST_CACHE"] = _CACHE_DIR
   atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
-os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE_DIR,
+os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE_DIR, VLDD_COMPILE_CACHE=_CACHE_DIR,
                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)

@@ -13,6 +13,7 @@ from flax import traverse_util
 from vldd_jax import config_lib
 from vldd_jax import hf_checkpoint
 from vldd_jax import models
+from vldd_jax import trainer
 from vldd_jax.models import convnet, lora, partition, vit
 
 TEXT_DIM = 12
@@ -321,6 +322,25 @@ def test_load_hf_vit_matches_numpy_forward(hf_dir):
   assert plain.keys() == {k for k in grafted if "lora" not in k}
   for k, v in plain.items():
     np.testing.assert_array_equal(v, grafted[k])
+
+
+def test_an_hf_tower_is_read_once_and_shared_by_every_student(hf_dir, monkeypatch):
+  path, _ = hf_dir
+  reads = []
+  read = safetensors.numpy.load_file
+  monkeypatch.setattr(safetensors.numpy, "load_file", lambda f: reads.append(f) or read(f))
+  config = tiny_config(vit=hf_checkpoint.vit_config(str(path)).to_dict(), embed_dim=8)
+  grafter = models.hf_vit_grafter(str(path))
+  a, b = (trainer.init_student(config, jax.random.key(seed), (8, 8, 3), TEXT_DIM, grafter)
+          for seed in (0, 1))
+  assert len(reads) == 1
+  # One copy of the tower for both (the row program's shared-frozen check
+  # relies on it), each with its own LoRA factors.
+  assert jax.tree.all(jax.tree.map(lambda x, y: x is y, a.frozen["img"], b.frozen["img"]))
+  assert not np.array_equal(flat(a.trainable["img"])["encoderblock_0/attention/q/lora_a"],
+                            flat(b.trainable["img"])["encoderblock_0/attention/q/lora_a"])
+  for k, v in flat(models.load_hf_vit(str(path))).items():
+    np.testing.assert_array_equal(flat(a.frozen["img"])[k], v, err_msg=k)
 
 
 def test_load_hf_vit_errors(hf_dir, tmp_path):

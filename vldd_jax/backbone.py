@@ -16,7 +16,7 @@ from vldd_jax import checksums
 from vldd_jax import jsonfile
 from vldd_jax import provenance
 from vldd_jax import workdir_lib
-from vldd_jax.models import load_hf_vit
+from vldd_jax.models import hf_vit_grafter
 
 # The settings a pretrained tower used on other data must share with the config.
 TOWER_FIELDS = ("model.tower", "model.vit.", "model.convnet.")
@@ -65,8 +65,8 @@ def loader(config: ml_collections.ConfigDict,
       return None
   elif os.path.exists(os.path.join(source, workdir_lib.PRETRAIN_SUMMARY)):
     folder, fields = source, TOWER_FIELDS
-  else:
-    return lambda tower: load_hf_vit(source, target=tower)
+  else:  # Read and checked here, once for every student that uses it.
+    return hf_vit_grafter(source)
   summary = os.path.join(folder, workdir_lib.PRETRAIN_SUMMARY)
   if not os.path.exists(summary):
     raise FileNotFoundError(f"{summary} not found: run --config.stage=pretrain first, "

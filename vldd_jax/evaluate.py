@@ -120,8 +120,11 @@ def train_row_and_evaluate(config: ml_collections.ConfigDict, pairs: Pairs, *,
   mesh = parallel.make_mesh()
   trainables, frozens, opt_states = zip(
       *[_fresh_student(config, pairs, seed, tower) for seed in seeds])
-  # A loaded tower is the same for every seed: one copy serves them all.
-  shared = all(jax.tree.all(jax.tree.map(np.array_equal, frozens[0], f)) for f in frozens)
+  # A loaded tower is the same for every seed: one copy serves them all. Its
+  # leaves are the same arrays (`backbone.loader` reads it once), so the check
+  # compares values only where a seed's frozen part is its own.
+  same = lambda a, b: a is b or np.array_equal(a, b)
+  shared = all(jax.tree.all(jax.tree.map(same, frozens[0], f)) for f in frozens)
   stack = lambda trees: jax.tree.map(lambda *leaves: np.stack(leaves), *trees)
   trainable, frozen, opt_state = parallel.put_replicated(
       (stack(trainables), frozens[0] if shared else stack(frozens), stack(opt_states)),

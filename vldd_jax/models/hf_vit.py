@@ -1,6 +1,8 @@
 """Loads Hugging Face `ViTModel` safetensors into our ViT's parameters (pool="cls")."""
 import os
+from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
@@ -82,6 +84,21 @@ def load_hf_vit(path: str, target: dict | None = None) -> dict:
     ValueError: naming every missing key, or every tensor whose shape differs
       from config.json or from `target`.
   """
+  if target is None:
+    return traverse_util.unflatten_dict(_read(path)[0], sep="/")
+  return hf_vit_grafter(path)(target)
+
+
+def hf_vit_grafter(path: str) -> Callable[[dict], dict]:
+  """`lambda target: load_hf_vit(path, target)` with the file read and checked
+  once: every target it grafts shares the same loaded arrays (one copy of the
+  tower for all of a run's students)."""
+  loaded, image_size = _read(path)
+  return lambda target: _graft(loaded, target, image_size)
+
+
+def _read(path: str) -> tuple[dict[str, jax.Array], int]:
+  """({our leaf path: float32 array}, the checkpoint's image size), checked."""
   weights_file, _ = hf_checkpoint.paths(path)
   raw = hf_checkpoint.read_config(path)
   if not os.path.isfile(weights_file):
@@ -112,14 +129,11 @@ def load_hf_vit(path: str, target: dict | None = None) -> dict:
   if not_finite:
     raise ValueError(f"{weights_file}: non-finite values (NaN or inf) in "
                      f"{len(not_finite)} tensors, e.g. {not_finite[:3]}.")
-  loaded = {ours: _to_ours(ours, tensors[key]) for ours, (key, _) in expected.items()}
-  if target is None:
-    return traverse_util.unflatten_dict(
-        {k: jnp.asarray(v) for k, v in loaded.items()}, sep="/")
-  return _graft(loaded, target, raw["image_size"])
+  return ({ours: jnp.asarray(_to_ours(ours, tensors[key]))
+           for ours, (key, _) in expected.items()}, raw["image_size"])
 
 
-def _graft(loaded: dict[str, np.ndarray], target: dict, image_size: int) -> dict:
+def _graft(loaded: dict[str, jax.Array], target: dict, image_size: int) -> dict:
   """Replaces the base leaves of `target` by `loaded`, checking names and shapes."""
   flat = traverse_util.flatten_dict(target, sep="/")
   absent = sorted(loaded.keys() - flat.keys())

@@ -109,8 +109,8 @@ def test_killed_distillation_resumes_to_the_same_set_and_its_rerun_compiles_noth
     trained, data_dir, tmp_path, caplog):
   # With a moving window (budget.py), whose draws depend on the iteration,
   # and the default start. The killed runs share their own XLA cache (not the
-  # session's, which the in-process runs fill).
-  cache = tmp_path / "xla"
+  # session's, which the in-process runs fill), every program written to it.
+  cache, every_program = tmp_path / "xla", {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   flags = ("--config.stage=distill", "--config.distill.iterations=8",
            "--config.distill.max_start_epoch=1", "--config.distill.max_start_epoch_final=2",
            "--config.distill.init=easy_k_center", f"--compile_cache={cache}")
@@ -122,7 +122,8 @@ def test_killed_distillation_resumes_to_the_same_set_and_its_rerun_compiles_noth
   distill_with(trained[0], reference, **fields)
 
   killed = _copy_experts(trained, tmp_path, "killed")
-  kill_when_exists(killed, data_dir, flags, killed / "distill" / "n8" / "ckpt" / "2")
+  kill_when_exists(killed, data_dir, flags, killed / "distill" / "n8" / "ckpt" / "2",
+                   env=every_program)
   assert not (killed / "distill" / "n8" / workdir_lib.DISTILLED).exists()
   compiled = {f: os.stat(cache / f).st_mtime_ns for f in os.listdir(cache)}
   assert any(f.startswith("jit_meta_step") for f in compiled), sorted(compiled)
@@ -138,7 +139,7 @@ def test_killed_distillation_resumes_to_the_same_set_and_its_rerun_compiles_noth
   stopped = _copy_experts(trained, tmp_path, "stopped")
   flags += ("--config.distill.checkpoint_every=8",)
   code, stderr = kill_when_exists(stopped, data_dir, flags, stopped / "metrics.jsonl",
-                                  signal.SIGTERM)
+                                  signal.SIGTERM, env=every_program)
   assert code == 128 + signal.SIGTERM, stderr[-3000:]
   done = int(re.search(r"Stopped by SIGTERM after iteration (\d) of 8; saved \S+"
                        r"/distill/n8/ckpt/(\d)", stderr).group(1))

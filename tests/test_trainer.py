@@ -1,5 +1,6 @@
 """The student's train step: one compiled step for students of any rates, splits
 read from disk, and a row of students stepped as one vmapped program."""
+import re
 import subprocess
 import sys
 
@@ -133,13 +134,16 @@ def row_trains_each_as_alone(data_dir: str, shared_frozen: bool, epochs: int) ->
   stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
   mesh = parallel.make_mesh()
   row_epochs = trainer.make_row_epochs(loss, tx, shared_frozen, mesh)
+  programs = []  # The row program as XLA compiled it for the devices.
+  recorded = lambda *args: programs.append(
+      row_epochs.lower(*args).compile().as_text()) or row_epochs(*args)
   state = parallel.put_replicated(
       (stack([s.trainable for s in fresh]), stack([tx.init(s.trainable) for s in fresh])),
       mesh)
   pairs = parallel.put_replicated((np.asarray(split.images), np.asarray(split.text_emb),
                                    targets), mesh)
   state, losses, corrects = trainer.train_row_epochs(
-      row_epochs, state, frozens[0] if shared_frozen else stack(frozens), pairs,
+      recorded, state, frozens[0] if shared_frozen else stack(frozens), pairs,
       batch_size=16, seeds=[[(s, epoch) for s in seeds] for epoch in range(epochs)])
   assert losses.shape == (3, epochs) and corrects.shape == (3, epochs, len(split))
   losses, corrects = losses[:, -1], corrects[:, -1]
@@ -151,3 +155,7 @@ def row_trains_each_as_alone(data_dir: str, shared_frozen: bool, epochs: int) ->
       np.testing.assert_allclose(b[s], a, rtol=1e-4, atol=1e-6)
   # The students differ: a row is not one student three times.
   assert not np.allclose(losses[0], losses[1])
+  # Each gathered batch [students, 16, 32, 32, 3] is split over the devices
+  # along its batch axis, the students' axis whole.
+  per_device = {int(b) for b in re.findall(r"\[3,(\d+),32,32,3\]", programs[0])}
+  assert per_device == {16 // jax.device_count()}, per_device

@@ -164,8 +164,7 @@ def make_row_epochs(loss_fn: Callable, tx: optax.GradientTransformation,
     def body(state, xs):
       e, i, r = xs
       texts = text_emb[r] if captions is None else text_emb[r, captions[e, r]]
-      block = None if targets is None else jax.tree.map(
-          lambda t: t[r[:, None], r[None, :]] if t.ndim == 2 else t, targets)
+      block = None if targets is None else _target_block(targets, r)
       trainable, opt_state, loss, correct = step(
           *state, frozen, split(images[r]), split(texts), jax.random.fold_in(keys[e], i),
           block)
@@ -228,14 +227,21 @@ def train_epoch(train_step: TrainStep, state: tuple[dict, optax.OptState],
     batch = parallel.put_batch((lazy_arrays.rows_of(images, rows),
                                 epoch.texts(text_emb, rows)), mesh)
     rng_i = parallel.put_replicated(jax.random.fold_in(epoch.key, i), mesh)
-    block = () if targets is None else (parallel.put_replicated(jax.tree.map(
-        lambda t: t[np.ix_(rows, rows)] if np.ndim(t) == 2 else t, targets), mesh),)
+    block = () if targets is None else (
+        parallel.put_replicated(_target_block(targets, rows), mesh),)
     trainable, opt_state, loss, correct = train_step(
         trainable, opt_state, frozen, *batch, rng_i, *block)
     step_losses.append(loss)
     step_correct.append(correct)
   record = epoch.record([parallel.to_host(c) for c in step_correct])
   return (trainable, opt_state), float(np.mean(jax.device_get(step_losses))), record
+
+
+def _target_block(targets: dict, rows) -> dict:
+  """The targets between a batch's pairs: each [N, N] entry's rows x rows block
+  (LoRS's similarities), the others whole."""
+  return jax.tree.map(lambda t: t[rows[:, None], rows[None, :]] if np.ndim(t) == 2 else t,
+                      targets)
 
 
 def train_row_epochs(row_epochs: Callable, state: tuple[dict, optax.OptState],

@@ -20,6 +20,13 @@ from vldd_jax import pretrain
 from vldd_jax import workdir_lib
 from vldd_jax.data import prepare
 
+# The suite checks the library on CPU, the platform CI has: its multi-device
+# tests simulate devices on the host, and its equality checks (vmapped students
+# against one-by-one ones, threads against a loop) are claims about XLA:CPU's
+# float32 arithmetic. On a GPU or TPU, benchmarks/ checks the accelerator
+# (docs/benchmarks.md). A JAX_PLATFORMS the user sets wins; children inherit it.
+jax.config.update("jax_platforms", os.environ.setdefault("JAX_PLATFORMS", "cpu"))
+
 # Tests check numbers, not speed: compile fast. Without the fusion emitters
 # XLA:CPU compiled a tiny meta-gradient 1.5-1.7x faster (alone, alternating
 # runs; these tests are mostly compilation); this process's backend starts

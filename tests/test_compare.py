@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import re
 import shutil
 
 import jax
@@ -36,7 +37,7 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, tmp_pat
   # in threads (`concurrent_students`).
   jax.config.update("jax_log_compiles", True)
   try:
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
       compare.run(config, workdir)
   finally:
     jax.config.update("jax_log_compiles", False)
@@ -55,6 +56,16 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, tmp_pat
   rows = json.load(open(path))["rows"]
   cells = {(r["method"], r["budget"]) for r in rows}
   assert cells == {(m, b) for m in config.evaluate.methods for b in (4, 8)}
+  # Each cell logs its time and the part of it spent distilling.
+  timed = {}
+  for record in caplog.records:
+    if match := re.match(r"compare: the \((\w+), (\d+) pairs\) cell in ([\d.]+) s, "
+                         r"([\d.]+) s of it distilling", record.getMessage()):
+      method, budget, total, distilling = match.groups()
+      timed[method, int(budget)] = float(total), float(distilling)
+  assert timed.keys() == cells
+  for (method, _), (total, distilling) in timed.items():
+    assert total >= distilling and (distilling > 1) == (method in distilled), method
   # 7 pairs of 32x32x3 pixels + a 384-d text, plus S's 7 x 21 floats, fit in
   # the storage of 8 pairs; 3 pairs + S in that of 4.
   lowrank = {r["budget"]: r["pairs"] for r in rows if r["method"] == "distilled_lowrank"}

@@ -33,6 +33,11 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, tmp_pat
   # and without augmentation its meta step compiles about a third faster.
   config.distill.update(iterations=2, augment=False)
   config.evaluate.update(epochs=1, augment=False)
+  # k-center runs once a set size: its row, easy_k_center's and the
+  # distillations' easy_k_center starts share compare's selector.
+  k_center_sizes, select = [], coreset.k_center
+  monkeypatch.setattr(coreset, "k_center", lambda features, budget, seed:
+                      k_center_sizes.append(budget) or select(features, budget, seed))
   # Set globally: `jax.log_compiles()` is thread-local, and a row's seeds train
   # in threads (`concurrent_students`).
   jax.config.update("jax_log_compiles", True)
@@ -41,6 +46,8 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, tmp_pat
       compare.run(config, workdir)
   finally:
     jax.config.update("jax_log_compiles", False)
+  assert config.distill.init == "easy_k_center"
+  assert sorted(k_center_sizes) == [3, 4, 7, 8]  # lowrank: 3 and 7 pairs + S.
   # One distillation per (budget, objective), each compiling its meta step
   # once for all its iterations: nothing in the loop triggers a recompile.
   compiles = [r for r in caplog.records

@@ -58,6 +58,26 @@ def test_k_center_is_greedy_and_within_twice_the_optimal_radius():
   np.testing.assert_array_equal(coreset.k_center(feats, 3, seed=5)[0], rows)
 
 
+def test_k_center_on_many_pairs_selects_as_whole_array_distances_do():
+  # 3,000 x 3 pairs: distances in chunks of 4096 rows, the last one partial,
+  # must be the bits np.linalg.norm gives, or near-ties would pick otherwise.
+  feats = _features(n=3000, c=3, f=16, seed=4)
+  feats[1000:1100] = feats[:100]  # Exact ties between images.
+  flat = feats.reshape(-1, 16)
+  chosen = [int(np.random.default_rng([7, 40, 2]).integers(len(flat)))]
+  nearest = np.linalg.norm(flat - flat[chosen[0]], axis=1)
+  for _ in range(39):
+    taken = np.repeat(np.isin(np.arange(3000), np.asarray(chosen) // 3), 3)
+    chosen.append(int(np.argmax(np.where(taken, -np.inf, nearest))))
+    nearest = np.minimum(nearest, np.linalg.norm(flat - flat[chosen[-1]], axis=1))
+  rows, caps = coreset.k_center(feats, 40, seed=7)
+  np.testing.assert_array_equal(rows * 3 + caps, chosen)
+  for chunk in (1000, 4096):
+    np.testing.assert_array_equal(
+        coreset._distances(flat, flat[5], np.empty(len(flat)), chunk),
+        np.linalg.norm(flat - flat[5], axis=1))
+
+
 def test_forgetting_events_match_a_hand_count():
   correct = np.array([[1, 0, 1, 0, -1],
                       [0, 0, -1, 0, 0],
@@ -133,8 +153,8 @@ def test_easy_k_center_takes_the_easiest_pair_of_each_k_center_cluster():
   features /= np.linalg.norm(features, axis=-1, keepdims=True)
   # Experts that agree on every pair: each cluster's nearest pair is its centre.
   same = np.ones((2, 40), np.int8)
-  for got, want in zip(coreset.easy_k_center(features, same, 12, seed=1),
-                       coreset.k_center(features, 12, seed=1)):
+  centres = coreset.k_center(features, 12, seed=1)
+  for got, want in zip(coreset.easy_k_center(features, same, centres), centres):
     np.testing.assert_array_equal(got, want)
   exhausted = 0
   for n, budget in ((40, 12), (6, 5), (5, 5), (7, 6)):
@@ -142,7 +162,8 @@ def test_easy_k_center_takes_the_easiest_pair_of_each_k_center_cluster():
       features = rng.normal(size=(n, 3, 4))
       features /= np.linalg.norm(features, axis=-1, keepdims=True)
       correct = rng.choice(np.array([-1, 0, 1], np.int8), size=(3, n), p=[0.1, 0.4, 0.5])
-      rows, caps = coreset.easy_k_center(features, correct, budget, seed)
+      rows, caps = coreset.easy_k_center(features, correct,
+                                         coreset.k_center(features, budget, seed))
       want, count = _easy_k_center_by_definition(features, correct, budget, seed)
       assert list(zip(rows.tolist(), caps.tolist())) == want
       exhausted += count
@@ -160,3 +181,25 @@ def test_easy_reads_the_last_epoch_of_every_expert(trained):
   assert len(all_found) >= 2, "the tiny experts found too few pairs"
   rows, _ = coreset.Selector(config, workdir, train).rows("easy", len(all_found))
   assert sorted(rows.tolist()) == all_found.tolist()
+
+
+def test_a_selector_selects_k_center_once_a_budget_for_every_row_that_starts_from_it(
+    trained, monkeypatch):
+  from vldd_jax.data import input_pipeline
+  config, workdir = trained
+  train = input_pipeline.load_split(config, workdir, "train")
+  budgets, select = [], coreset.k_center
+  monkeypatch.setattr(coreset, "k_center",
+                      lambda features, budget, seed: budgets.append(budget)
+                      or select(features, budget, seed))
+  selector = coreset.Selector(config, workdir, train)
+  got = {(m, b): selector.rows(m, b) for b in (6, 4) for m in ("k_center", "easy_k_center")}
+  selector.rows("k_center", 6)
+  assert budgets == [6, 4]
+  features = coreset.expert_features(config, workdir, train)
+  for b in (6, 4):
+    centres = select(features, b, config.seed)
+    easy = coreset.easy_k_center(features, selector.correct_at_last_epoch(), centres)
+    for want, have in ((centres, got["k_center", b]), (easy, got["easy_k_center", b])):
+      for w, h in zip(want, have):
+        np.testing.assert_array_equal(w, h)

@@ -92,14 +92,16 @@ def _write(workdir: str, rows: list[dict], config: ml_collections.ConfigDict) ->
 
 
 def distill_sets(config: ml_collections.ConfigDict, workdir: str, budgets, methods,
-                 split: input_pipeline.Split) -> None:
+                 split: input_pipeline.Split,
+                 selector: coreset.Selector | None = None) -> None:
   """Distills the sets that the distilled ones of `methods` evaluate at `budgets`
-  (stage `distill` keeps finished ones)."""
+  (stage `distill` keeps finished ones), their coreset starts from `selector`
+  if given."""
   for budget in budgets:
     for method in methods:
       spec = distilled_set.SetSpec.of_row(config, method, budget, split)
       if spec is not None:
-        distill.run(spec.config(config), workdir)
+        distill.run(spec.config(config), workdir, selector)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -114,7 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   with preemption.StopOnSigterm() as stop:  # SIGTERM: stop after the cell saved.
     for budget, method in tqdm.tqdm(cells, desc="compare"):
       started = time.perf_counter()
-      distill_sets(config, workdir, (budget,), (method,), train)
+      distill_sets(config, workdir, (budget,), (method,), train, selector)
       distilled = time.perf_counter()
       row = evaluate.method_row(config, workdir, method, budget, selector, test, val)
       # Where a table's time goes: distilling its sets or training its students.

@@ -105,13 +105,14 @@ def _check(config: ml_collections.ConfigDict, experts: list[int], workdir: str,
 
 
 def _init_pairs(config: ml_collections.ConfigDict, workdir: str,
-                train: input_pipeline.Split) -> tuple[np.ndarray, np.ndarray] | None:
+                train: input_pipeline.Split, selector: coreset.Selector | None
+                ) -> tuple[np.ndarray, np.ndarray] | None:
   """(rows, captions) of the real pairs a coreset `distill.init` starts from;
   None for the inits `matching.init_synthetic` draws itself."""
   if config.distill.init not in coreset.SELECTORS:
     return None
-  return coreset.Selector(config, workdir, train).rows(config.distill.init,
-                                                        config.distill.num_pairs)
+  selector = selector or coreset.Selector(config, workdir, train)
+  return selector.rows(config.distill.init, config.distill.num_pairs)
 
 
 def settings(config: ml_collections.ConfigDict, num_experts: int) -> dict:
@@ -172,8 +173,13 @@ def _restore(mngr: ocp.CheckpointManager, like: dict, out: str) -> tuple[dict, l
   return restored.state, list(record["history"])
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Distills `config.distill.num_pairs` pairs unless already done."""
+def run(config: ml_collections.ConfigDict, workdir: str,
+        selector: coreset.Selector | None = None) -> None:
+  """Distills `config.distill.num_pairs` pairs unless already done.
+
+  `selector`: the caller's, over this workdir's train split, for a start from a
+  coreset to share its features and selections (`compare`'s rows select the same).
+  """
   cfg = config.distill
   objective = objectives.build(cfg)
   out = distilled_set.set_dir(workdir, cfg.num_pairs, cfg.objective)
@@ -222,7 +228,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                       make_feature_fn(model))
   syn, rows = matching.init_synthetic(train, cfg.num_pairs, cfg.init,
                                       config.experts.lr, config.seed,
-                                      _init_pairs(config, workdir, train))
+                                      _init_pairs(config, workdir, train, selector))
   syn.update(jax.device_get(objective.init(cfg.num_pairs, jax.random.key(config.seed))))
   state = matching.init_state(syn, tx, ema=objective.ema_decay() > 0)
   history: list[dict] = []

@@ -111,3 +111,18 @@ def test_compare_fills_every_cell_and_resumes_only_missing_ones(trained, tmp_pat
   other.evaluate.epochs += 1
   with pytest.raises(ValueError, match=r"compare.json was made with other settings \(evaluate\.epochs: saved 1, config 2\)"):
     compare.run(other, workdir)
+
+  # Stage evaluate's table (distill.num_pairs = 8) is compare's 8-pair cells,
+  # under the same settings: a new comparison takes them from results.json,
+  # the same numbers it computed itself above, and trains only the 4-pair cells.
+  os.remove(path)
+  evaluate.run(config, workdir)
+  calls.clear()
+  compare.run(config, workdir)
+  assert sorted(calls) == sorted([3] * 2 + [4] * 2 * (len(config.evaluate.methods) - 1))
+  cell = lambda r: (r["method"], r["budget"])
+  assert sorted(json.load(open(path))["rows"], key=cell) == sorted(rows, key=cell)
+  # Not with other settings, nor a distilled cell of other objective settings.
+  assert compare.evaluated_rows(workdir, other) == []
+  assert {r["method"] for r in compare.evaluated_rows(workdir, other_s)} == (
+      set(config.evaluate.methods) - {"distilled_lowrank"})

@@ -8,7 +8,8 @@ from the same experts): `distill_sets` is how the orchestrators (this stage and
 `pipeline`) make sets; evaluation only evaluates them.
 
 Outputs in the workdir: `compare.json` (rows as in `results.json`, written
-after every cell, so a rerun computes only the missing cells), `compare.md`
+after every cell, so a rerun computes only the missing cells; the cells stage
+`evaluate` scored with the same settings are taken from `results.json`), `compare.md`
 (tr@1 and ir@1 by method and budget, then every recall) and `compare.png`.
 Changing a field of an objective (e.g. `distill.lowrank_*`,
 `distill.meta_lr_lowrank` of LoRS's) recomputes only the cells of its sets; any
@@ -74,6 +75,36 @@ def load_rows(path: str, config: ml_collections.ConfigDict) -> list[dict]:
   return [r for r in rows if r not in stale]
 
 
+def evaluated_rows(workdir: str, config: ml_collections.ConfigDict) -> list[dict]:
+  """Cells stage `evaluate` scored already: the rows of `results.json` (at
+  `distill.num_pairs`) made with compare's settings, distilled ones with their
+  objective's too; [] if none. They are `evaluate.method_row`'s rows, which
+  compare would compute again with the same seeds."""
+  path = os.path.join(workdir, workdir_lib.RESULTS)
+  if not os.path.exists(path):
+    return []
+  saved = jsonfile.read(path)
+  try:
+    made_with = ml_collections.ConfigDict(saved["config"])
+    if settings(made_with) != settings(config):
+      return []
+    distilled = objectives.methods()
+    rows = []
+    for row in saved["rows"]:
+      method = row["method"]
+      if method not in config.evaluate.methods or row["budget"] not in config.compare.budgets:
+        continue
+      if method in distilled:
+        if objective_settings(made_with, method) != objective_settings(config, method):
+          continue
+        row = {**row, "objective_settings": objective_settings(config, method)}
+      rows.append(row)
+    return rows
+  except (KeyError, TypeError, AttributeError) as e:  # Edited or of an older version.
+    logging.warning("%s: not read for compare's cells (%r); computing them.", path, e)
+    return []
+
+
 def pivot_table(rows: list[dict], key: str) -> str:
   """Markdown: one row per method, one column per budget, `key` mean ± std."""
   budgets = sorted({r["budget"] for r in rows})
@@ -110,6 +141,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   evaluate.check_methods(methods)
   rows = load_rows(os.path.join(workdir, workdir_lib.COMPARE_RESULT), config)
   done = {(r["method"], r["budget"]) for r in rows}
+  taken = [r for r in evaluated_rows(workdir, config) if (r["method"], r["budget"]) not in done]
+  if taken:
+    logging.info("compare: %d cells from %s (stage evaluate, the same settings).",
+                 len(taken), os.path.join(workdir, workdir_lib.RESULTS))
+    rows += taken
+    done |= {(r["method"], r["budget"]) for r in taken}
+    _write(workdir, rows, config)
   train, test, val = evaluate.load_splits(config, workdir)
   selector = coreset.Selector(config, workdir, train)
   cells = [(b, m) for b in budgets for m in methods if (m, b) not in done]

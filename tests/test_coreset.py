@@ -29,6 +29,13 @@ def test_herding_is_the_greedy_mean_tracker():
     assert error(feats[rows[k], caps[k]]) == pytest.approx(best)
 
 
+def test_herding_goes_on_from_a_smaller_budgets_selection():
+  feats = _features(n=200, c=3, f=8)
+  whole = coreset.herding(feats, 40)
+  for got, want in zip(coreset.herding(feats, 40, start=coreset.herding(feats, 15)), whole):
+    np.testing.assert_array_equal(got, want)
+
+
 def test_herding_mean_error_shrinks_below_random_subsets():
   feats = _features(n=200, c=2)
   target = feats.reshape(-1, 4).mean(axis=0)
@@ -183,8 +190,7 @@ def test_easy_reads_the_last_epoch_of_every_expert(trained):
   assert sorted(rows.tolist()) == all_found.tolist()
 
 
-def test_a_selector_selects_k_center_once_a_budget_for_every_row_that_starts_from_it(
-    trained, monkeypatch):
+def test_a_selector_selects_k_center_once_a_budget_and_herding_once(trained, monkeypatch):
   from vldd_jax.data import input_pipeline
   config, workdir = trained
   train = input_pipeline.load_split(config, workdir, "train")
@@ -192,14 +198,20 @@ def test_a_selector_selects_k_center_once_a_budget_for_every_row_that_starts_fro
   monkeypatch.setattr(coreset, "k_center",
                       lambda features, budget, seed: budgets.append(budget)
                       or select(features, budget, seed))
+  herded, herd = [], coreset.herding
+  monkeypatch.setattr(coreset, "herding", lambda features, budget, start: herded.append(
+      (budget, 0 if start is None else len(start[0]))) or herd(features, budget, start))
   selector = coreset.Selector(config, workdir, train)
-  got = {(m, b): selector.rows(m, b) for b in (6, 4) for m in ("k_center", "easy_k_center")}
+  methods = ("k_center", "easy_k_center", "herding")
+  got = {(m, b): selector.rows(m, b) for b in (6, 4, 9) for m in methods}
   selector.rows("k_center", 6)
-  assert budgets == [6, 4]
+  assert budgets == [6, 4, 9]
+  assert herded == [(6, 0), (9, 6)]  # 4: the first 4 of 6; 9 goes on from 6.
   features = coreset.expert_features(config, workdir, train)
-  for b in (6, 4):
+  for b in (6, 4, 9):
     centres = select(features, b, config.seed)
     easy = coreset.easy_k_center(features, selector.correct_at_last_epoch(), centres)
-    for want, have in ((centres, got["k_center", b]), (easy, got["easy_k_center", b])):
-      for w, h in zip(want, have):
+    wanted = {"k_center": centres, "easy_k_center": easy, "herding": herd(features, b)}
+    for method, want in wanted.items():
+      for w, h in zip(want, got[method, b]):
         np.testing.assert_array_equal(w, h)

@@ -53,12 +53,16 @@ def random_selection(num_images: int, num_captions: int, budget: int,
   return rows, rng.integers(0, num_captions, budget)
 
 
-def herding(features: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+def herding(features: np.ndarray, budget: int,
+            start: tuple[np.ndarray, np.ndarray] | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
   """Greedy herding on features [N, C, F] of N images with C captions each.
 
   Returns (rows, captions) in selection order: step k adds the pair whose
   feature brings the running mean of the k selected ones closest to the mean
-  of all N * C pairs, at most one pair per image.
+  of all N * C pairs, at most one pair per image. Herding has no seed, so a
+  smaller budget's selection is this one's beginning: given it as `start`,
+  the selection goes on from there (the same numbers as from scratch).
   """
   n, c, _ = features.shape
   flat = features.reshape(n * c, -1).astype(np.float64)
@@ -67,14 +71,19 @@ def herding(features: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
   available = np.ones(n * c, bool)
   total = np.zeros_like(target)
   chosen = []
-  for k in range(budget):
-    # ||(total + x) / (k+1) - target||^2, up to terms that do not depend on x.
-    score = sq_norms + 2.0 * flat @ (total - (k + 1) * target)
-    best = int(np.argmin(np.where(available, score, np.inf)))
+
+  def take(best: int) -> None:
     chosen.append(best)
-    total += flat[best]
+    total[:] += flat[best]
     available[(best // c) * c:(best // c + 1) * c] = False
-  chosen = np.asarray(chosen)
+
+  for best in [] if start is None else start[0] * c + start[1]:
+    take(int(best))
+  for k in range(len(chosen), budget):
+    # ||(total + x) / (k+1) - target||^2, up to terms that do not depend on x.
+    score = sq_norms + 2.0 * (flat @ (total - (k + 1) * target))
+    take(int(np.argmin(np.where(available, score, np.inf))))
+  chosen = np.asarray(chosen[:budget])
   return chosen // c, chosen % c
 
 
@@ -237,6 +246,7 @@ class Selector:
     self._features: np.ndarray | None = None
     self._events: np.ndarray | None = None
     self._k_centers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    self._herding: tuple[np.ndarray, np.ndarray] | None = None  # The longest yet.
 
   def features(self) -> np.ndarray:
     """The first finished expert's image-text features of every training pair."""
@@ -250,6 +260,14 @@ class Selector:
     if budget not in self._k_centers:
       self._k_centers[budget] = k_center(self.features(), budget, self.config.seed)
     return self._k_centers[budget]
+
+  def herding(self, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """Herding's (rows, captions) at `budget`: the beginning of a longer
+    selection made before, or that one carried on."""
+    longest = self._herding
+    if longest is None or len(longest[0]) < budget:
+      self._herding = longest = herding(self.features(), budget, start=longest)
+    return longest[0][:budget], longest[1][:budget]
 
   def events(self) -> np.ndarray:
     """Forgetting events per training image over every finished expert."""
@@ -282,7 +300,7 @@ class Selector:
 SELECTORS: dict[str, Callable[[Selector, int], tuple[np.ndarray, np.ndarray]]] = {
     "random": lambda s, budget: random_selection(*s.train.text_emb.shape[:2], budget,
                                                  s.config.seed),
-    "herding": lambda s, budget: herding(s.features(), budget),
+    "herding": lambda s, budget: s.herding(budget),
     "k_center": lambda s, budget: s.k_center(budget),
     "forgetting": lambda s, budget: forgetting(s.events(), s.train.text_emb.shape[1],
                                                budget, s.config.seed),

@@ -64,7 +64,12 @@ def load_rows(path: str, config: ml_collections.ConfigDict) -> list[dict]:
   provenance.check(saved.get("settings", {}), settings(config), path,
                    "move it away to start a new comparison, or rerun with the "
                    "settings it records.")
-  rows = saved["rows"]
+  return _current(saved["rows"], config, path)
+
+
+def _current(rows: list[dict], config: ml_collections.ConfigDict, path: str) -> list[dict]:
+  """`rows` of `path` less the distilled cells made with other settings of
+  their objective, each left out with a warning (recomputed)."""
   distilled = objectives.methods()
   stale = [r for r in rows if r["method"] in distilled
            and r.get("objective_settings") != objective_settings(config, r["method"])]
@@ -88,21 +93,15 @@ def evaluated_rows(workdir: str, config: ml_collections.ConfigDict) -> list[dict
     made_with = ml_collections.ConfigDict(saved["config"])
     if settings(made_with) != settings(config):
       return []
-    distilled = objectives.methods()
-    rows = []
-    for row in saved["rows"]:
-      method = row["method"]
-      if method not in config.evaluate.methods or row["budget"] not in config.compare.budgets:
-        continue
-      if method in distilled:
-        if objective_settings(made_with, method) != objective_settings(config, method):
-          continue
-        row = {**row, "objective_settings": objective_settings(config, method)}
-      rows.append(row)
-    return rows
+    rows = [r for r in saved["rows"] if r["method"] in config.evaluate.methods
+            and r["budget"] in config.compare.budgets]
+    # Tagged as compare's own cells are, for the same check of their objective.
+    rows = [{**r, "objective_settings": objective_settings(made_with, r["method"])}
+            if r["method"] in objectives.methods() else r for r in rows]
   except (KeyError, TypeError, AttributeError) as e:  # Edited or of an older version.
     logging.warning("%s: not read for compare's cells (%r); computing them.", path, e)
     return []
+  return _current(rows, config, path)
 
 
 def pivot_table(rows: list[dict], key: str) -> str:

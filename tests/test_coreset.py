@@ -177,17 +177,25 @@ def test_easy_k_center_takes_the_easiest_pair_of_each_k_center_cluster():
   assert exhausted > 0  # The rule for a cluster left without a free image ran.
 
 
-def test_easy_reads_the_last_epoch_of_every_expert(trained):
+def test_easy_reads_the_last_epoch_of_every_expert_once(trained, monkeypatch):
   from vldd_jax import trajectories
   from vldd_jax.data import input_pipeline
   config, workdir = trained
   train = input_pipeline.load_split(config, workdir, "train")
-  record = np.stack([trajectories.load_correct(workdir, e)[-1]
-                     for e in trajectories.finished_experts(workdir)])
+  experts = trajectories.finished_experts(workdir)
+  record = np.stack([trajectories.load_correct(workdir, e)[-1] for e in experts])
   all_found = np.flatnonzero((record == 1).all(axis=0))
   assert len(all_found) >= 2, "the tiny experts found too few pairs"
-  rows, _ = coreset.Selector(config, workdir, train).rows("easy", len(all_found))
+  # Each expert's last epoch only, once for every row that reads it.
+  reads, load = [], trajectories.load_correct
+  monkeypatch.setattr(trajectories, "load_correct", lambda workdir, e, epochs=None: reads.append(
+      (e, list(epochs))) or load(workdir, e, epochs))
+  selector = coreset.Selector(config, workdir, train)
+  rows, _ = selector.rows("easy", len(all_found))
   assert sorted(rows.tolist()) == all_found.tolist()
+  selector.rows("easy", 1), selector.rows("easy_k_center", 2)
+  assert reads == [(e, [config.experts.epochs]) for e in experts]
+  np.testing.assert_array_equal(selector.correct_at_last_epoch(), record)
 
 
 def test_a_selector_selects_k_center_once_a_budget_and_herding_once(trained, monkeypatch):

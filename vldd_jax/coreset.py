@@ -246,6 +246,7 @@ class Selector:
     self.config, self.workdir, self.train = config, workdir, train
     self._features: np.ndarray | None = None
     self._events: np.ndarray | None = None
+    self._correct: np.ndarray | None = None
     self._k_centers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self._herding: tuple[np.ndarray, np.ndarray] | None = None  # The longest yet.
 
@@ -278,8 +279,12 @@ class Selector:
 
   def correct_at_last_epoch(self) -> np.ndarray:
     """[experts, N]: whether each expert found each pair during its last epoch."""
-    experts = trajectories.finished_experts(self.workdir)
-    return np.stack([trajectories.load_correct(self.workdir, e)[-1] for e in experts])
+    if self._correct is None:
+      self._correct = np.stack([
+          trajectories.load_correct(self.workdir, e, trajectories.saved_epochs(
+              self.workdir, e)[-1:])[0]
+          for e in trajectories.finished_experts(self.workdir)])
+    return self._correct
 
   def rows(self, method: str, budget: int) -> tuple[np.ndarray, np.ndarray]:
     """(image rows, caption indices) of a coreset."""

@@ -56,7 +56,7 @@ class ExpertBuffer:
   def __init__(self, workdir: str, experts: list[int], last_epoch: int):
     per_expert = []
     for e in tqdm.tqdm(experts, desc="load experts", leave=False):
-      epochs = [trajectories.load_params(workdir, e, t) for t in range(last_epoch + 1)]
+      epochs = trajectories.load_trajectory(workdir, e, range(last_epoch + 1))
       per_expert.append(jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(epochs)))
     self.params = jax.tree.map(lambda *xs: np.stack(xs), *per_expert)  # [E, T+1, ...]
     self.num_experts = len(experts)

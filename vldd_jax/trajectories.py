@@ -14,6 +14,7 @@ Loading one (expert, epoch) reads only that checkpoint's `params` item.
 import json
 import os
 import re
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -76,18 +77,24 @@ def checkpoint_manager(workdir: str, expert: int) -> ocp.CheckpointManager:
     raise
 
 
-def _restore_item(mngr: ocp.CheckpointManager, epoch: int, name: str):
-  """One array item on this process's first device, whatever devices saved it."""
+def _restore_items(mngr: ocp.CheckpointManager, epochs: Sequence[int], name: str) -> list:
+  """Item `name` of each of `epochs`, on this process's first device, whatever
+  devices saved it. The first epoch's metadata gives every epoch's shapes: an
+  expert's items keep theirs, and reading it again took a third of a restore."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  try:
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          mngr.item_metadata(epoch)[name])
-    restored = mngr.restore(epoch, args=ocp.args.Composite(
-        **{name: ocp.args.StandardRestore(target)}))
-  except Exception as e:  # Orbax/TensorStore errors name neither file nor fix.
-    raise ValueError(f"{mngr.directory}/{epoch}/{name} cannot be read ({type(e).__name__}: "
-                     f"{e}). {RETRAIN_EPOCH}") from e
-  return restored[name]
+  restored, target = [], None
+  for epoch in epochs:
+    try:
+      if target is None:
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+            mngr.item_metadata(epoch)[name])
+      restored.append(mngr.restore(epoch, args=ocp.args.Composite(
+          **{name: ocp.args.StandardRestore(target)}))[name])
+    except Exception as e:  # Orbax/TensorStore errors name neither file nor fix.
+      raise ValueError(f"{mngr.directory}/{epoch}/{name} cannot be read ({type(e).__name__}: "
+                       f"{e}). {RETRAIN_EPOCH}") from e
+  return restored
 
 
 def write_manifest(workdir: str, expert: int, manifest: dict) -> None:
@@ -150,23 +157,30 @@ def finished_experts(workdir: str,
   return finished
 
 
-def load_params(workdir: str, expert: int, epoch: int) -> dict:
-  """The trainable parameters of `expert` after `epoch` epochs (0: its start),
-  checked against the checksum recorded when they were saved."""
+def load_trajectory(workdir: str, expert: int, epochs: Sequence[int]) -> list[dict]:
+  """The trainable parameters of `expert` after each of `epochs` (0: its start),
+  checked against the checksums recorded when they were saved."""
+  expert_dir = workdir_lib.expert_dir(workdir, expert)
   with checkpoint_manager(workdir, expert) as mngr:
-    if epoch not in mngr.all_steps():
-      raise FileNotFoundError(f"{workdir_lib.expert_dir(workdir, expert)} has no epoch {epoch}; "
-                              f"saved epochs: {sorted(mngr.all_steps())}. Rerun "
-                              "--config.stage=experts: it trains that expert again from "
-                              "the epoch before.")
-    params = _restore_item(mngr, epoch, "params")
-  recorded = [h.get("params_sha256") for h in (read_manifest(workdir, expert) or {}).get(
-      "history", []) if h["epoch"] == epoch]
-  if not recorded or checksums.tree_sha256(params) != recorded[0]:
-    raise ValueError(f"{workdir_lib.expert_dir(workdir, expert)}/ckpt/{epoch}: the parameters "
-                     "do not match the checksum recorded when they were saved (a damaged file). "
-                     f"{RETRAIN_EPOCH}")
+    missing = sorted(set(epochs) - set(mngr.all_steps()))
+    if missing:
+      raise FileNotFoundError(f"{expert_dir} has no epoch {missing[0]}; saved epochs: "
+                              f"{sorted(mngr.all_steps())}. Rerun --config.stage=experts: "
+                              "it trains that expert again from the epoch before.")
+    params = _restore_items(mngr, epochs, "params")
+  recorded = {h["epoch"]: h.get("params_sha256")
+              for h in (read_manifest(workdir, expert) or {}).get("history", [])}
+  for epoch, p in zip(epochs, params):
+    if recorded.get(epoch) is None or checksums.tree_sha256(p) != recorded[epoch]:
+      raise ValueError(f"{expert_dir}/ckpt/{epoch}: the parameters do not match the "
+                       "checksum recorded when they were saved (a damaged file). "
+                       f"{RETRAIN_EPOCH}")
   return params
+
+
+def load_params(workdir: str, expert: int, epoch: int) -> dict:
+  """`load_trajectory` at one epoch."""
+  return load_trajectory(workdir, expert, [epoch])[0]
 
 
 def load_frozen(workdir: str, expert: int) -> dict:
@@ -176,7 +190,7 @@ def load_frozen(workdir: str, expert: int) -> dict:
   """
   with checkpoint_manager(workdir, expert) as mngr:
     if "frozen" in mngr.item_metadata(0):
-      return _restore_item(mngr, 0, "frozen")
+      return _restore_items(mngr, [0], "frozen")[0]
   if (read_manifest(workdir, expert) or {}).get("model", {}).get("trainable") == "all":
     return {}
   raise FileNotFoundError(
@@ -185,11 +199,13 @@ def load_frozen(workdir: str, expert: int) -> dict:
       "folder and rerun --config.stage=experts: it trains that expert again.")
 
 
-def load_correct(workdir: str, expert: int) -> np.ndarray:
-  """int8 [epochs, N]: per training pair and epoch, found (1), missed (0), unseen (-1)."""
-  epochs = saved_epochs(workdir, expert)[1:]
-  if epochs != list(range(1, len(epochs) + 1)):
+def load_correct(workdir: str, expert: int, epochs: Sequence[int] | None = None) -> np.ndarray:
+  """int8 [epochs, N]: per training pair and epoch, found (1), missed (0), unseen
+  (-1); at every saved epoch from 1 on, or at `epochs`."""
+  saved = saved_epochs(workdir, expert)[1:]
+  if saved != list(range(1, len(saved) + 1)):
     raise FileNotFoundError(f"{workdir_lib.expert_dir(workdir, expert)}/ckpt misses epochs: it has "
-                            f"{epochs}. Rerun --config.stage=experts to train them again.")
+                            f"{saved}. Rerun --config.stage=experts to train them again.")
   with checkpoint_manager(workdir, expert) as mngr:
-    return np.stack([np.asarray(_restore_item(mngr, s, "correct")) for s in epochs])
+    return np.stack([np.asarray(c) for c in _restore_items(
+        mngr, saved if epochs is None else epochs, "correct")])

@@ -69,8 +69,9 @@ def emit(result: dict) -> None:
   print(RESULT_MARKER + json.dumps(result))
 
 
-def child_result(cmd: list[str]) -> dict:
+def child_result(cmd: list[str], cwd: str | None = None, env: dict | None = None) -> dict:
   """Runs a benchmark child process; the JSON it printed after `RESULT_MARKER`
   (or, for a foreign command, its last line)."""
-  out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=cwd,
+                       env=env).stdout
   return json.loads(out.split(RESULT_MARKER)[-1].strip().splitlines()[-1])

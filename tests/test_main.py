@@ -15,8 +15,12 @@ from vldd_jax import jsonfile
 from vldd_jax import main
 from vldd_jax import metrics_log
 from vldd_jax import stages
+from vldd_jax import text
 from vldd_jax import viz
 from vldd_jax import workdir_lib
+from vldd_jax.data import input_pipeline
+
+from conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -225,6 +229,16 @@ def test_the_caption_cache_is_readable_by_others_sharing_the_data_dir(data_dir):
   umask = os.umask(0)
   os.umask(umask)
   assert modes == {0o666 & ~umask}
+
+
+def test_a_stage_finding_its_captions_cached_loads_no_text_model(data_dir, monkeypatch):
+  config = tiny_config(data_dir)  # Prepared: every split's captions are cached.
+  want = input_pipeline.load_split(config, "", "val").text_emb
+  monkeypatch.setattr(text.TextEncoder, "from_pretrained",
+                      lambda *a, **k: pytest.fail("loaded the text model"))
+  got = input_pipeline.load_split(config, "", "val").text_emb
+  rows = np.arange(len(want))
+  np.testing.assert_array_equal(got[rows], want[rows])
 
 
 def test_a_read_only_workdir_is_named_with_what_to_do(tmp_path, monkeypatch):

@@ -216,6 +216,25 @@ def _count_encodes(monkeypatch, encoder) -> list[int]:
   return calls
 
 
+def test_a_lazy_encoder_loads_only_to_encode(tiny, tiny_dir, tmp_path, monkeypatch):
+  loads, load = [], text.TextEncoder.from_pretrained
+  monkeypatch.setattr(text.TextEncoder, "from_pretrained",
+                      lambda *a: loads.append(a) or load(*a))
+  lazy = text.LazyTextEncoder(tiny_dir, pooling="cls", max_length=32)
+  assert lazy.fingerprint == tiny.fingerprint and not loads  # From the files.
+  first = embeddings.encode_cached(lazy, _CAPTIONS, str(tmp_path), "tiny")
+  assert len(loads) == 1
+  np.testing.assert_array_equal(first, embeddings.encode_cached(
+      tiny, _CAPTIONS, str(tmp_path / "eager"), "tiny"))
+  # A second run finds its captions cached: no model is loaded.
+  again = text.LazyTextEncoder(tiny_dir, pooling="cls", max_length=32)
+  np.testing.assert_array_equal(embeddings.encode_cached(
+      again, _CAPTIONS, str(tmp_path), "tiny"), first)
+  assert len(loads) == 1
+  lazy.encode(["a red circle"]), lazy.dim
+  assert len(loads) == 1  # Loaded once.
+
+
 def test_cache_reuses_and_invalidates(tiny, tmp_path, monkeypatch):
   calls = _count_encodes(monkeypatch, tiny)
   first = embeddings.encode_cached(tiny, _CAPTIONS, str(tmp_path), "tiny-train")

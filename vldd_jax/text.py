@@ -437,3 +437,32 @@ class TextEncoder:
             out[row] = pooled[r, :len(row)]
           bar.update(sum(map(len, batch)))
     return out
+
+
+class LazyTextEncoder:
+  """`TextEncoder.from_pretrained(path, pooling, max_length)`, loaded when it
+  first encodes. Its fingerprint, which keys the caption cache, comes from the
+  files alone (`fingerprint`), so a stage that finds its captions cached never
+  loads the model (2.4 s of a CPU process's start, the transformers import
+  included)."""
+
+  def __init__(self, path: str | None = None, pooling: str = "mean", max_length: int = 256):
+    self._args = (path, pooling, max_length)
+    self.fingerprint = fingerprint(path, pooling, max_length)
+    self._encoder: TextEncoder | None = None
+
+  def load(self) -> TextEncoder:
+    """The encoder, loaded on the first call."""
+    if self._encoder is None:
+      self._encoder = TextEncoder.from_pretrained(*self._args)
+    return self._encoder
+
+  @property
+  def dim(self) -> int:
+    """Embedding size (loads the model)."""
+    return self.load().dim
+
+  def encode(self, texts: Sequence[str], batch_size: int = 256,
+             progress: bool = True) -> np.ndarray:
+    """`TextEncoder.encode` (loads the model)."""
+    return self.load().encode(texts, batch_size, progress)

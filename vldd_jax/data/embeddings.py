@@ -12,7 +12,7 @@ from absl import logging
 
 from vldd_jax import jsonfile
 from vldd_jax.data import lazy_arrays
-from vldd_jax.text import TextEncoder
+from vldd_jax.text import LazyTextEncoder, TextEncoder
 
 # Texts encoded and written at a time (~100 MB of 384-d embeddings).
 _ENCODE_CHUNK = 1 << 16
@@ -67,7 +67,7 @@ def _view(npy: str, shape: tuple[int, int], texts_per_row: int) -> lazy_arrays.R
   return lazy_arrays.npy_rows(npy, rows + (dim,))
 
 
-def encode_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir: str, name: str,
+def encode_cached(encoder: TextEncoder | LazyTextEncoder, texts: Sequence[str], cache_dir: str, name: str,
                   batch_size: int = 256, texts_per_row: int = 1) -> lazy_arrays.RowReader:
   """Encodes texts with the encoder, or loads the result of an earlier identical call.
 
@@ -77,7 +77,7 @@ def encode_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir: str, na
   leaves an entry that looks complete.
 
   Args:
-    encoder: the frozen text encoder.
+    encoder: the frozen text encoder; a lazy one is loaded only to encode.
     texts: captions, in the order the rows of the result follow.
     cache_dir: folder of the cache (created if missing).
     name: a short label for the file name, e.g. `shapes-train`.
@@ -125,7 +125,7 @@ def encode_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir: str, na
   return _view(npy, shape, texts_per_row)
 
 
-def _encode_unique(encoder: TextEncoder, texts: Sequence[str], batch_size: int) -> np.ndarray:
+def _encode_unique(encoder: TextEncoder | LazyTextEncoder, texts: Sequence[str], batch_size: int) -> np.ndarray:
   """float32 [len(texts), encoder.dim] embeddings, each distinct text encoded once
   (template captions repeat: 22% of shapes' train captions)."""
   unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)

@@ -78,17 +78,17 @@ def prepare(config: ml_collections.ConfigDict,
   return ds_builder
 
 
-def text_encoder(config: ml_collections.ConfigDict) -> text.TextEncoder:
-  """The frozen text encoder that `config.text` describes."""
-  return text.TextEncoder.from_pretrained(
-      config.text.path or None, pooling=config.text.pooling,
-      max_length=config.text.max_length)
+def text_encoder(config: ml_collections.ConfigDict) -> text.LazyTextEncoder:
+  """The frozen text encoder that `config.text` describes, loaded when it
+  first encodes (captions found in the cache need no model)."""
+  return text.LazyTextEncoder(config.text.path or None, pooling=config.text.pooling,
+                              max_length=config.text.max_length)
 
 
 def caption_embeddings(config: ml_collections.ConfigDict, workdir: str,
                        ds_builder: tfds.core.DatasetBuilder, split: str,
                        captions: list[list[str]],
-                       encoder: text.TextEncoder | None = None) -> lazy_arrays.RowReader:
+                       encoder: text.LazyTextEncoder | None = None) -> lazy_arrays.RowReader:
   """Embeddings [N, captions_per_image, D] of a split's captions, cached."""
   flat = [c for image_captions in captions for c in image_captions]
   return embeddings.encode_cached(
@@ -104,7 +104,7 @@ def _nbytes(array: lazy_arrays.RowReader) -> int:
 
 def load_split(config: ml_collections.ConfigDict, workdir: str, split: str, *,
                with_text_emb: bool = True,
-               encoder: text.TextEncoder | None = None) -> Split:
+               encoder: text.LazyTextEncoder | None = None) -> Split:
   """Opens a split (preparing the dataset if needed): reads its captions and
   labels, and its images and caption embeddings too if together they fit in
   `data.in_memory_mb`; if not, those stay on disk until indexed."""

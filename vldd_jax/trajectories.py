@@ -168,8 +168,9 @@ def load_trajectory(workdir: str, expert: int, epochs: Sequence[int]) -> list[di
                               f"{sorted(mngr.all_steps())}. Rerun --config.stage=experts: "
                               "it trains that expert again from the epoch before.")
     params = _restore_items(mngr, epochs, "params")
-  recorded = {h["epoch"]: h.get("params_sha256")
-              for h in (read_manifest(workdir, expert) or {}).get("history", [])}
+  recorded = {}  # An epoch's first record, as the manifest lists them.
+  for h in (read_manifest(workdir, expert) or {}).get("history", []):
+    recorded.setdefault(h["epoch"], h.get("params_sha256"))
   for epoch, p in zip(epochs, params):
     if recorded.get(epoch) is None or checksums.tree_sha256(p) != recorded[epoch]:
       raise ValueError(f"{expert_dir}/ckpt/{epoch}: the parameters do not match the "

@@ -67,8 +67,9 @@ def _view(npy: str, shape: tuple[int, int], texts_per_row: int) -> lazy_arrays.R
   return lazy_arrays.npy_rows(npy, rows + (dim,))
 
 
-def encode_cached(encoder: TextEncoder | LazyTextEncoder, texts: Sequence[str], cache_dir: str, name: str,
-                  batch_size: int = 256, texts_per_row: int = 1) -> lazy_arrays.RowReader:
+def encode_cached(encoder: TextEncoder | LazyTextEncoder, texts: Sequence[str],
+                  cache_dir: str, name: str, batch_size: int = 256,
+                  texts_per_row: int = 1) -> lazy_arrays.RowReader:
   """Encodes texts with the encoder, or loads the result of an earlier identical call.
 
   An entry is keyed by the encoder fingerprint, `name` and a hash of the texts,
@@ -125,7 +126,8 @@ def encode_cached(encoder: TextEncoder | LazyTextEncoder, texts: Sequence[str], 
   return _view(npy, shape, texts_per_row)
 
 
-def _encode_unique(encoder: TextEncoder | LazyTextEncoder, texts: Sequence[str], batch_size: int) -> np.ndarray:
+def _encode_unique(encoder: TextEncoder | LazyTextEncoder, texts: Sequence[str],
+                   batch_size: int) -> np.ndarray:
   """float32 [len(texts), encoder.dim] embeddings, each distinct text encoded once
   (template captions repeat: 22% of shapes' train captions)."""
   unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)

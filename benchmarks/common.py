@@ -1,12 +1,15 @@
 """What every benchmark records: the machine it ran on, and where results go."""
+import contextlib
 import json
 import os
 import platform
 import resource
 import subprocess
+from collections.abc import Iterator
 
 import jax
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 # Precedes the JSON a benchmark child process prints for its parent.
 RESULT_MARKER = "RESULT_JSON="
@@ -75,3 +78,25 @@ def child_result(cmd: list[str], cwd: str | None = None, env: dict | None = None
   out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=cwd,
                        env=env).stdout
   return json.loads(out.split(RESULT_MARKER)[-1].strip().splitlines()[-1])
+
+
+def head_commit() -> str:
+  """This tree's commit, short."""
+  return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                        capture_output=True, text=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def worktree(commit: str | None, folder: str) -> Iterator[str | None]:
+  """`commit` checked out (detached, `git worktree`) at `folder` for the block,
+  which a baseline's runs import from; removed after. None: nothing, None."""
+  if commit is None:
+    yield None
+    return
+  subprocess.run(["git", "worktree", "add", "--detach", folder, commit], cwd=ROOT,
+                 check=True, capture_output=True)
+  try:
+    yield folder
+  finally:
+    subprocess.run(["git", "worktree", "remove", "--force", folder], cwd=ROOT,
+                   check=False, capture_output=True)

@@ -89,29 +89,22 @@ def main(argv):
     raise SystemExit(f"{_WORKDIR.value}/compare.json not found: run --config="
                      f"{_CONFIG.value} there (its compare stage included) first.")
   scratch = tempfile.mkdtemp(prefix="compare_wall_")
-  if _BASELINE.value:
-    baseline = os.path.join(scratch, "baseline")
-    subprocess.run(["git", "worktree", "add", "--detach", baseline, _BASELINE.value],
-                   cwd=_ROOT, check=True, capture_output=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, check=True,
-                            capture_output=True, text=True).stdout.strip()
-    ways = {f"baseline ({_BASELINE.value})": (baseline, False),
-            f"this tree ({commit})": (_ROOT, False)}
-  else:
-    ways = {"one by one": (_ROOT, False), "vmapped": (_ROOT, True)}
-  runs = {name: [] for name in ways}
   rows = {}
   started = time.perf_counter()
   try:
-    for _ in range(_ROUNDS.value):
-      for name, (tree, vmap_seeds) in ways.items():
-        run, rows[name] = run_once(tree, vmap_seeds, scratch)
-        runs[name].append(run)
-        print(name, run, flush=True)
+    with common.worktree(_BASELINE.value, os.path.join(scratch, "baseline")) as baseline:
+      if baseline:
+        ways = {f"baseline ({_BASELINE.value})": (baseline, False),
+                f"this tree ({common.head_commit()})": (_ROOT, False)}
+      else:
+        ways = {"one by one": (_ROOT, False), "vmapped": (_ROOT, True)}
+      runs = {name: [] for name in ways}
+      for _ in range(_ROUNDS.value):
+        for name, (tree, vmap_seeds) in ways.items():
+          run, rows[name] = run_once(tree, vmap_seeds, scratch)
+          runs[name].append(run)
+          print(name, run, flush=True)
   finally:
-    if _BASELINE.value:
-      subprocess.run(["git", "worktree", "remove", "--force", baseline], cwd=_ROOT,
-                     check=False, capture_output=True)
     shutil.rmtree(scratch, ignore_errors=True)
   first, second = ways
   median = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}

@@ -84,21 +84,16 @@ def run_once(tree: str, scratch: str) -> dict:
 def main(argv):
   del argv
   scratch = tempfile.mkdtemp(prefix="pipeline_wall_")
-  baseline = os.path.join(scratch, "baseline")
-  subprocess.run(["git", "worktree", "add", "--detach", baseline, _BASELINE.value],
-                 cwd=_ROOT, check=True, capture_output=True)
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, check=True,
-                          capture_output=True, text=True).stdout.strip()
+  commit = common.head_commit()
   runs = {"baseline": [], "this tree": []}
   started = time.perf_counter()
   try:
-    for _ in range(_ROUNDS.value):
-      for name, tree in (("baseline", baseline), ("this tree", _ROOT)):
-        runs[name].append(run_once(tree, scratch))
-        print(name, runs[name][-1], flush=True)
+    with common.worktree(_BASELINE.value, os.path.join(scratch, "baseline")) as baseline:
+      for _ in range(_ROUNDS.value):
+        for name, tree in (("baseline", baseline), ("this tree", _ROOT)):
+          runs[name].append(run_once(tree, scratch))
+          print(name, runs[name][-1], flush=True)
   finally:
-    subprocess.run(["git", "worktree", "remove", "--force", baseline], cwd=_ROOT,
-                   check=False, capture_output=True)
     shutil.rmtree(scratch, ignore_errors=True)  # Workdirs and caches: ~0.5 GB a run.
   median = {k: statistics.median(r["wall_s"] for r in v) for k, v in runs.items()}
   ratio = median["this tree"] / median["baseline"]

@@ -14,7 +14,6 @@ Writes benchmarks/results/<name>.{json,md}.
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,13 +30,10 @@ _LAST_EPOCH = flags.DEFINE_integer("last_epoch", 20, "The buffer's last epoch "
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Runs of each tree.")
 _NAME = flags.DEFINE_string("name", "trajectory_reads", "Results file name.")
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 # Run with the tree as the working directory, so that its vldd_jax is imported.
 _CHILD = """
 import json, sys, time
 from vldd_jax import coreset, distill, trajectories
-from vldd_jax.data import input_pipeline
 workdir, last_epoch = sys.argv[1], int(sys.argv[2])
 experts = trajectories.finished_experts(workdir)
 start = time.perf_counter()
@@ -63,33 +59,24 @@ def run_once(tree: str) -> dict:
 
 def main(argv):
   del argv
-  trees = {}
   scratch = tempfile.mkdtemp(prefix="trajectory_reads_")
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, check=True,
-                          capture_output=True, text=True).stdout.strip()
-  if _BASELINE.value:
-    baseline = os.path.join(scratch, "baseline")
-    subprocess.run(["git", "worktree", "add", "--detach", baseline, _BASELINE.value],
-                   cwd=_ROOT, check=True, capture_output=True)
-    trees[f"baseline ({_BASELINE.value})"] = baseline
-  trees[f"this tree ({commit})"] = _ROOT
-  runs = {name: [] for name in trees}
   started = time.perf_counter()
   try:
-    for _ in range(_ROUNDS.value):
-      for name, tree in trees.items():
-        runs[name].append(run_once(tree))
-        print(name, runs[name][-1], flush=True)
+    with common.worktree(_BASELINE.value, os.path.join(scratch, "baseline")) as baseline:
+      trees = {f"baseline ({_BASELINE.value})": baseline} if baseline else {}
+      trees[f"this tree ({common.head_commit()})"] = common.ROOT
+      runs = {name: [] for name in trees}
+      for _ in range(_ROUNDS.value):
+        for name, tree in trees.items():
+          runs[name].append(run_once(tree))
+          print(name, runs[name][-1], flush=True)
   finally:
-    if _BASELINE.value:
-      subprocess.run(["git", "worktree", "remove", "--force", baseline], cwd=_ROOT,
-                     check=False, capture_output=True)
     shutil.rmtree(scratch, ignore_errors=True)
   keys = ("buffer_s", "correct_first_s", "correct_again_s")
   median = {name: {k: round(statistics.median(r[k] for r in rs), 3) for k in keys}
             for name, rs in runs.items()}
   result = {"workdir": _WORKDIR.value, "last_epoch": _LAST_EPOCH.value,
-            "experts": runs[name][0]["experts"], "runs": runs, "median": median,
+            "experts": next(iter(runs.values()))[0]["experts"], "runs": runs, "median": median,
             "benchmark_wall_s": round(time.perf_counter() - started, 1),
             "machine": common.machine()}
   lines = ["| tree | expert buffer (s) | correct_at_last_epoch, first (s) | again (s) |",

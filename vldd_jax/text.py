@@ -443,7 +443,7 @@ class LazyTextEncoder:
   """`TextEncoder.from_pretrained(path, pooling, max_length)`, loaded when it
   first encodes. Its fingerprint, which keys the caption cache, comes from the
   files alone (`fingerprint`), so a stage that finds its captions cached never
-  loads the model (2.4 s of a CPU process's start, the transformers import
+  loads the model (2.7-2.9 s of a CPU process's start, the transformers import
   included)."""
 
   def __init__(self, path: str | None = None, pooling: str = "mean", max_length: int = 256):
